@@ -1,0 +1,243 @@
+"""The run configuration: one YAML file per run, typed and validated once, at the edge.
+
+Every part of mpq_rl reads the same :class:`RunConfig`. Loading rejects unknown keys, wrong types and missing
+files with a one-line :class:`~mpq_rl.errors.UserError` that names the key, what was received and how to fix it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mpq_rl.errors import UserError
+
+FLOAT_BITS = (16, 32)
+"""Bit-widths that mean "leave this tensor in floating point"."""
+INTEGER_BITS = tuple(range(2, 9))
+ALLOWED_BITS = INTEGER_BITS + FLOAT_BITS
+METRICS = ("latency", "energy", "size", "bops")
+
+
+FilePath = Annotated[Path, Field(strict=False)]
+"""A path given as a YAML string."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _check_bits(values: list[int], key: str) -> list[int]:
+    bad = [b for b in values if b not in ALLOWED_BITS]
+    if bad:
+        raise ValueError(f"{key} must be among {list(ALLOWED_BITS)} (16/32 = floating point), got {bad}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key} lists a bit-width twice: {values}")
+    return sorted(values)
+
+
+class ModelConfig(_Section):
+    """Which network to quantize: a built-in ``name`` or a ``factory`` ("pkg.module:callable")."""
+
+    name: str | None = "digits_cnn"
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: FilePath | None = None
+    input_shape: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.factory is not None and self.name not in (None, "digits_cnn"):
+            raise ValueError("give either model.name or model.factory, not both")
+        if self.weights is not None and not self.weights.is_file():
+            raise ValueError(f"model.weights file {str(self.weights)!r} does not exist")
+        if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
+            raise ValueError(f"model.input_shape must be positive sizes like [1, 3, 32, 32], got {self.input_shape}")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The factory path if one is given, else the built-in name."""
+        return self.factory or self.name or ""
+
+
+class DataConfig(_Section):
+    """Where calibration and test data come from: a built-in ``name`` or a ``factory``; ``none`` for no data."""
+
+    name: str | None = "digits"
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    calibration_samples: int = Field(512, gt=0)
+    batch_size: int = Field(256, gt=0)
+
+
+class QuantizationConfig(_Section):
+    """The bit-width candidates, which layers are searched, and how ranges are chosen."""
+
+    weight_bits: list[int] = Field(default_factory=lambda: list(INTEGER_BITS))
+    activation_bits: list[int] = Field(default_factory=lambda: list(INTEGER_BITS))
+    include: str | None = None
+    exclude: str | None = None
+    pin: dict[str, list[int]] = Field(default_factory=dict)
+    weight_range: Literal["mse", "minmax", "percentile"] = "mse"
+    activation_range: Literal["mse", "minmax", "percentile"] = "mse"
+    percentile: float = Field(99.99, gt=50.0, le=100.0)
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _weight_bits(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("quantization.weight_bits needs at least one bit-width, e.g. [2, 4, 8]")
+        return _check_bits(v, "quantization.weight_bits")
+
+    @field_validator("activation_bits")
+    @classmethod
+    def _activation_bits(cls, v: list[int]) -> list[int]:
+        return _check_bits(v, "quantization.activation_bits")
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression ({exc})") from None
+        return v
+
+    @field_validator("pin")
+    @classmethod
+    def _pin(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, bits in v.items():
+            if len(bits) != 2:
+                raise ValueError(f"quantization.pin.{name} must be [w_bits, a_bits], got {bits}")
+            _check_bits(bits, f"quantization.pin.{name}")
+        return v
+
+    @property
+    def weight_only(self) -> bool:
+        return not self.activation_bits
+
+
+class HardwareConfig(_Section):
+    """The hardware cost model: a preset, the metric the budget constrains, and parameter overrides."""
+
+    preset: str = "bitfusion"
+    metric: Literal["latency", "energy", "size", "bops"] = "latency"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    table: FilePath | None = None
+
+    @field_validator("table")
+    @classmethod
+    def _table_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"hardware.table file {str(v)!r} does not exist")
+        return v
+
+
+class BudgetConfig(_Section):
+    """The cost budget as a fraction of the W8A8 cost, and how an episode is kept within it."""
+
+    fraction: float = Field(0.5, gt=0.0)
+    enforcement: Literal["project", "wall", "penalty"] = "project"
+
+
+class ProxyConfig(_Section):
+    """The proxy accuracy the search optimizes, on calibration data only."""
+
+    metric: Literal["top1", "fidelity"] = "top1"
+    fidelity: Literal["agreement", "kl", "cosine"] = "agreement"
+
+
+class RewardConfig(_Section):
+    name: str = "haq"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentConfig(_Section):
+    name: str = "ddpg"
+    episodes: int = Field(300, gt=0)
+    n_envs: int = Field(1, gt=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(_Section):
+    """One run of mpq_rl. ``budget`` may be a number (a fraction of W8A8) or a mapping."""
+
+    seed: int = Field(0, ge=0)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    output: FilePath = Path("runs/default")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_number(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return {"fraction": float(v)}
+        return v
+
+    def with_overrides(self, **changes: Any) -> RunConfig:
+        """A copy with dotted keys replaced, e.g. ``{"agent.episodes": 10}``; validated like a file."""
+        data = self.model_dump(mode="json")
+        for dotted, value in changes.items():
+            node = data
+            *parents, last = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[last] = value
+        return parse_config(data, source="command line")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {key!r}: remove it or check its spelling"
+    if kind == "missing":
+        return f"missing key {key!r}"
+    msg = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"key {key!r}: {msg}"
+    return f"key {key!r}: {msg[0].lower() + msg[1:]}, got {error.get('input')!r}"
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConfig:
+    """Validate a mapping (as loaded from YAML) into a :class:`RunConfig`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of sections (seed, model, data, ...), got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+def load_config(path: str | Path | dict[str, Any] | RunConfig | None = None) -> RunConfig:
+    """Load a run configuration from a YAML path, a mapping, an existing config, or the defaults (None)."""
+    if isinstance(path, RunConfig):
+        return path
+    if path is None or isinstance(path, dict):
+        return parse_config(path, source="config")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist: pass the path of a YAML run configuration")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, source=str(path))

@@ -1,0 +1,256 @@
+"""Layer discovery: the table of quantizable layers of any PyTorch model, measured from one real forward pass.
+
+Layers are named by their fully qualified module name (``model.named_modules()``), listed in the order they first
+run, and described by what the forward pass actually did (shapes, MACs), so the table is right for residual
+blocks, shared modules and Hugging Face transformers alike, without rewriting the model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpq_rl.errors import UserError
+
+QUANTIZABLE_TYPES: dict[type[nn.Module], str] = {
+    nn.Conv1d: "conv1d",
+    nn.Conv2d: "conv2d",
+    nn.Conv3d: "conv3d",
+    nn.Linear: "linear",
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantizable layer. Shapes exclude the batch dimension; ``macs`` is per sample, summed over calls."""
+
+    name: str
+    index: int
+    kind: str
+    weight_shape: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    calls: int = 1
+
+    @property
+    def is_linear(self) -> bool:
+        return self.kind == "linear"
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels
+
+    @property
+    def kernel_size(self) -> int:
+        """Number of kernel taps (1 for a linear layer)."""
+        return math.prod(self.kernel)
+
+    @property
+    def reduction(self) -> int:
+        """Length of the dot product behind each output value (``in_channels / groups * kernel taps``)."""
+        return self.in_channels // self.groups * self.kernel_size
+
+    @property
+    def input_elements(self) -> int:
+        """Input activation values per sample, summed over calls."""
+        return math.prod(self.input_shape) * self.calls
+
+    @property
+    def output_elements(self) -> int:
+        """Output activation values per sample, summed over calls."""
+        return math.prod(self.output_shape) * self.calls
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """The quantizable layers of a model in execution order; serializable to and from plain dicts."""
+
+    layers: tuple[Layer, ...]
+    model_name: str = ""
+    example_batch: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, key: int | str) -> Layer:
+        if isinstance(key, str):
+            return self.layers[self.index_of(key)]
+        return self.layers[key]
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def index_of(self, name: str) -> int:
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return i
+        raise UserError(f"unknown layer {name!r}: the model's quantizable layers are {_preview(self.names)}")
+
+    @property
+    def total_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    def select(self, include: str | None = None, exclude: str | None = None) -> list[str]:
+        """Names matching ``include`` (all when None) and not ``exclude``, both regexes searched in the name."""
+        chosen = [
+            n
+            for n in self.names
+            if (include is None or re.search(include, n)) and not (exclude is not None and re.search(exclude, n))
+        ]
+        if not chosen:
+            raise UserError(
+                f"quantization.include={include!r} / exclude={exclude!r} leave no layer to search; "
+                f"layers are {_preview(self.names)}"
+            )
+        return chosen
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "example_batch": self.example_batch,
+            "extra": dict(self.extra),
+            "layers": [asdict(layer) for layer in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerTable:
+        layers = []
+        for item in data["layers"]:
+            fields = dict(item)
+            for key in ("weight_shape", "kernel", "stride", "input_shape", "output_shape"):
+                fields[key] = tuple(fields[key])
+            layers.append(Layer(**fields))
+        return cls(tuple(layers), data.get("model_name", ""), data.get("example_batch", 1), data.get("extra", {}))
+
+
+def _preview(names: Iterable[str], limit: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def quantizable_kind(module: nn.Module) -> str | None:
+    """The layer kind of ``module`` if mpq_rl can quantize it (subclasses of Conv/Linear included)."""
+    for cls, kind in QUANTIZABLE_TYPES.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def batch_size_of(inputs: Any) -> int:
+    """The leading dimension of a batch (a tensor, or the first tensor of a dict/tuple)."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0])
+    if isinstance(inputs, dict):
+        return batch_size_of(next(iter(inputs.values())))
+    if isinstance(inputs, (tuple, list)):
+        return batch_size_of(inputs[0])
+    raise UserError(f"cannot find the batch size of a model input of type {type(inputs).__name__}")
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on a batch: keyword arguments for dicts (tokenized text), positional otherwise."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(inputs)
+
+
+def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> LayerTable:
+    """Run ``model`` once on ``example`` (a batch) and return its quantizable layers in execution order."""
+    batch = batch_size_of(example)
+    records: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    handles = []
+
+    def make_hook(name: str, kind: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            per_sample_out = output.numel() // batch
+            if kind == "linear":
+                macs = per_sample_out * module.in_features
+            else:
+                macs = per_sample_out * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+            if name not in records:
+                order.append(name)
+                records[name] = {
+                    "input_shape": tuple(x.shape[1:]),
+                    "output_shape": tuple(output.shape[1:]),
+                    "macs": 0,
+                    "calls": 0,
+                }
+            records[name]["macs"] += macs
+            records[name]["calls"] += 1
+
+        return hook
+
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        kind = quantizable_kind(module)
+        if kind is not None:
+            handles.append(module.register_forward_hook(make_hook(name, kind)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call_model(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    if not order:
+        raise UserError(
+            f"model {model_name or type(model).__name__} has no quantizable layer that runs in forward "
+            "(mpq_rl quantizes nn.Conv1d/2d/3d and nn.Linear modules)"
+        )
+    layers = []
+    for index, name in enumerate(order):
+        module = modules[name]
+        kind = quantizable_kind(module)
+        rec = records[name]
+        if kind == "linear":
+            in_ch, out_ch, groups, kernel, stride = module.in_features, module.out_features, 1, (1,), (1,)
+        else:
+            in_ch, out_ch, groups = module.in_channels, module.out_channels, module.groups
+            kernel, stride = tuple(module.kernel_size), tuple(module.stride)
+        layers.append(
+            Layer(
+                name=name,
+                index=index,
+                kind=kind,
+                weight_shape=tuple(module.weight.shape),
+                in_channels=in_ch,
+                out_channels=out_ch,
+                groups=groups,
+                kernel=kernel,
+                stride=stride,
+                input_shape=rec["input_shape"],
+                output_shape=rec["output_shape"],
+                params=sum(p.numel() for p in module.parameters(recurse=False)),
+                macs=int(rec["macs"]),
+                calls=rec["calls"],
+            )
+        )
+    return LayerTable(tuple(layers), model_name=model_name, example_batch=batch)

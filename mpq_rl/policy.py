@@ -1,0 +1,76 @@
+"""Policies: a mapping from layer name to its (weight bits, activation bits), stored as versioned JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpq_rl.errors import UserError
+from mpq_rl.io import atomic_write_json
+
+BitPair = tuple[int, int]
+Policy = dict[str, BitPair]
+POLICY_FORMAT = "mpq_rl.policy/1"
+
+
+def uniform_policy(names: Iterable[str], w_bits: int, a_bits: int) -> Policy:
+    """Every layer at the same bits."""
+    return {name: (w_bits, a_bits) for name in names}
+
+
+def validate_policy(
+    policy: Mapping[str, Sequence[int]],
+    names: Sequence[str],
+    weight_bits: Sequence[int] | None = None,
+    activation_bits: Sequence[int] | None = None,
+) -> Policy:
+    """Check that ``policy`` gives allowed bits to exactly the layers ``names``; return it normalized."""
+    known = set(names)
+    for name in policy:
+        if name not in known:
+            raise UserError(f"policy names layer {name!r}, which the model does not have")
+    result: Policy = {}
+    for name in names:
+        if name not in policy:
+            raise UserError(f"policy has no bits for layer {name!r}: give every quantizable layer a [w, a] pair")
+        bits = tuple(int(b) for b in policy[name])
+        if len(bits) != 2:
+            raise UserError(f"policy bits for layer {name!r} must be a [w_bits, a_bits] pair, got {list(bits)}")
+        w, a = bits
+        if weight_bits is not None and w not in weight_bits:
+            raise UserError(f"layer {name!r}: weight bits {w} are not among the candidates {list(weight_bits)}")
+        if activation_bits is not None and a not in activation_bits:
+            raise UserError(
+                f"layer {name!r}: activation bits {a} are not among the candidates {list(activation_bits)}"
+            )
+        result[name] = (w, a)
+    return result
+
+
+def policy_to_json(policy: Mapping[str, BitPair], **sections: Any) -> dict[str, Any]:
+    """The file form: ``{"format", "layers": [{"name", "w_bits", "a_bits"}...], **sections}``."""
+    layers = [{"name": n, "w_bits": int(w), "a_bits": int(a)} for n, (w, a) in policy.items()]
+    return {"format": POLICY_FORMAT, "layers": layers, **sections}
+
+
+def save_policy(path: str | Path, policy: Mapping[str, BitPair], **sections: Any) -> None:
+    atomic_write_json(path, policy_to_json(policy, **sections))
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read a policy file (unvalidated against a model: see :func:`validate_policy`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"policy file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"policy file {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
+        raise UserError(f"policy file {path}: expected \"format\": \"{POLICY_FORMAT}\"")
+    try:
+        return {item["name"]: (int(item["w_bits"]), int(item["a_bits"])) for item in data["layers"]}
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"policy file {path}: each layer needs name, w_bits and a_bits") from None
