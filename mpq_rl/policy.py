@@ -42,9 +42,7 @@ def validate_policy(
         if weight_bits is not None and w not in weight_bits:
             raise UserError(f"layer {name!r}: weight bits {w} are not among the candidates {list(weight_bits)}")
         if activation_bits is not None and a not in activation_bits:
-            raise UserError(
-                f"layer {name!r}: activation bits {a} are not among the candidates {list(activation_bits)}"
-            )
+            raise UserError(f"layer {name!r}: activation bits {a} are not among the candidates {list(activation_bits)}")
         result[name] = (w, a)
     return result
 
@@ -69,7 +67,7 @@ def load_policy(path: str | Path) -> Policy:
     except json.JSONDecodeError as exc:
         raise UserError(f"policy file {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
-        raise UserError(f"policy file {path}: expected \"format\": \"{POLICY_FORMAT}\"")
+        raise UserError(f'policy file {path}: expected "format": "{POLICY_FORMAT}"')
     try:
         return {item["name"]: (int(item["w_bits"]), int(item["a_bits"])) for item in data["layers"]}
     except (KeyError, TypeError, ValueError):

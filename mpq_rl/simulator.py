@@ -1,0 +1,192 @@
+"""The quantization simulator: applies a bit-width policy to a live model in O(layers) tensor swaps.
+
+The model is never copied. Quantized weights are computed once per (layer, bits) and cached; activation
+quantizers are calibrated once per (layer, bits) from statistics gathered in one FP32 pass over the calibration
+data. Applying a policy swaps each layer's weight storage and sets the quantizer its input pre-hook uses;
+:meth:`QuantSimulator.restore` puts the original FP32 tensors back, bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpq_rl.errors import UserError
+from mpq_rl.layers import batch_size_of, call_model
+from mpq_rl.policy import BitPair
+from mpq_rl.quant import ActivationQuantizer, RangeMethod, activation_quantizer, is_float_bits, quantize_weight
+
+SAMPLE_VALUES_PER_LAYER = 65536
+"""Activation values kept per layer for range search (a seeded random subsample of the calibration pass)."""
+
+
+@dataclass
+class _ActivationStats:
+    lo: float = math.inf
+    hi: float = -math.inf
+    samples: list[torch.Tensor] = field(default_factory=list)
+
+
+class QuantSimulator:
+    """Fake-quantize the named layers of ``model`` according to a policy, without copying the model.
+
+    Use :meth:`calibrate` once with the calibration inputs (needed before any activation is quantized), then
+    :meth:`apply` policies, or ``with sim.applied(policy): ...``. Call :meth:`detach` to remove the hooks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_names: Sequence[str],
+        weight_range: RangeMethod = "mse",
+        activation_range: RangeMethod = "mse",
+        percentile: float = 99.99,
+        seed: int = 0,
+    ) -> None:
+        modules = dict(model.named_modules())
+        missing = [name for name in layer_names if name not in modules]
+        if missing:
+            raise UserError(f"the model has no module named {missing[0]!r}: check the layer names")
+        self.model = model
+        self.layer_names = tuple(layer_names)
+        self.modules = {name: modules[name] for name in self.layer_names}
+        self.weight_range = weight_range
+        self.activation_range = activation_range
+        self.percentile = percentile
+        self.seed = seed
+        self.fp32_weights = {name: module.weight.data for name, module in self.modules.items()}
+        self._weights: dict[tuple[str, int], torch.Tensor] = {}
+        self._quantizers: dict[tuple[str, int], ActivationQuantizer] = {}
+        self._stats: dict[str, _ActivationStats] | None = None
+        self._active: dict[str, ActivationQuantizer | None] = dict.fromkeys(self.layer_names)
+        self._current: dict[str, BitPair] = {}
+        self._handles = [
+            module.register_forward_pre_hook(self._make_hook(name)) for name, module in self.modules.items()
+        ]
+
+    def _make_hook(self, name: str):
+        active = self._active
+
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            quantizer = active[name]
+            if quantizer is None:
+                return None
+            return (quantizer(args[0]), *args[1:])
+
+        return hook
+
+    @property
+    def calibrated(self) -> bool:
+        return self._stats is not None
+
+    def calibrate(self, inputs: Iterable[Any], total_samples: int | None = None) -> None:
+        """Observe each layer's input over the FP32 model once (ranges and a seeded value subsample)."""
+        self.restore()
+        batches = list(inputs)
+        if not batches:
+            raise UserError("calibration needs at least one batch of data")
+        total = total_samples or sum(batch_size_of(b) for b in batches)
+        stats = {name: _ActivationStats() for name in self.layer_names}
+        generator = torch.Generator().manual_seed(self.seed)
+        current_batch = [0]
+
+        def make_observer(name: str):
+            def observe(module: nn.Module, args: tuple) -> None:
+                x = args[0].detach().float().reshape(-1)
+                record = stats[name]
+                record.lo = min(record.lo, float(x.min()))
+                record.hi = max(record.hi, float(x.max()))
+                keep = min(x.numel(), math.ceil(SAMPLE_VALUES_PER_LAYER * current_batch[0] / total))
+                index = torch.randint(x.numel(), (keep,), generator=generator)
+                record.samples.append(x[index])
+
+            return observe
+
+        handles = [m.register_forward_pre_hook(make_observer(n)) for n, m in self.modules.items()]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    current_batch[0] = batch_size_of(batch)
+                    call_model(self.model, batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.model.train(was_training)
+        self._stats = stats
+        self._quantizers.clear()
+
+    def weight(self, name: str, bits: int) -> torch.Tensor:
+        """The cached quantized weight of layer ``name`` at ``bits`` (computed on first use)."""
+        if is_float_bits(bits):
+            return self.fp32_weights[name]
+        key = (name, bits)
+        if key not in self._weights:
+            self._weights[key] = quantize_weight(self.fp32_weights[name], bits, self.weight_range, self.percentile)
+        return self._weights[key]
+
+    def activation(self, name: str, bits: int) -> ActivationQuantizer | None:
+        """The cached input quantizer of layer ``name`` at ``bits`` (None for floating point)."""
+        if is_float_bits(bits):
+            return None
+        key = (name, bits)
+        if key not in self._quantizers:
+            if self._stats is None:
+                raise UserError("activation bits need calibration data: call calibrate() before apply()")
+            record = self._stats[name]
+            if not record.samples:
+                raise UserError(f"layer {name!r} did not run during calibration, so its input range is unknown")
+            sample = torch.cat(record.samples)
+            self._quantizers[key] = activation_quantizer(
+                sample, record.lo, record.hi, bits, self.activation_range, self.percentile
+            )
+        return self._quantizers[key]
+
+    def apply(self, policy: Mapping[str, BitPair]) -> None:
+        """Quantize every layer named in ``policy``; layers not named stay as they are."""
+        for name, (w_bits, a_bits) in policy.items():
+            if name not in self.modules:
+                raise UserError(f"policy names layer {name!r}, which is not one of the simulated layers")
+            if self._current.get(name) == (w_bits, a_bits):
+                continue
+            self.modules[name].weight.data = self.weight(name, w_bits)
+            self._active[name] = self.activation(name, a_bits)
+            self._current[name] = (w_bits, a_bits)
+
+    def restore(self) -> None:
+        """Put back the exact FP32 weights and switch activation quantization off."""
+        for name, module in self.modules.items():
+            module.weight.data = self.fp32_weights[name]
+            self._active[name] = None
+        self._current.clear()
+
+    @contextmanager
+    def applied(self, policy: Mapping[str, BitPair]) -> Iterator[QuantSimulator]:
+        """Apply ``policy`` for the duration of a ``with`` block, then restore FP32."""
+        self.apply(policy)
+        try:
+            yield self
+        finally:
+            self.restore()
+
+    def detach(self) -> None:
+        """Restore FP32 and remove the hooks: the model is as it was before the simulator."""
+        self.restore()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @property
+    def cached_weights(self) -> int:
+        return len(self._weights)
+
+    @property
+    def cached_quantizers(self) -> int:
+        return len(self._quantizers)
