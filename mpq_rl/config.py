@@ -18,6 +18,8 @@ from mpq_rl.errors import UserError
 FLOAT_BITS = (16, 32)
 """Bit-widths that mean "leave this tensor in floating point"."""
 INTEGER_BITS = tuple(range(2, 9))
+REFERENCE_BITS = (8, 8)
+"""W8A8: budgets are fractions of the model's cost at these bits; layers left out of the search keep them."""
 ALLOWED_BITS = INTEGER_BITS + FLOAT_BITS
 METRICS = ("latency", "energy", "size", "bops")
 

