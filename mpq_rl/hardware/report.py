@@ -1,0 +1,117 @@
+"""A per-layer cost report of one policy on one hardware preset, as a dict (JSON-ready) and as a text table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mpq_rl.config import METRICS
+from mpq_rl.hardware.cost_table import CostTable
+from mpq_rl.layers import LayerTable
+
+TOTAL_KEYS = {"latency": "latency", "energy": "energy", "size": "size_bits", "bops": "bops"}
+"""Metric name -> key of its value in a report's rows and totals."""
+
+
+def _number(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def cost_report(
+    layers: LayerTable, costs: CostTable, policy: Mapping[str, Sequence[int]], metric: str = "latency"
+) -> dict[str, Any]:
+    """Per-layer and total costs of ``policy``, totals relative to W8A8; ``share`` is each layer's part of ``metric``.
+
+    Values a measured table lacks (e.g. energy of a latency-only table) are None.
+    """
+    values = {m: costs.lookup(policy, m) for m in METRICS}
+    reference = costs.reference_policy()
+    reference_values = {m: costs.lookup(reference, m) for m in METRICS}
+    memory_bound = costs.memory_bound(policy)
+    shares = values[metric] / values[metric].sum()
+    rows = []
+    for i, layer in enumerate(layers):
+        w, a = policy[layer.name]
+        row: dict[str, Any] = {
+            "name": layer.name,
+            "kind": layer.kind,
+            "macs": int(layer.macs),
+            "params": int(layer.params),
+            "w_bits": int(w),
+            "a_bits": int(a),
+        }
+        row.update({TOTAL_KEYS[m]: _number(values[m][i]) for m in METRICS})
+        row["share"] = _number(shares[i])
+        row["memory_bound"] = bool(memory_bound[i])
+        rows.append(row)
+    total: dict[str, Any] = {TOTAL_KEYS[m]: _number(np.sum(values[m])) for m in METRICS}
+    ref_total = {TOTAL_KEYS[m]: _number(np.sum(reference_values[m])) for m in METRICS}
+    for m in METRICS:
+        key = TOTAL_KEYS[m]
+        ok = total[key] is not None and ref_total[key]
+        total[f"{m}_ratio"] = total[key] / ref_total[key] if ok else None
+    return {"layers": rows, "total": total, "reference": ref_total}
+
+
+_COLUMNS = (
+    ("MACs(M)", 9),
+    ("params(K)", 10),
+    ("W/A", 6),
+    ("lat(us)", 11),
+    ("energy(uJ)", 11),
+    ("size(KB)", 9),
+    ("BOPs(M)", 10),
+    ("share", 7),
+    ("mem", 4),
+)
+
+
+def _fmt(value: float | None, scale: float, width: int, digits: int = 2) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value * scale:>{width}.{digits}f}"
+
+
+def _cost_cells(entry: Mapping[str, Any]) -> str:
+    return (
+        _fmt(entry["latency"], 1e6, 11)
+        + _fmt(entry["energy"], 1e6, 11)
+        + _fmt(entry["size_bits"], 1 / 8 / 1024, 9)
+        + _fmt(entry["bops"], 1e-6, 10, 1)
+    )
+
+
+def render_cost_report(report: Mapping[str, Any], metric: str = "latency") -> str:
+    """A fixed-width table of ``report``: one row per layer, then totals, the W8A8 reference and their ratio.
+
+    Latency and energy are for one batch; ``share`` is each layer's part of ``metric``; ``*`` marks memory-bound.
+    """
+    key = TOTAL_KEYS[metric]
+    rows = report["layers"]
+    name_width = min(max([len(r["name"]) for r in rows] + [5]), 40)
+    total_metric = report["total"][key]
+    header = f"{'layer':<{name_width}} {'kind':<10}" + "".join(f"{title:>{width}}" for title, width in _COLUMNS)
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        name = r["name"] if len(r["name"]) <= name_width else "..." + r["name"][-(name_width - 3) :]
+        share = r[key] / total_metric if r[key] is not None and total_metric else None
+        lines.append(
+            f"{name:<{name_width}} {r['kind']:<10}"
+            + f"{r['macs'] / 1e6:>9.2f}{r['params'] / 1e3:>10.1f}{str(r['w_bits']) + '/' + str(r['a_bits']):>6}"
+            + _cost_cells(r)
+            + _fmt(share, 100, 6, 1)
+            + "%"
+            + f"{'*' if r['memory_bound'] else '':>4}"
+        )
+    lines.append("-" * len(header))
+    pad = " " * (name_width + 1 + 10 + 9 + 10 + 6)
+    lines.append(f"{'total':<{len(pad)}}" + _cost_cells(report["total"]))
+    lines.append(f"{'W8A8 reference':<{len(pad)}}" + _cost_cells(report["reference"]))
+    ratios = "".join(
+        _fmt(report["total"][f"{m}_ratio"], 1, width, 4) for m, width in zip(METRICS, (11, 11, 9, 10), strict=True)
+    )
+    lines.append(f"{'ratio vs W8A8':<{len(pad)}}" + ratios)
+    lines.append(f"share: part of total {metric}; * = memory-bound; latency and energy per batch")
+    return "\n".join(lines)
