@@ -104,13 +104,13 @@ def test_bitfusion_cycles_of_one_convolution(resnet18_layers):
     #   W2A2: factor 4*4 = 16 -> ceil(64/256) = 1 as well: the array's rows are already full, so no further gain.
     index = resnet18_layers.index_of("layer1.0.conv1")
     shapes = LayerShapes.from_table(LayerTable((resnet18_layers[index],)))
-    model = BitFusion(array="16x32", batch_size=16)
+    model = BitFusion(array="16x32", batch_size=16, mapping="channels")
     cycles = {
         (w, a): model.cycles(shapes, np.float64(w), np.float64(a)).item() for w, a in [(8, 8), (4, 8), (4, 4), (2, 2)]
     }
     assert cycles == {(8, 8): 3_612_672, (4, 8): 1_806_336, (4, 4): 903_168, (2, 2): 903_168}
     # At 500 MHz, W8A8 compute takes 3,612,672 / 5e8 s = 7.225 ms; the layer is compute-bound, so that is its latency.
-    costs = build_cost_table(resnet18_layers, HardwareConfig(preset="bitfusion"))
+    costs = build_cost_table(resnet18_layers, HardwareConfig(preset="bitfusion", overrides={"mapping": "channels"}))
     i8 = costs.bit_index(8)
     assert costs.latency[index, i8, i8] == pytest.approx(3_612_672 / 500e6)
     assert not costs.memory_bound_table[index, i8, i8]
@@ -313,3 +313,22 @@ def test_cost_table_rejects_bad_policies(mobilenet100):
         costs.total({k: v for k, v in policy.items() if k != "classifier.1"}, "bops")
     with pytest.raises(UserError, match="unknown cost metric 'speed'"):
         costs.metric("speed")
+
+
+def test_bitfusion_im2col_mapping_fills_the_rows_for_few_input_channels(resnet18_layers):
+    # ResNet-18 conv1: 3 -> 64 channels, 7x7, 112x112 outputs, batch 1 on the 16x32 array.
+    #   channels: 1 * ceil(64/32) * 12544 * 49 * ceil(3/16)       = 2 * 12544 * 49 = 1,229,312 at any bits
+    #   im2col:   1 * 12544 * ceil(64/32) * ceil(49*3 / 16)       = 2 * 12544 * 10 =   250,880 at W8A8
+    #             W2A2 (factor 16): ceil(147 / 256) = 1           = 2 * 12544      =    25,088
+    index = resnet18_layers.index_of("conv1")
+    shapes = LayerShapes.from_table(LayerTable((resnet18_layers[index],)))
+
+    def cycles(mapping: str, bits: int) -> float:
+        model = BitFusion(batch_size=1, mapping=mapping)
+        return model.cycles(shapes, np.float64(bits), np.float64(bits)).item()
+
+    assert cycles("channels", 8) == cycles("channels", 2) == 1_229_312
+    assert (cycles("im2col", 8), cycles("im2col", 2)) == (250_880, 25_088)
+    assert cycles("best", 8) == 250_880
+    with pytest.raises(UserError, match="mapping must be one of"):
+        build_cost_table(resnet18_layers, HardwareConfig(preset="bitfusion", overrides={"mapping": "diagonal"}))

@@ -7,14 +7,20 @@ Compute follows the simulator hsharma35/bitfusion (``src/simulator/accelerator.p
 
     cycles = B * ceil(OC / M) * positions * K^2 * ceil((IC / groups) / (N * factor_w * factor_a))
 
-with ``positions`` the output pixels (or tokens) per output channel. Assumptions beyond the simulator, which
+with ``positions`` the output pixels (or tokens) per output channel. The simulator also offers an im2col mapping
+that unrolls the kernel into the reduction, ``B * positions * ceil(OC / M) * ceil(K^2 * IC / (N * factor))``,
+which keeps the array busy when a layer has few input channels; ``mapping`` picks "channels" (the simulator's
+default), "im2col", or "best" (default: per layer and bit pair, the faster of the two, as a compiler would).
+Assumptions beyond the simulator, which
 handles neither: 16-bit operands take 4x the 8x8 cycles (factor 1/2 per operand) and 32-bit ones 16x (1/4); a
 grouped or depthwise convolution runs at full array utilization, ``ceil(B * MACs / (N * M * factor))``, so such
 layers come out memory-bound, as they are in HAQ's measured table.
 
 Latency is the roofline of ``roofline.py`` with the array's DRAM bandwidth; energy is the core energy per active
 cycle (235.1 pJ per cycle for the 512-unit 16x32 array, 0.459 pJ per fusion unit) plus SRAM and DRAM energy per
-bit (Bit Fusion: SRAM 0.02-0.11 pJ/bit, DRAM 15 pJ/bit). Outputs are written at 32 bits, as in the simulator.
+bit (Bit Fusion: SRAM 0.02-0.11 pJ/bit, DRAM 15 pJ/bit). Outputs are requantized and written at the layer's
+activation width by default (``output_bits: 0``), as a mixed-precision pipeline stores them for the next layer;
+``output_bits: 32`` reproduces the simulator, which writes 32-bit outputs and leaves small layers memory-bound.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from mpq_rl.hardware.roofline import LayerCosts, dram_bits, roofline
 from mpq_rl.hardware.shapes import LayerShapes
 
 KB_BITS = 8 * 1024
+MAPPINGS = ("best", "channels", "im2col")
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ class BitFusion:
     sram_pj_per_bit: float = 0.1
     dram_pj_per_bit: float = 15.0
     sram_operand_reuse: float = 16.0
-    output_bits: int = 32
+    output_bits: int = 0
+    mapping: str = "best"
     dram_bits_per_cycle: int | None = None
     input_sram_kb: int | None = None
     weight_sram_kb: int | None = None
@@ -80,6 +88,8 @@ class BitFusion:
     def validate(self) -> None:
         if self.array not in ARRAYS:
             raise UserError(f"hardware.overrides.array must be one of {list(ARRAYS)}, got {self.array!r}")
+        if self.mapping not in MAPPINGS:
+            raise UserError(f"hardware.overrides.mapping must be one of {list(MAPPINGS)}, got {self.mapping!r}")
 
     @property
     def config(self) -> FusionArray:
@@ -89,13 +99,10 @@ class BitFusion:
         """Compute cycles of the array for one batch (the simulator's loop nest, above)."""
         rows, cols = self.config.rows, self.config.cols
         factor = fusion_factor(w_bits) * fusion_factor(a_bits)
-        dense = (
-            self.batch_size
-            * np.ceil(shapes.out_channels / cols)
-            * shapes.positions
-            * shapes.taps
-            * np.ceil(shapes.in_per_group / (rows * factor))
-        )
+        per_position = self.batch_size * shapes.positions * np.ceil(shapes.out_channels / cols)
+        channels = per_position * shapes.taps * np.ceil(shapes.in_per_group / (rows * factor))
+        im2col = per_position * np.ceil(shapes.taps * shapes.in_per_group / (rows * factor))
+        dense = {"channels": channels, "im2col": im2col, "best": np.minimum(channels, im2col)}[self.mapping]
         grouped = np.ceil(self.batch_size * shapes.macs / (rows * cols * factor))
         return np.where(shapes.grouped, grouped, dense)
 
