@@ -1,3 +1,8 @@
 """mpq_rl: mixed-precision quantization search with reinforcement learning under hardware budgets."""
 
+import gymnasium
+
 __version__ = "0.1.0"
+
+if "mpq_rl/BitWidth-v0" not in gymnasium.registry:
+    gymnasium.register(id="mpq_rl/BitWidth-v0", entry_point="mpq_rl.envs.bitwidth:BitWidthEnv")

@@ -32,10 +32,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _check_bits(values: list[int], key: str) -> list[int]:
+def _check_allowed(values: list[int], key: str) -> None:
     bad = [b for b in values if b not in ALLOWED_BITS]
     if bad:
         raise ValueError(f"{key} must be among {list(ALLOWED_BITS)} (16/32 = floating point), got {bad}")
+
+
+def _check_bits(values: list[int], key: str) -> list[int]:
+    _check_allowed(values, key)
     if len(set(values)) != len(values):
         raise ValueError(f"{key} lists a bit-width twice: {values}")
     return sorted(values)
@@ -116,12 +120,17 @@ class QuantizationConfig(_Section):
         for name, bits in v.items():
             if len(bits) != 2:
                 raise ValueError(f"quantization.pin.{name} must be [w_bits, a_bits], got {bits}")
-            _check_bits(bits, f"quantization.pin.{name}")
+            _check_allowed(bits, f"quantization.pin.{name}")
         return v
 
     @property
     def weight_only(self) -> bool:
         return not self.activation_bits
+
+    @property
+    def activation_candidates(self) -> list[int]:
+        """The activation bits to choose from: ``[32]`` (floating point) for a weight-only search."""
+        return self.activation_bits or [FLOAT_BITS[-1]]
 
 
 class HardwareConfig(_Section):

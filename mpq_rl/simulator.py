@@ -22,6 +22,8 @@ from mpq_rl.layers import batch_size_of, call_model
 from mpq_rl.policy import BitPair
 from mpq_rl.quant import ActivationQuantizer, RangeMethod, activation_quantizer, is_float_bits, quantize_weight
 
+_ATTACHED = "_mpq_rl_simulated"
+"""Set on each module a simulator hooks into, so a second simulator on the same layers is refused."""
 SAMPLE_VALUES_PER_LAYER = 65536
 """Activation values kept per layer for range search (a seeded random subsample of the calibration pass)."""
 
@@ -53,6 +55,12 @@ class QuantSimulator:
         missing = [name for name in layer_names if name not in modules]
         if missing:
             raise UserError(f"the model has no module named {missing[0]!r}: check the layer names")
+        taken = [name for name in layer_names if getattr(modules[name], _ATTACHED, False)]
+        if taken:
+            raise UserError(
+                f"layer {taken[0]!r} is already simulated by another QuantSimulator: detach() that one first "
+                "(or build the model again)"
+            )
         self.model = model
         self.layer_names = tuple(layer_names)
         self.modules = {name: modules[name] for name in self.layer_names}
@@ -69,6 +77,8 @@ class QuantSimulator:
         self._handles = [
             module.register_forward_pre_hook(self._make_hook(name)) for name, module in self.modules.items()
         ]
+        for module in self.modules.values():
+            setattr(module, _ATTACHED, True)
 
     def _make_hook(self, name: str):
         active = self._active
@@ -182,6 +192,9 @@ class QuantSimulator:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module in self.modules.values():
+            if hasattr(module, _ATTACHED):
+                delattr(module, _ATTACHED)
 
     @property
     def cached_weights(self) -> int:

@@ -19,8 +19,6 @@ from mpq_rl.layers import LayerTable, discover_layers
 from mpq_rl.models import build_model
 from mpq_rl.policy import Policy
 
-FLOAT_ACTIVATIONS = 32
-
 
 @dataclass
 class Workload:
@@ -34,15 +32,6 @@ class Workload:
     calibration: Batches | None = None
     test: Batches | None = None
     train: Dataset | None = field(default=None, repr=False)
-
-    @property
-    def weight_bits(self) -> list[int]:
-        return self.config.quantization.weight_bits
-
-    @property
-    def activation_bits(self) -> list[int]:
-        """The activation candidates; ``[32]`` (floating point) for a weight-only search."""
-        return self.config.quantization.activation_bits or [FLOAT_ACTIVATIONS]
 
     def full_policy(self, searched: Policy) -> Policy:
         """The bits of every layer, in execution order: the searched layers' plus the fixed ones."""
@@ -100,7 +89,7 @@ def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Wo
     layers = discover_layers(model, example_input(config, calibration), model_name=config.model.source)
 
     quant = config.quantization
-    a_fixed = REFERENCE_BITS[1] if quant.activation_bits else FLOAT_ACTIVATIONS
+    a_fixed = REFERENCE_BITS[1] if quant.activation_bits else quant.activation_candidates[0]
     pinned = {resolve_layer_name(name, layers): (bits[0], bits[1]) for name, bits in quant.pin.items()}
     candidates = [name for name in layers.select(quant.include, quant.exclude) if name not in pinned]
     if not candidates:

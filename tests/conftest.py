@@ -51,3 +51,27 @@ def minilm_splits() -> Splits:
     from mpq_rl.workloads.minilm import load_minilm_sentences
 
     return load_minilm_sentences()
+
+
+@pytest.fixture(scope="session")
+def digits_workload(digits_model: nn.Module):
+    """The default run's workload (digits CNN, digits data), built from the default config."""
+    from mpq_rl.config import load_config
+    from mpq_rl.workload import load_workload
+
+    return load_workload(load_config())
+
+
+@pytest.fixture(scope="session")
+def digits_evaluator(digits_workload):
+    """One evaluator (and so one set of simulator hooks) on the shared digits workload."""
+    from mpq_rl.evaluator import Evaluator
+
+    return Evaluator(digits_workload)
+
+
+@pytest.fixture(scope="session")
+def digits_costs(digits_workload):
+    from mpq_rl.hardware import build_cost_table
+
+    return build_cost_table(digits_workload.layers, digits_workload.config.hardware)

@@ -126,3 +126,11 @@ def test_calibration_is_seeded(setup):
     other = QuantSimulator(make_model(), NAMES, seed=0)
     other.calibrate(batches)
     assert other.activation("5", 3) == sim.activation("5", 3)
+
+
+def test_a_second_simulator_on_the_same_layers_is_refused_until_the_first_detaches(setup):
+    model, sim, _ = setup
+    with pytest.raises(UserError, match="already simulated"):
+        QuantSimulator(model, NAMES)
+    sim.detach()
+    QuantSimulator(model, NAMES).detach()

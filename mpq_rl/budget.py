@@ -1,0 +1,139 @@
+"""The budget: how much of the W8A8 cost a policy may spend, and how choices are kept within it.
+
+Costs are precomputed per searched layer for every candidate bit pair, so checking, projecting and lowering a
+choice are array lookups. ``project`` is mpq_rl's default: at each layer, the chosen bits are clipped to the
+highest bits that still let every remaining layer fit at its lowest bits, so every episode ends within budget
+and the agent sees the bits actually used. ``lower_to_fit`` is HAQ's end-of-episode "action wall" (lower bits
+from the last layer backwards until the policy fits), kept for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpq_rl.errors import UserError
+from mpq_rl.policy import BitPair, Policy
+
+_SLACK = 1e-9
+"""Relative tolerance on the budget, so a policy exactly at the budget is not refused for rounding."""
+
+Choice = tuple[int, int]
+"""Indices into the weight and activation candidate lists."""
+
+
+@dataclass
+class Budget:
+    """Costs of the searched layers' candidate bit pairs in one metric, and the limit they must fit under."""
+
+    names: tuple[str, ...]
+    weight_bits: tuple[int, ...]
+    activation_bits: tuple[int, ...]
+    costs: np.ndarray
+    """[searched layer, weight candidate, activation candidate] in the metric's units."""
+    fixed_cost: float
+    """Cost of the layers outside the search, at their fixed bits."""
+    reference: float
+    """W8A8 cost of the whole model."""
+    fraction: float
+    metric: str
+
+    def __post_init__(self) -> None:
+        self.limit = self.fraction * self.reference * (1.0 + _SLACK)
+        self.min_costs = np.nanmin(self.costs.reshape(len(self.names), -1), axis=1)
+        self.suffix_min = np.concatenate([np.cumsum(self.min_costs[::-1])[::-1], [0.0]])
+
+    @classmethod
+    def from_costs(
+        cls,
+        metric_table: np.ndarray,
+        table_bits: Sequence[int],
+        layer_names: Sequence[str],
+        searched: Sequence[str],
+        fixed: Policy,
+        weight_bits: Sequence[int],
+        activation_bits: Sequence[int],
+        fraction: float,
+        metric: str,
+        reference: float,
+    ) -> Budget:
+        """Slice a cost table ``[layer, w, a]`` (bits ``table_bits``) down to the searched layers' candidates."""
+        position = {b: i for i, b in enumerate(table_bits)}
+        row = {name: i for i, name in enumerate(layer_names)}
+        w_idx = [position[b] for b in weight_bits]
+        a_idx = [position[b] for b in activation_bits]
+        costs = np.stack([metric_table[row[n]][np.ix_(w_idx, a_idx)] for n in searched])
+        fixed_cost = float(sum(metric_table[row[n], position[w], position[a]] for n, (w, a) in fixed.items()))
+        return cls(
+            names=tuple(searched),
+            weight_bits=tuple(weight_bits),
+            activation_bits=tuple(activation_bits),
+            costs=costs,
+            fixed_cost=fixed_cost,
+            reference=reference,
+            fraction=fraction,
+            metric=metric,
+        )
+
+    @property
+    def min_fraction(self) -> float:
+        """The smallest reachable cost (every searched layer at its cheapest bits) as a fraction of W8A8."""
+        return (self.fixed_cost + self.suffix_min[0]) / self.reference
+
+    def check_feasible(self) -> None:
+        if self.fixed_cost + self.suffix_min[0] > self.limit:
+            raise UserError(
+                f"budget {self.fraction:g} of W8A8 {self.metric} cannot be met: the lowest bits reach "
+                f"{self.min_fraction:.4f} at best; raise budget to at least {self.min_fraction:.4f} or allow lower bits"
+            )
+
+    def bits(self, choice: Choice) -> BitPair:
+        return self.weight_bits[choice[0]], self.activation_bits[choice[1]]
+
+    def cost(self, step: int, choice: Choice) -> float:
+        return float(self.costs[step, choice[0], choice[1]])
+
+    def total(self, choices: Sequence[Choice]) -> float:
+        """Whole-model cost of one choice per searched layer, fixed layers included."""
+        return self.fixed_cost + float(sum(self.costs[s, w, a] for s, (w, a) in enumerate(choices)))
+
+    def fits(self, choices: Sequence[Choice]) -> bool:
+        return self.total(choices) <= self.limit
+
+    def project(self, step: int, spent: float, choice: Choice) -> Choice:
+        """The highest bits at or below ``choice`` that leave room for the remaining layers at their lowest bits.
+
+        ``spent`` is the cost so far, fixed layers included. Among the pairs that fit, the costliest (the closest
+        to what was asked) wins, ties going to more weight bits.
+        """
+        room = self.limit - spent - self.suffix_min[step + 1]
+        w, a = choice
+        if self.costs[step, w, a] <= room:
+            return choice
+        allowed = self.costs[step, : w + 1, : a + 1]
+        fitting = np.where(allowed <= room, allowed, -np.inf)
+        if not np.isfinite(fitting).any():
+            cheapest = np.unravel_index(self.costs[step].argmin(), self.costs[step].shape)
+            return int(cheapest[0]), int(cheapest[1])
+        flat = np.flatnonzero(fitting == fitting.max())
+        best = np.unravel_index(flat, fitting.shape)
+        order = np.lexsort((best[1], best[0]))[-1]
+        return int(best[0][order]), int(best[1][order])
+
+    def lower_to_fit(self, choices: Sequence[Choice]) -> list[Choice]:
+        """HAQ's action wall: from the last layer backwards, lower each layer's bits one notch until it fits."""
+        lowered = [tuple(c) for c in choices]
+        while not self.fits(lowered):
+            changed = False
+            for step in reversed(range(len(lowered))):
+                w, a = lowered[step]
+                if w > 0 or a > 0:
+                    lowered[step] = (max(w - 1, 0), max(a - 1, 0))
+                    changed = True
+                    if self.fits(lowered):
+                        break
+            if not changed:
+                break
+        return [(int(w), int(a)) for w, a in lowered]

@@ -1,0 +1,155 @@
+"""The evaluator: proxy metrics of a policy on the calibration split, behind a cache keyed by the policy.
+
+``evaluate(policy)`` is a pure function of the policy for a given workload: the simulator swaps cached
+quantized tensors into the live model, one forward pass runs over the pre-collated calibration batches, and the
+outputs are scored against the FP32 outputs (and labels, when there are any). A repeated policy costs a dict
+lookup. The cache persists to JSON (resuming a search relies on it) and can be merged from other processes.
+Everything an evaluator needs is built from a picklable :class:`~mpq_rl.config.RunConfig`, so every process of
+a parallel search builds its own with :meth:`Evaluator.from_config`.
+
+The test split is never touched here: held-out scores come from :func:`evaluate_on_test`, which a search calls
+once, on its final answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from mpq_rl.config import RunConfig
+from mpq_rl.data import Batches
+from mpq_rl.errors import UserError
+from mpq_rl.io import atomic_write_json
+from mpq_rl.metrics import model_outputs, score
+from mpq_rl.policy import BitPair, Policy
+from mpq_rl.simulator import QuantSimulator
+from mpq_rl.workload import Workload, load_workload
+
+Metrics = dict[str, float]
+CACHE_FORMAT = "mpq_rl.evaluations/1"
+
+
+def policy_key(policy: Mapping[str, BitPair], names: tuple[str, ...]) -> str:
+    """A compact, order-fixed key for a policy over ``names``: ``"8,8|4,6|..."``."""
+    return "|".join(f"{policy[n][0]},{policy[n][1]}" for n in names)
+
+
+class EvaluationCache:
+    """Proxy metrics by policy key, with hit/miss counts; saved atomically as JSON."""
+
+    def __init__(self, entries: dict[str, Metrics] | None = None) -> None:
+        self.entries: dict[str, Metrics] = dict(entries or {})
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def get(self, key: str) -> Metrics | None:
+        found = self.entries.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key: str, metrics: Metrics) -> None:
+        self.entries[key] = dict(metrics)
+
+    def merge(self, other: EvaluationCache | Mapping[str, Metrics]) -> None:
+        entries = other.entries if isinstance(other, EvaluationCache) else other
+        self.entries.update(entries)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, {"format": CACHE_FORMAT, "entries": self.entries})
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvaluationCache:
+        path = Path(path)
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"evaluation cache {path} is not valid JSON: delete it to start the cache afresh") from None
+        if data.get("format") != CACHE_FORMAT:
+            raise UserError(f"evaluation cache {path} has an unknown format: delete it to start the cache afresh")
+        return cls(data["entries"])
+
+
+def calibrated_simulator(workload: Workload) -> QuantSimulator:
+    """A simulator over every layer of ``workload``, its activation ranges calibrated on the calibration split."""
+    quant = workload.config.quantization
+    simulator = QuantSimulator(
+        workload.model,
+        workload.layers.names,
+        weight_range=quant.weight_range,
+        activation_range=quant.activation_range,
+        percentile=quant.percentile,
+        seed=workload.config.seed,
+    )
+    if workload.calibration is not None:
+        simulator.calibrate((inputs for inputs, _ in workload.calibration), workload.calibration.num_samples)
+    return simulator
+
+
+class Evaluator:
+    """Scores policies of one workload on its calibration batches, caching every result."""
+
+    def __init__(self, workload: Workload, cache: EvaluationCache | None = None) -> None:
+        if workload.calibration is None:
+            raise UserError("evaluating a policy needs calibration data: set data.name or data.factory")
+        self.workload = workload
+        self.names = tuple(workload.layers.names)
+        self.calibration: Batches = workload.calibration
+        self.simulator = calibrated_simulator(workload)
+        self.reference = model_outputs(workload.model, self.calibration)
+        self.targets = self.calibration.targets()
+        self.fp32 = score(self.reference, self.reference, self.targets)
+        self.cache = cache if cache is not None else EvaluationCache()
+
+    @classmethod
+    def from_config(cls, config: RunConfig, cache: EvaluationCache | None = None) -> Evaluator:
+        """Build the workload and its evaluator in this process (what parallel workers call)."""
+        return cls(load_workload(config), cache)
+
+    def evaluate(self, policy: Mapping[str, BitPair]) -> Metrics:
+        """Proxy metrics of ``policy`` (every layer named) on the calibration split; cached."""
+        key = policy_key(policy, self.names)
+        found = self.cache.get(key)
+        if found is not None:
+            return dict(found)
+        self.simulator.apply(policy)
+        metrics = score(model_outputs(self.workload.model, self.calibration), self.reference, self.targets)
+        self.cache.put(key, metrics)
+        return dict(metrics)
+
+    def close(self) -> None:
+        """Give the model back in FP32 with no hooks."""
+        self.simulator.detach()
+
+
+def evaluate_on_test(workload: Workload, policy: Policy, simulator: QuantSimulator | None = None) -> Metrics:
+    """Held-out metrics of ``policy`` (FP32 when ``policy`` is empty) on the test split, scored against FP32.
+
+    Pass the search's simulator to reuse its calibrated ranges; otherwise one is calibrated here on the
+    calibration split (never on test data).
+    """
+    if workload.test is None:
+        raise UserError("held-out evaluation needs a test split: set data.name or data.factory")
+    own = simulator is None
+    if own:
+        simulator = calibrated_simulator(workload)
+    simulator.restore()
+    reference = model_outputs(workload.model, workload.test)
+    with torch.no_grad(), simulator.applied(policy):
+        outputs = model_outputs(workload.model, workload.test)
+    if own:
+        simulator.detach()
+    return score(outputs, reference, workload.test.targets())
