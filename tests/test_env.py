@@ -116,7 +116,7 @@ def test_wall_lowers_from_the_last_layer_and_penalty_leaves_the_policy(make_env)
     _, reward, info = run_episode(penalty, [np.ones(2, np.float32)] * penalty.n_steps)
     assert not info["within_budget"] and not info["projected"]
     assert info["cost_ratio"]["latency"] == pytest.approx(1.0)
-    assert reward == pytest.approx(-10.0 * (1.0 / 0.5 - 1.0), abs=1e-6)
+    assert reward == pytest.approx(info["reward"]) == pytest.approx(-10.0 * (1.0 / 0.5 - 1.0), abs=1e-6)
 
 
 def test_infeasible_budget_names_the_minimum_fraction(make_env):
@@ -168,7 +168,7 @@ def test_registered_and_made_from_a_yaml_path(tmp_path, digits_model):
     path.write_text("budget: 0.4\nhardware: {preset: bops, metric: bops}\n")
     env = gym.make("mpq_rl/BitWidth-v0", config=str(path))
     try:
-        assert env.unwrapped.budget.fraction == 0.4 and env.unwrapped.metric == "bops"
+        assert env.unwrapped.budget.fraction == 0.4 and env.unwrapped.problem.metric == "bops"
         _, _, info = run_episode(env.unwrapped, [np.ones(2, np.float32)] * env.unwrapped.n_steps)
         assert info["cost_ratio"]["bops"] <= 0.4 * (1 + 1e-9)
     finally:

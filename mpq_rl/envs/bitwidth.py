@@ -10,12 +10,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mpq_rl.budget import Budget, Choice
-from mpq_rl.config import RunConfig, load_config
+from mpq_rl.budget import Choice
+from mpq_rl.config import RunConfig
 from mpq_rl.evaluator import Evaluator
-from mpq_rl.hardware import CostTable, build_cost_table
-from mpq_rl.rewards import Outcome, build_reward, proxy_value
-from mpq_rl.workload import Workload, load_workload
+from mpq_rl.hardware import CostTable
+from mpq_rl.problem import SearchProblem
+from mpq_rl.workload import Workload
 
 OBSERVATION_FEATURES = (
     ("layer_index", "position of the layer among the searched layers, 0 (first) to 1 (last)", 0.0, 1.0),
@@ -93,8 +93,8 @@ class BitWidthEnv(gym.Env):
     ``workload``, ``costs``, ``evaluator``: pieces already built (e.g. a model and data from Python, see
     :func:`mpq_rl.workload.assemble_workload`); whatever is not given is built from ``config``. With both a
     workload and a config, the workload decides which layers are searched and the config everything else.
-    ``discrete``: use the ``MultiDiscrete`` action space. ``penalty``: the reward penalty for ``penalty``
-    enforcement.
+    ``problem``: a :class:`~mpq_rl.problem.SearchProblem` shared with other searchers (instead of the above).
+    ``discrete``: use the ``MultiDiscrete`` action space.
 
     ## Version History
     * v0: first version.
@@ -109,21 +109,16 @@ class BitWidthEnv(gym.Env):
         workload: Workload | None = None,
         costs: CostTable | None = None,
         evaluator: Evaluator | None = None,
+        problem: SearchProblem | None = None,
         discrete: bool = False,
-        penalty: float = 10.0,
     ) -> None:
         super().__init__()
-        self.config = workload.config if workload is not None and config is None else load_config(config)
-        self.workload = workload if workload is not None else load_workload(self.config)
-        self.costs = costs if costs is not None else build_cost_table(self.workload.layers, self.config.hardware)
-        self._owns_evaluator = evaluator is None
-        self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)
-        self.reward_fn = build_reward(self.config.reward)
-        self.enforcement = self.config.budget.enforcement
-        self.penalty = penalty
-        self.metric = self.config.hardware.metric
-        self.budget = self._budget()
-        self.budget.check_feasible()
+        if problem is None:
+            problem = SearchProblem(config, workload=workload, costs=costs, evaluator=evaluator)
+        self.problem = problem
+        self.config = problem.config
+        self.workload = problem.workload
+        self.budget = problem.budget
         self.weight_only = self.config.quantization.weight_only
         self.n_steps = len(self.workload.searched)
         self.discrete = discrete
@@ -141,27 +136,12 @@ class BitWidthEnv(gym.Env):
         self._spent = self.budget.fixed_cost
         self._projected_layers = 0
 
-    def _budget(self) -> Budget:
-        workload = self.workload
-        table = self.costs.metric(self.metric)
-        return Budget.from_costs(
-            metric_table=table,
-            table_bits=self.costs.bits,
-            layer_names=self.costs.layer_names,
-            searched=workload.searched,
-            fixed=workload.fixed,
-            weight_bits=self.config.quantization.weight_bits,
-            activation_bits=self.config.quantization.activation_candidates,
-            fraction=self.config.budget.fraction,
-            metric=self.metric,
-            reference=self.costs.reference(self.metric),
-        )
-
     def _static_features(self) -> np.ndarray:
         """Per searched layer, the first 11 observation components (they do not change during an episode)."""
         layers = [self.workload.layers[name] for name in self.workload.searched]
-        shares = self.costs.per_layer(self.costs.reference_policy(), self.metric) / self.costs.reference(self.metric)
-        share_of = dict(zip(self.costs.layer_names, shares, strict=True))
+        costs, metric = self.problem.costs, self.problem.metric
+        shares = costs.per_layer(costs.reference_policy(), metric) / costs.reference(metric)
+        share_of = dict(zip(costs.layer_names, shares, strict=True))
 
         def scaled(values: list[float]) -> list[float]:
             top = max(values)
@@ -220,49 +200,17 @@ class BitWidthEnv(gym.Env):
         step = len(self._choices)
         asked = self._to_choice(action)
         choice = asked
-        if self.enforcement == "project":
+        if self.problem.enforcement == "project":
             choice = self.budget.project(step, self._spent, asked)
             self._projected_layers += choice != asked
         self._choices.append(choice)
         self._spent += self.budget.cost(step, choice)
         if len(self._choices) < self.n_steps:
             return self._observation(), 0.0, False, False, {}
-        reward, info = self._finish()
-        return self._observation(), reward, True, False, info
-
-    def _finish(self) -> tuple[float, dict[str, Any]]:
-        choices = self._choices
-        if self.enforcement == "wall":
-            lowered = self.budget.lower_to_fit(choices)
-            self._projected_layers = sum(a != b for a, b in zip(lowered, choices, strict=True))
-            choices = lowered
-        searched = {name: self.budget.bits(c) for name, c in zip(self.workload.searched, choices, strict=True)}
-        policy = self.workload.full_policy(searched)
-        metrics = self.evaluator.evaluate(policy)
-        totals = self.costs.totals(policy)
-        ratios = self.costs.ratios(policy)
-        within = ratios[self.metric] <= self.budget.fraction * (1.0 + 1e-9)
-        proxy = proxy_value(metrics, self.config.proxy)
-        proxy_fp32 = proxy_value(self.evaluator.fp32, self.config.proxy)
-        outcome = Outcome(proxy, proxy_fp32, ratios[self.metric], self.budget.fraction)
-        reward = float(self.reward_fn(outcome))
-        if self.enforcement == "penalty" and not within:
-            reward -= self.penalty * (ratios[self.metric] / self.budget.fraction - 1.0)
-        info = {
-            "policy": {name: [int(w), int(a)] for name, (w, a) in policy.items()},
-            "metrics": metrics,
-            "proxy": proxy,
-            "proxy_fp32": proxy_fp32,
-            "cost": totals,
-            "cost_ratio": ratios,
-            "within_budget": bool(within),
-            "projected": self._projected_layers > 0,
-            "projected_layers": int(self._projected_layers),
-        }
-        return reward, info
+        info = self.problem.score(self._choices, self._projected_layers)
+        return self._observation(), info["reward"], True, False, info
 
     def close(self) -> None:
-        """Release the model (restored to FP32) if this environment built the evaluator itself."""
-        if self._owns_evaluator:
-            self.evaluator.close()
+        """Release the model (restored to FP32) if this environment built its evaluator."""
+        self.problem.close()
         super().close()

@@ -1,0 +1,112 @@
+"""The search problem: one workload, its cost table, its budget, its evaluator and its reward, in one object.
+
+Every searcher, the RL environment included, turns a list of bit choices (one per searched layer) into an
+episode through :meth:`SearchProblem.score`, so all of them are judged by the same evaluator, cache, budget and
+reward, and results are comparable at equal numbers of evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpq_rl.budget import Budget, Choice
+from mpq_rl.config import RunConfig, load_config
+from mpq_rl.evaluator import Evaluator
+from mpq_rl.hardware import CostTable, build_cost_table
+from mpq_rl.policy import Policy
+from mpq_rl.rewards import Outcome, build_reward, proxy_value
+from mpq_rl.workload import Workload, load_workload
+
+Episode = dict[str, Any]
+"""What scoring a policy gives: ``reward`` plus the keys listed in :meth:`SearchProblem.score`."""
+PENALTY_PER_EXCESS = 10.0
+"""Reward lost per unit of relative budget excess under ``penalty`` enforcement."""
+
+
+class SearchProblem:
+    """Workload, costs, budget, evaluator and reward of one run; built from a config or from pieces in hand.
+
+    With both a workload and a config, the workload decides which layers are searched and the config everything
+    else (bit candidates, budget, hardware metric, proxy, reward).
+    """
+
+    def __init__(
+        self,
+        config: str | Path | dict[str, Any] | RunConfig | None = None,
+        *,
+        workload: Workload | None = None,
+        costs: CostTable | None = None,
+        evaluator: Evaluator | None = None,
+    ) -> None:
+        self.config = workload.config if workload is not None and config is None else load_config(config)
+        self.workload = workload if workload is not None else load_workload(self.config)
+        self.costs = costs if costs is not None else build_cost_table(self.workload.layers, self.config.hardware)
+        self.owns_evaluator = evaluator is None
+        self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)
+        self.reward_fn: Callable[[Outcome], float] = build_reward(self.config.reward)
+        self.metric = self.config.hardware.metric
+        self.enforcement = self.config.budget.enforcement
+        quant = self.config.quantization
+        self.budget = Budget.from_costs(
+            metric_table=self.costs.metric(self.metric),
+            table_bits=self.costs.bits,
+            layer_names=self.costs.layer_names,
+            searched=self.workload.searched,
+            fixed=self.workload.fixed,
+            weight_bits=quant.weight_bits,
+            activation_bits=quant.activation_candidates,
+            fraction=self.config.budget.fraction,
+            metric=self.metric,
+            reference=self.costs.reference(self.metric),
+        )
+        self.budget.check_feasible()
+        self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.config.proxy)
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        return self.workload.searched
+
+    def policy(self, choices: Sequence[Choice]) -> Policy:
+        """The full policy (every layer) for one choice per searched layer."""
+        searched = {name: self.budget.bits(c) for name, c in zip(self.searched, choices, strict=True)}
+        return self.workload.full_policy(searched)
+
+    def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
+        """Evaluate and cost the policy of ``choices``, applying ``wall`` enforcement if configured.
+
+        Returns ``reward``, ``policy`` (layer -> [w_bits, a_bits], every layer), ``metrics`` (proxy metrics on
+        the calibration split), ``proxy`` and ``proxy_fp32``, ``cost`` and ``cost_ratio`` (latency, energy, size,
+        bops; absolute and as fractions of W8A8), ``within_budget``, ``projected`` and ``projected_layers``.
+        """
+        choices = list(choices)
+        if self.enforcement == "wall":
+            lowered = self.budget.lower_to_fit(choices)
+            projected_layers = sum(a != b for a, b in zip(lowered, choices, strict=True))
+            choices = lowered
+        policy = self.policy(choices)
+        metrics = self.evaluator.evaluate(policy)
+        ratios = self.costs.ratios(policy)
+        within = ratios[self.metric] <= self.budget.fraction * (1.0 + 1e-9)
+        proxy = proxy_value(metrics, self.config.proxy)
+        reward = float(self.reward_fn(Outcome(proxy, self.proxy_fp32, ratios[self.metric], self.budget.fraction)))
+        if self.enforcement == "penalty" and not within:
+            reward -= PENALTY_PER_EXCESS * (ratios[self.metric] / self.budget.fraction - 1.0)
+        return {
+            "reward": reward,
+            "policy": {name: [int(w), int(a)] for name, (w, a) in policy.items()},
+            "metrics": metrics,
+            "proxy": proxy,
+            "proxy_fp32": self.proxy_fp32,
+            "cost": self.costs.totals(policy),
+            "cost_ratio": ratios,
+            "within_budget": bool(within),
+            "projected": projected_layers > 0,
+            "projected_layers": int(projected_layers),
+        }
+
+    def close(self) -> None:
+        """Give the model back in FP32 if this problem built its evaluator."""
+        if self.owns_evaluator:
+            self.evaluator.close()
