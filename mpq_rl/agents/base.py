@@ -1,0 +1,110 @@
+"""What every searcher receives and the one method it implements.
+
+A searcher (RL agent or baseline) proposes policies as choices, one ``(weight index, activation index)`` per
+searched layer, and has them scored through :meth:`SearchContext.score` / :meth:`SearchContext.score_many`, which
+evaluate with the run's one evaluator cache and budget and hand every episode to the trainer's recorder. The
+search ends when :attr:`SearchContext.done` says the evaluation budget (``agent.episodes``) is spent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mpq_rl.budget import Choice
+from mpq_rl.config import RunConfig
+from mpq_rl.evaluator import policy_key
+from mpq_rl.problem import Episode, SearchProblem
+
+_WORKER_PROBLEM: SearchProblem | None = None
+
+
+def _init_worker(config: RunConfig) -> None:
+    global _WORKER_PROBLEM
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_PROBLEM = SearchProblem(config)
+
+
+def _score_in_worker(choices: list[Choice]) -> Episode:
+    assert _WORKER_PROBLEM is not None
+    return _WORKER_PROBLEM.score(choices)
+
+
+@dataclass
+class SearchContext:
+    """The run as a searcher sees it: the problem, the evaluation budget, the seed and the recorder."""
+
+    problem: SearchProblem
+    episodes: int
+    seed: int
+    record: Callable[[Episode], None]
+    """Called once per scored policy, in order; the trainer logs, checkpoints and tracks the best."""
+    output: Path
+    n_envs: int = 1
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    recorded: int = 0
+    """Episodes recorded so far in this run (including those of an interrupted run being resumed)."""
+    _pool: Any = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.recorded >= self.episodes
+
+    @property
+    def remaining(self) -> int:
+        return max(self.episodes - self.recorded, 0)
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+    def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
+        """Score one policy and record it."""
+        episode = self.problem.score(choices, projected_layers)
+        self._record(episode)
+        return episode
+
+    def score_many(self, batch: Sequence[Sequence[Choice]]) -> list[Episode]:
+        """Score several policies (in ``n_envs`` worker processes when > 1) and record them in order.
+
+        Stops early once the evaluation budget is spent; policies already in the cache are never sent to workers.
+        """
+        batch = [list(c) for c in batch[: self.remaining]]
+        if self.n_envs <= 1 or len(batch) <= 1:
+            return [self.score(c) for c in batch]
+        cache = self.problem.evaluator.cache
+        names = self.problem.evaluator.names
+        fresh = [c for c in batch if policy_key(self.problem.policy(c), names) not in cache]
+        if fresh:
+            for episode in self._workers().map(_score_in_worker, fresh):
+                key = policy_key({n: tuple(b) for n, b in episode["policy"].items()}, names)
+                cache.put(key, episode["metrics"])
+        return [self.score(c) for c in batch]
+
+    def _workers(self):
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(self.n_envs, initializer=_init_worker, initargs=(self.problem.config,))
+        return self._pool
+
+    def _record(self, episode: Episode) -> None:
+        self.recorded += 1
+        self.record(episode)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+
+class Searcher(Protocol):
+    """A search method: propose policies and score them through the context until it is done."""
+
+    def search(self, context: SearchContext) -> None: ...
