@@ -49,4 +49,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 DATASETS: dict[str, Callable[..., Splits]] = {
     "digits": _Lazy("mpq_rl.workloads.digits", "load_digits"),
     "minilm_sentences": _Lazy("mpq_rl.workloads.minilm", "load_minilm_sentences"),
+    "imagenet": _Lazy("mpq_rl.workloads.vision_data", "load_imagenet"),
+    "cifar10": _Lazy("mpq_rl.workloads.vision_data", "load_cifar10"),
 }
