@@ -204,8 +204,8 @@ def test_no_data():
 
 
 def test_builtin_names():
-    assert set(DATASETS) == {"digits", "minilm_sentences"}
-    with pytest.raises(UserError, match=r"unknown data.name 'mnist': use one of \['digits', 'minilm_sentences'\]"):
+    assert set(DATASETS) == {"digits", "minilm_sentences", "imagenet", "cifar10"}
+    with pytest.raises(UserError, match=r"unknown data.name 'mnist': use one of \['cifar10', 'digits', 'imagenet'"):
         load_data(DataConfig(name="mnist"), seed=0)
 
 
