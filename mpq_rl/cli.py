@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
@@ -75,6 +76,83 @@ def cmd_cost(args: argparse.Namespace) -> None:
     print(render_cost_report(report, config.hardware.metric))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Score a policy on the held-out test split (FP32 alongside), optionally after LSQ finetuning."""
+    from pathlib import Path
+
+    from mpq_rl.finetune import DEFAULT_LR, checked_policy, finetune, render_result
+    from mpq_rl.workload import load_workload
+
+    config = _config(args)
+    workload = load_workload(config)
+    policy = checked_policy(workload, args.policy)
+    epochs = args.finetune_epochs or 0
+    result = finetune(workload, policy, epochs, lr=DEFAULT_LR if args.lr is None else args.lr, seed=config.seed)
+    print(f"model {config.model.source}, policy {args.policy}, {workload.test.num_samples} test samples")
+    print(render_result(result))
+    output = args.output or (config.output / "evaluate" if epochs else None)
+    if output is not None:
+        result.save(output)
+        print(
+            f"wrote {Path(output) / 'evaluation.json'}" + (" with the finetuned weights and scales" if epochs else "")
+        )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Export the model quantized by a policy as ONNX (Q/DQ per layer) with a JSON sidecar of bits and scales."""
+    from mpq_rl.export import export_policy, sidecar_path
+    from mpq_rl.finetune import checked_policy
+    from mpq_rl.workload import load_workload
+
+    config = _config(args)
+    workload = load_workload(config)
+    policy = checked_policy(workload, args.policy)
+    sidecar = export_policy(workload, policy, args.output, weights=args.weights)
+    print(f"wrote {args.output} (opset {sidecar['opset']}, {sidecar['scales']} scales) and {sidecar_path(args.output)}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    """Search per-layer bit-widths under the budget; write the run folder and print the best policy on test data."""
+    from mpq_rl.trainer import run_config, run_search
+
+    flags = {
+        "agent.name": args.agent,
+        "agent.episodes": args.episodes,
+        "budget.fraction": args.budget,
+        "seed": args.seed,
+        "output": args.output,
+        "agent.n_envs": args.n_envs,
+    }
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    if args.resume is not None:
+        if args.config is not None:
+            raise UserError("give --resume DIR or --config FILE, not both: a resumed run keeps DIR/config.yaml")
+        config = run_config(args.resume).with_overrides(**overrides)
+    else:
+        config = _config(args).with_overrides(**overrides)
+    result = run_search(config, resume=args.resume, progress=not args.no_progress)
+    print(result.report())
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2, got {text!r}") from None
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Run several searchers (and seeds) on one config at the same evaluation budget; table and Pareto plot."""
+    from mpq_rl.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
+
+    flags = {"agent.episodes": args.episodes, "budget.fraction": args.budget}
+    config = _config(args).with_overrides(**{key: value for key, value in flags.items() if value is not None})
+    agents = [name.strip() for name in args.agents.split(",") if name.strip()]
+    compare(config, agents, args.seeds, args.output, progress=not args.no_progress)
+    print((Path(args.output) / COMPARE_MD).read_text(), end="")
+    print(f"wrote {Path(args.output) / COMPARE_MD}, {COMPARE_JSON} and {PARETO_PNG}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpq-rl",
@@ -93,6 +171,38 @@ def build_parser() -> argparse.ArgumentParser:
     cost = add("cost", cmd_cost)
     cost.add_argument("--policy", help="policy.json to cost (default: every layer at W8A8)")
     cost.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate = add("evaluate", cmd_evaluate)
+    evaluate.add_argument("--policy", required=True, help="policy.json to evaluate")
+    evaluate.add_argument(
+        "--finetune-epochs", type=int, metavar="N", help="first finetune N epochs on the train split (LSQ)"
+    )
+    evaluate.add_argument("--lr", type=float, help="finetuning learning rate (default 1e-3)")
+    evaluate.add_argument(
+        "--output",
+        help="folder for evaluation.json, model.safetensors and lsq_scales.safetensors "
+        "(default with --finetune-epochs: <config output>/evaluate)",
+    )
+    export = add("export", cmd_export)
+    export.add_argument("--policy", required=True, help="policy.json giving each layer's bits")
+    export.add_argument("--weights", help="finetuned weights: an evaluate --output folder or its model.safetensors")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
+    export.add_argument("--output", required=True, help="the model file to write, e.g. model.onnx")
+    search = add("search", cmd_search)
+    search.add_argument("--agent", help="searcher: ddpg (default), td3, sac, ppo, a2c, or a baseline")
+    search.add_argument("--episodes", type=int, metavar="N", help="policies to evaluate (agent.episodes)")
+    search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
+    search.add_argument("--seed", type=int, metavar="S", help="seed of the search (data split, agent, evaluator)")
+    search.add_argument("--output", metavar="DIR", help="run folder (default: output in the config, runs/default)")
+    search.add_argument("--n-envs", type=int, metavar="N", help="environments in parallel processes")
+    search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in the run folder DIR")
+    search.add_argument("--no-progress", action="store_true", help="no progress bar")
+    compare = add("compare", cmd_compare)
+    compare.add_argument("--agents", required=True, help="comma-separated searchers, e.g. ddpg,random,greedy,hawq")
+    compare.add_argument("--seeds", type=_int_list, default=[0], metavar="S,S", help="seeds of each (default 0)")
+    compare.add_argument("--episodes", type=int, metavar="N", help="evaluations per run (agent.episodes)")
+    compare.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
+    compare.add_argument("--output", required=True, metavar="DIR", help="folder for the runs and the comparison")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -103,8 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"mpq-rl: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("mpq-rl: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"mpq-rl: {exc or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

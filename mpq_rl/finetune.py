@@ -1,0 +1,267 @@
+"""Held-out evaluation of a policy, optionally after quantization-aware finetuning (LSQ) on the train split.
+
+:func:`finetune` is what ``mpq-rl evaluate --finetune-epochs N`` runs, and what a search calls on its best policy:
+it scores the policy on the test split with the calibrated simulator (before), attaches LSQ quantizers initialized
+from that simulator's ranges (:mod:`mpq_rl.qat`), trains weights and step sizes on the train split, and scores
+again (after). The model is finetuned in place: detach any evaluator's simulator (``Evaluator.close()``) first.
+
+BatchNorm: the model trains with every BatchNorm layer in eval mode. Normalization uses the frozen running
+statistics, which are never updated; the BN scale and shift still learn. Simulator, finetuning and the exported
+graph all apply BN in floating point after the quantized layer, so training matches what is deployed, and the
+statistics are not re-estimated from a handful of small batches of a network whose quantization noise they would
+then bake in. (A deployment backend folds BN into the per-channel weight scale, exactly: the integers stay.)
+
+Outputs (:meth:`FinetuneResult.save`): ``model.safetensors`` (the finetuned float state dict, loadable with
+``model.load_state_dict``), ``lsq_scales.safetensors`` (learned step sizes, see :func:`mpq_rl.qat.save_scales`)
+and ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save
+from torch import nn
+from torch.utils.data import DataLoader, default_collate
+
+from mpq_rl.data import split_item
+from mpq_rl.errors import UserError
+from mpq_rl.evaluator import Metrics, calibrated_simulator
+from mpq_rl.io import atomic_write_bytes, atomic_write_json
+from mpq_rl.layers import call_model
+from mpq_rl.metrics import model_outputs, output_tensor, score
+from mpq_rl.policy import BitPair, Policy, load_policy, policy_to_json, validate_policy
+from mpq_rl.qat import LayerScales, LsqAttachment, calibrated_scales, load_scales, save_scales
+from mpq_rl.text_table import render_table
+from mpq_rl.workload import Workload
+
+EVALUATION_FORMAT = "mpq_rl.evaluation/1"
+WEIGHTS_FILE = "model.safetensors"
+SCALES_FILE = "lsq_scales.safetensors"
+EVALUATION_FILE = "evaluation.json"
+DEFAULT_LR = 1e-3
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass
+class FinetuneResult:
+    """Held-out metrics of a policy before and after finetuning, with the finetuned weights and learned scales.
+
+    With ``epochs == 0`` nothing is trained: ``after`` is None and ``state_dict``/``scales`` are empty.
+    """
+
+    policy: Policy
+    epochs: int
+    lr: float
+    seed: int
+    fp32: Metrics
+    before: Metrics
+    after: Metrics | None = None
+    losses: list[float] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    scales: dict[str, LayerScales] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        files = {"weights": WEIGHTS_FILE, "scales": SCALES_FILE} if self.epochs else {}
+        return {
+            "format": EVALUATION_FORMAT,
+            "policy": policy_to_json(self.policy)["layers"],
+            "finetune": {"epochs": self.epochs, "lr": self.lr, "seed": self.seed, "train_loss": self.losses},
+            "test": {"fp32": self.fp32, "before": self.before, "after": self.after},
+            "files": files,
+        }
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``evaluation.json`` and, after finetuning, the weights and scales into ``folder``."""
+        folder = Path(folder)
+        if self.epochs:
+            tensors = {k: v.detach().contiguous() for k, v in self.state_dict.items()}
+            atomic_write_bytes(folder / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+            save_scales(folder / SCALES_FILE, self.scales)
+        atomic_write_json(folder / EVALUATION_FILE, self.to_json())
+
+
+@dataclass
+class _Baseline:
+    reference: torch.Tensor
+    fp32: Metrics
+    before: Metrics
+    scales: dict[str, LayerScales]
+
+
+def _baseline(workload: Workload, policy: Mapping[str, BitPair]) -> _Baseline:
+    """FP32 outputs and metrics on the test split, the simulated policy's metrics, and its calibrated quantizers."""
+    if workload.test is None:
+        raise UserError("held-out evaluation needs a test split: set data.name or data.factory")
+    simulator = calibrated_simulator(workload)
+    try:
+        reference = model_outputs(workload.model, workload.test)
+        targets = workload.test.targets()
+        with simulator.applied(policy):
+            quantized = model_outputs(workload.model, workload.test)
+        scales = calibrated_scales(simulator, policy)
+    finally:
+        simulator.detach()
+    return _Baseline(reference, score(reference, reference, targets), score(quantized, reference, targets), scales)
+
+
+def finetune(
+    workload: Workload,
+    policy: Mapping[str, BitPair],
+    epochs: int,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> FinetuneResult:
+    """Quantization-aware finetuning of ``workload.model`` (in place) under ``policy``, scored on the test split.
+
+    ``policy`` may name only the searched layers (the fixed ones are added). Weights and LSQ step sizes train
+    with Adam and a cosine schedule for ``epochs`` passes over the shuffled train split (cross-entropy on its
+    labels), seeded by ``seed``; BatchNorm statistics stay frozen (see the module docstring). With
+    ``epochs == 0`` this only scores the policy (FP32 and simulated) on the test split.
+    """
+    if epochs < 0:
+        raise UserError(f"finetune epochs must be 0 or more, got {epochs}")
+    if lr <= 0:
+        raise UserError(f"finetune learning rate must be positive, got {lr}")
+    policy = workload.full_policy(dict(policy))
+    baseline = _baseline(workload, policy)
+    result = FinetuneResult(policy, epochs, lr, seed, baseline.fp32, baseline.before)
+    if epochs == 0:
+        return result
+    loader = _train_loader(workload, batch_size, seed)
+    model = workload.model
+    attachment = LsqAttachment(model, baseline.scales)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            result.losses = _train(model, attachment, loader, epochs, lr)
+        outputs = model_outputs(model, workload.test)
+        result.after = score(outputs, baseline.reference, workload.test.targets())
+        result.scales = attachment.scales()
+    finally:
+        attachment.detach()
+        model.eval()
+    result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return result
+
+
+def _collate(items: list[Any]) -> tuple[Any, torch.Tensor]:
+    pairs = [split_item(item) for item in items]
+    return default_collate([x for x, _ in pairs]), default_collate([t for _, t in pairs])
+
+
+def _train_loader(workload: Workload, batch_size: int, seed: int) -> DataLoader:
+    train = workload.train
+    if train is None or len(train) == 0:
+        raise UserError("finetuning needs a train split: use a dataset (or data.factory) that returns 'train'")
+    if split_item(train[0])[1] is None:
+        raise UserError("finetuning trains on labels, but the train split has no targets: give (input, target) items")
+    if batch_size < 1:
+        raise UserError(f"finetune batch size must be at least 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_collate)
+
+
+def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
+    """Put every BatchNorm layer of ``model`` in eval mode (running statistics used, never updated)."""
+    frozen = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for module in frozen:
+        module.eval()
+    return frozen
+
+
+def _train(model: nn.Module, attachment: LsqAttachment, loader: DataLoader, epochs: int, lr: float) -> list[float]:
+    """Train weights and step sizes; return the mean loss of each epoch."""
+    device = next(model.parameters()).device
+    step_sizes = attachment.step_sizes()
+    learned = {id(p) for p in step_sizes}  # parametrize makes weight quantizers submodules of their layers
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
+    optimizer = torch.optim.Adam([{"params": weights}, {"params": step_sizes}], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    model.train()
+    freeze_batchnorm(model)
+    losses = []
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for inputs, targets in loader:
+            inputs, targets = _to(inputs, device), targets.to(device)
+            logits = output_tensor(call_model(model, inputs))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(targets)
+            count += len(targets)
+        if not math.isfinite(total):
+            raise UserError("finetuning diverged (the loss is not finite): lower the learning rate")
+        losses.append(total / count)
+    model.eval()
+    return losses
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def load_finetuned(model: nn.Module, path: str | Path) -> dict[str, LayerScales] | None:
+    """Load finetuned weights into ``model``; return the learned scales saved beside them (None if there are none).
+
+    ``path`` is an ``evaluate --finetune-epochs`` output folder, its ``model.safetensors``, or a plain state dict
+    saved with ``torch.save(model.state_dict(), path)``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"weights file {str(path)!r} does not exist: pass an evaluate --output folder or its weights")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise UserError(f"weights {str(path)!r} cannot be read as safetensors ({type(exc).__name__})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise UserError(f"weights {str(path)!r} do not fit the model: {first}") from None
+    else:
+        from mpq_rl.models import load_weights
+
+        load_weights(model, path)
+    scales = path.parent / SCALES_FILE
+    return load_scales(scales) if scales.is_file() else None
+
+
+def checked_policy(workload: Workload, path: str | Path) -> Policy:
+    """Load a policy file and check it against the workload: every layer, no unknown layer, allowed bits.
+
+    Allowed bits are the configured candidates plus the bits the configuration fixes for unsearched layers.
+    """
+    quant = workload.config.quantization
+    weight_bits = sorted({*quant.weight_bits, *(w for w, _ in workload.fixed.values())})
+    activation_bits = sorted({*quant.activation_candidates, *(a for _, a in workload.fixed.values())})
+    return validate_policy(load_policy(path), workload.layers.names, weight_bits, activation_bits)
+
+
+def render_result(result: FinetuneResult) -> str:
+    """The held-out metrics as a small table: FP32, the simulated policy, and the policy after finetuning."""
+    keys = [k for k in ("top1", "agreement", "kl", "cosine") if k in result.fp32]
+    rows = [("test split", *keys)]
+    named = [("fp32", result.fp32), ("policy (simulated)", result.before)]
+    if result.after is not None:
+        named.append((f"policy after {result.epochs} epochs LSQ", result.after))
+    for label, metrics in named:
+        rows.append((label, *(f"{metrics[k]:.4f}" for k in keys)))
+    return render_table(rows, right=tuple(range(1, len(keys) + 1)))
