@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpq_rl.errors import UserError
+from mpq_rl.hardware.energy import memory_pj
 from mpq_rl.hardware.roofline import LayerCosts, dram_bits, roofline
 from mpq_rl.hardware.shapes import LayerShapes
 
@@ -120,10 +121,13 @@ class BitFusion:
         )
         bandwidth = (self.dram_bits_per_cycle or config.dram_bits_per_cycle) * self.clock_hz
         latency, memory_bound = roofline(cycles / self.clock_hz, traffic / bandwidth)
-        sram = self.batch_size * shapes.macs * (w_bits + a_bits) / self.sram_operand_reuse + 2 * traffic
-        energy_pj = (
-            cycles * self.core_pj_per_unit_cycle * config.rows * config.cols
-            + sram * self.sram_pj_per_bit
-            + traffic * self.dram_pj_per_bit
+        energy_pj = cycles * self.core_pj_per_unit_cycle * config.rows * config.cols + memory_pj(
+            self.batch_size * shapes.macs,
+            w_bits,
+            a_bits,
+            traffic,
+            self.sram_operand_reuse,
+            self.sram_pj_per_bit,
+            self.dram_pj_per_bit,
         )
         return LayerCosts(latency, energy_pj * 1e-12, memory_bound)

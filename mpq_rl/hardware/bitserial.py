@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpq_rl.errors import UserError
-from mpq_rl.hardware.energy import HOROWITZ_SRAM_32KB_PJ_PER_BIT, QTOOLS_DRAM_PJ_PER_BIT, int_mac_pj
+from mpq_rl.hardware.energy import HOROWITZ_SRAM_32KB_PJ_PER_BIT, QTOOLS_DRAM_PJ_PER_BIT, int_mac_pj, memory_pj
 from mpq_rl.hardware.roofline import LayerCosts, dram_bits, roofline
 from mpq_rl.hardware.shapes import LayerShapes
 
@@ -103,11 +103,8 @@ class BitSerial:
             cycles / self.clock_hz, traffic / (self.dram_bits_per_cycle * self.clock_hz), self.layer_overhead_s
         )
         macs = batch * shapes.macs
-        sram = macs * (w_stored + a_stored) / self.sram_operand_reuse + 2 * traffic
-        energy_pj = (
-            macs * int_mac_pj(w_stored, a_stored, shapes.reduction)
-            + sram * self.sram_pj_per_bit
-            + traffic * self.dram_pj_per_bit
+        energy_pj = macs * int_mac_pj(w_stored, a_stored, shapes.reduction) + memory_pj(
+            macs, w_stored, a_stored, traffic, self.sram_operand_reuse, self.sram_pj_per_bit, self.dram_pj_per_bit
         )
         return LayerCosts(latency, energy_pj * 1e-12, memory_bound)
 

@@ -60,3 +60,18 @@ def mac_pj(w_bits: np.ndarray, a_bits: np.ndarray, fan_in: np.ndarray) -> np.nda
     floating_add = np.where(wide > FLOAT_MIN_BITS, FP32_ADD_PJ, FP16_ADD_PJ)
     add = np.where(wide >= FLOAT_MIN_BITS, floating_add, adder_pj(accumulator_bits(fan_in, w_bits, a_bits)))
     return multiplier_pj(w_bits, a_bits) + add
+
+
+def memory_pj(
+    macs: np.ndarray,
+    w_bits: np.ndarray,
+    a_bits: np.ndarray,
+    dram_traffic_bits: np.ndarray,
+    operand_reuse: float,
+    sram_pj_per_bit: float,
+    dram_pj_per_bit: float,
+) -> np.ndarray:
+    """Energy of moving data in pJ: each operand read from SRAM once per ``operand_reuse`` MACs, DRAM traffic
+    written into and read out of SRAM once, and the DRAM traffic itself."""
+    sram_bits = macs * (w_bits + a_bits) / operand_reuse + 2 * dram_traffic_bits
+    return sram_bits * sram_pj_per_bit + dram_traffic_bits * dram_pj_per_bit

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpq_rl.hardware.energy import QTOOLS_DRAM_PJ_PER_BIT, mac_pj
+from mpq_rl.hardware.energy import QTOOLS_DRAM_PJ_PER_BIT, mac_pj, memory_pj
 from mpq_rl.hardware.roofline import LayerCosts, dram_bits, roofline
 from mpq_rl.hardware.shapes import LayerShapes
 
@@ -67,11 +67,8 @@ class TensorCoreGPU:
         half_cache = self.l2_cache_mb * MB_BITS / 2
         traffic = dram_bits(shapes, w_stored, a_stored, out_bits, self.batch_size, half_cache, half_cache)
         latency, memory_bound = roofline(compute_s, traffic / (self.dram_gb_per_s * 8e9), self.launch_overhead_s)
-        sram = macs * (w_stored + a_stored) / self.sram_operand_reuse + 2 * traffic
-        energy_pj = (
-            macs * mac_pj(w_stored, a_stored, shapes.reduction)
-            + sram * self.sram_pj_per_bit
-            + traffic * self.dram_pj_per_bit
+        energy_pj = macs * mac_pj(w_stored, a_stored, shapes.reduction) + memory_pj(
+            macs, w_stored, a_stored, traffic, self.sram_operand_reuse, self.sram_pj_per_bit, self.dram_pj_per_bit
         )
         return LayerCosts(latency, energy_pj * 1e-12, memory_bound)
 
