@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,13 +24,7 @@ EDGE_LAYERS = ("stem", "classifier")
 """Kept at W8A8 by :func:`aggressive_policy`, which puts every other layer at W2A4 (digits top-1 drops 7-25 points)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and the test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh_workload() -> Workload:
