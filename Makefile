@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mpq-rl cost
+	$(BIN)/mpq-rl search --output runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check mpq_rl tests
@@ -25,3 +25,6 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py

@@ -78,8 +78,6 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Score a policy on the held-out test split (FP32 alongside), optionally after LSQ finetuning."""
-    from pathlib import Path
-
     from mpq_rl.finetune import DEFAULT_LR, checked_policy, finetune, render_result
     from mpq_rl.workload import load_workload
 

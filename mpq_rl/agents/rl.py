@@ -1,0 +1,371 @@
+"""Reinforcement-learning searchers: stable-baselines3 DDPG (HAQ's settings, the default), TD3, SAC, PPO and A2C.
+
+Each episode of :class:`~mpq_rl.envs.BitWidthEnv` walks the searched layers and ends with one scored policy; a
+callback hands every finished episode to the run's recorder and stops training once ``agent.episodes`` are
+recorded. ``agent.n_envs > 1`` runs the environments in spawned processes, each building its own problem from the
+picklable :class:`~mpq_rl.config.RunConfig` and starting from the run's evaluator cache.
+
+Defaults (every one can be overridden from ``agent.kwargs``; names are stable-baselines3's, plus the few below):
+
+* DDPG follows HAQ (Wang et al., CVPR 2019; mit-han-lab/haq ``rl_quantize.py`` and ``lib/rl/ddpg.py``): actor and
+  critic 300-300, actor lr 1e-4 and critic lr 1e-3, tau 0.01, discount 1.0, batch 64, 20 warm-up episodes of
+  uniform random actions, replay buffer 128 x steps per episode, one gradient step per transition after warm-up,
+  and exploration by a normal around the actor's action truncated to the action bounds with
+  sigma = 0.5 x 0.99^(episode - 20) of the action range.
+* TD3 and SAC take the same off-policy settings (TD3 also the same exploration); SAC its own entropy-driven one.
+* PPO and A2C use the ``MultiDiscrete`` action space (``discrete: false`` switches to the Box): a categorical per
+  bit-width lands exactly on a candidate, while a Gaussian on the Box wastes probability mass beyond the clipped
+  bounds and its log-probabilities ignore the rounding to candidates. Discount 1.0 (the reward comes once, at the
+  end of the episode); PPO updates every 8 episodes per environment, A2C after every episode.
+
+Extra keys: ``warmup_episodes`` (20), ``noise_sigma`` (0.5), ``noise_decay`` (0.99), ``critic_learning_rate``
+(1e-3, DDPG/TD3), ``discrete`` (PPO/A2C), ``checkpoint_every`` (episodes between checkpoints, 50).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from mpq_rl.agents.base import SearchContext
+from mpq_rl.config import RunConfig
+from mpq_rl.envs import BitWidthEnv
+from mpq_rl.errors import UserError
+from mpq_rl.evaluator import EvaluationCache, Evaluator, policy_key
+from mpq_rl.io import atomic_write_bytes, atomic_write_json
+from mpq_rl.logger import TB_DIR
+from mpq_rl.problem import Episode, SearchProblem
+
+CHECKPOINT_DIR = "checkpoint"
+"""Inside the run folder: ``model.zip``, ``replay_buffer.pkl`` and ``state.json`` (written last)."""
+
+HAQ_NET_ARCH = [300, 300]
+HAQ_ACTOR_LR = 1e-4
+HAQ_CRITIC_LR = 1e-3
+HAQ_TAU = 0.01
+HAQ_GAMMA = 1.0
+HAQ_BATCH_SIZE = 64
+HAQ_WARMUP_EPISODES = 20
+HAQ_NOISE_SIGMA = 0.5
+HAQ_NOISE_DECAY = 0.99
+HAQ_BUFFER_EPISODES = 128
+DEFAULT_CHECKPOINT_EVERY = 50
+PPO_EPISODES_PER_UPDATE = 8
+
+_OWN_KEYS = ("warmup_episodes", "noise_sigma", "noise_decay", "critic_learning_rate", "discrete", "checkpoint_every")
+_INFO_EXTRAS = ("terminal_observation", "TimeLimit.truncated", "episode")
+
+
+class TruncatedNormalNoise(ActionNoise):
+    """HAQ's exploration: a normal around the actor's action, truncated to the action bounds.
+
+    ``sigma`` is relative to the width of the action range, as in HAQ, whose actions span [0, 1]: on SB3's
+    [-1, 1] box the standard deviation is ``2 * sigma``. It decays once per episode after the warm-up:
+    ``sigma(episode) = initial_sigma * decay ** max(episode - warmup, 0)``; whoever runs the episodes sets
+    :attr:`episode`. Used as a plain SB3 ``ActionNoise`` (``noise()``) it gives the untruncated additive draw.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        initial_sigma: float = HAQ_NOISE_SIGMA,
+        decay: float = HAQ_NOISE_DECAY,
+        warmup: int = HAQ_WARMUP_EPISODES,
+        low: float = -1.0,
+        high: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.initial_sigma, self.decay, self.warmup = initial_sigma, decay, warmup
+        self.low, self.high = low, high
+        self.episode = 0
+        self.rng = np.random.default_rng(seed)
+
+    def sigma_at(self, episode: int) -> float:
+        """The relative sigma of ``episode`` (0-based)."""
+        return self.initial_sigma * self.decay ** max(episode - self.warmup, 0)
+
+    @property
+    def scale(self) -> float:
+        """The standard deviation of the current episode, in action units."""
+        return self.sigma_at(self.episode) * (self.high - self.low)
+
+    def around(self, action: np.ndarray) -> np.ndarray:
+        """One draw per entry of ``action`` from the normal centered on it, truncated to [low, high]."""
+        action = np.clip(np.asarray(action, dtype=np.float64), self.low, self.high)
+        scale = self.scale
+        if scale <= 0.0:
+            return action.astype(np.float32)
+        sample = self.rng.normal(action, scale)
+        outside = (sample < self.low) | (sample > self.high)
+        # Rejection sampling: at least half the mass lies inside for any center in the bounds.
+        while outside.any():
+            sample[outside] = self.rng.normal(action[outside], scale)
+            outside = (sample < self.low) | (sample > self.high)
+        return sample.astype(np.float32)
+
+    def __call__(self) -> np.ndarray:
+        return self.rng.normal(0.0, self.scale, self.shape).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"TruncatedNormalNoise(sigma={self.sigma_at(self.episode):.4g}, episode={self.episode})"
+
+
+class _HaqActorCritic:
+    """DDPG/TD3 with HAQ's exploration (truncated normal around the action) and a critic learning rate of its own.
+
+    SB3 has one ``learning_rate`` for the actor and the critic and resets both optimizers to it before every
+    training call; this mixin sets the critic's back to ``critic_learning_rate`` right after.
+    """
+
+    critic: Any
+    exploration: TruncatedNormalNoise | None
+    critic_learning_rate: float | None
+
+    def __init__(
+        self,
+        *args: Any,
+        critic_learning_rate: float | None = None,
+        exploration: TruncatedNormalNoise | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.critic_learning_rate = critic_learning_rate
+        self.exploration = exploration
+        super().__init__(*args, **kwargs)
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
+        if self.critic_learning_rate is not None:
+            for group in self.critic.optimizer.param_groups:
+                group["lr"] = self.critic_learning_rate
+
+    def _sample_action(self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1):
+        if self.exploration is None or self.num_timesteps < learning_starts:  # type: ignore[attr-defined]
+            return super()._sample_action(learning_starts, action_noise, n_envs)  # type: ignore[misc]
+        action, _ = self.predict(self._last_obs, deterministic=True)  # type: ignore[attr-defined]
+        scaled = self.exploration.around(self.policy.scale_action(action))  # type: ignore[attr-defined]
+        return self.policy.unscale_action(scaled), scaled  # type: ignore[attr-defined]
+
+
+class HaqDDPG(_HaqActorCritic, DDPG):
+    """SB3 DDPG with HAQ's exploration and critic learning rate."""
+
+
+class HaqTD3(_HaqActorCritic, TD3):
+    """SB3 TD3 with HAQ's exploration and critic learning rate."""
+
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddpg": HaqDDPG, "td3": HaqTD3, "sac": SAC, "ppo": PPO, "a2c": A2C}
+
+
+def default_kwargs(algorithm: str, steps_per_episode: int) -> dict[str, Any]:
+    """The defaults of ``algorithm`` for episodes of ``steps_per_episode`` steps (see the module docstring)."""
+    if algorithm in ("ddpg", "td3", "sac"):
+        kwargs: dict[str, Any] = {
+            "policy_kwargs": {"net_arch": list(HAQ_NET_ARCH)},
+            "learning_rate": HAQ_ACTOR_LR if algorithm != "sac" else 3e-4,
+            "tau": HAQ_TAU,
+            "gamma": HAQ_GAMMA,
+            "batch_size": HAQ_BATCH_SIZE,
+            "buffer_size": HAQ_BUFFER_EPISODES * steps_per_episode,
+            "warmup_episodes": HAQ_WARMUP_EPISODES,
+            # One gradient step per collected transition, every episode (HAQ updates once per step).
+            "train_freq": (steps_per_episode, "step"),
+            "gradient_steps": -1,
+        }
+        if algorithm != "sac":
+            kwargs.update(critic_learning_rate=HAQ_CRITIC_LR, noise_sigma=HAQ_NOISE_SIGMA, noise_decay=HAQ_NOISE_DECAY)
+        return kwargs
+    if algorithm == "ppo":
+        n_steps = PPO_EPISODES_PER_UPDATE * steps_per_episode
+        return {"gamma": 1.0, "n_steps": n_steps, "batch_size": n_steps // 2, "n_epochs": 10, "discrete": True}
+    return {"gamma": 1.0, "n_steps": steps_per_episode, "discrete": True}
+
+
+def _check_kwargs(algorithm: str, kwargs: dict[str, Any]) -> None:
+    cls = ALGORITHMS[algorithm]
+    allowed = set(
+        inspect.signature(DDPG.__init__ if cls is HaqDDPG else TD3.__init__ if cls is HaqTD3 else cls).parameters
+    )
+    allowed = (allowed | set(_OWN_KEYS)) - {"self", "policy", "env", "seed", "device", "_init_setup_model"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise UserError(
+            f"agent.kwargs: unknown key {unknown[0]!r} for {algorithm}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _make_subprocess_env(config: RunConfig, discrete: bool, cache: dict[str, dict[str, float]]):
+    """An environment factory for one spawned process: its own problem, starting from the run's cache."""
+
+    def make() -> BitWidthEnv:
+        torch.set_num_threads(1)
+        evaluator = Evaluator.from_config(config, EvaluationCache(cache))
+        return BitWidthEnv(
+            problem=SearchProblem(config, workload=evaluator.workload, evaluator=evaluator), discrete=discrete
+        )
+
+    return make
+
+
+class _RecordEpisodes(BaseCallback):
+    """Hands each finished episode to the run (in environment order) and stops training once the run is done."""
+
+    def __init__(self, searcher: RLSearcher, context: SearchContext, merge_cache: bool) -> None:
+        super().__init__()
+        self.searcher, self.context, self.merge_cache = searcher, context, merge_cache
+
+    def _on_step(self) -> bool:
+        context = self.context
+        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+            if not done or context.done:
+                continue
+            episode: Episode = {k: v for k, v in info.items() if k not in _INFO_EXTRAS}
+            if self.merge_cache:
+                problem = context.problem
+                policy = {name: tuple(bits) for name, bits in episode["policy"].items()}
+                problem.evaluator.cache.put(policy_key(policy, problem.evaluator.names), episode["metrics"])
+            context._record(episode)
+            exploration = getattr(self.model, "exploration", None)
+            if exploration is not None:
+                exploration.episode = context.recorded
+            if context.recorded % self.searcher.checkpoint_every == 0:
+                self.searcher.save_checkpoint(self.model, context)
+        return not context.done
+
+
+class RLSearcher:
+    """A stable-baselines3 algorithm searching bit-widths in :class:`~mpq_rl.envs.BitWidthEnv`."""
+
+    def __init__(self, algorithm: str, kwargs: dict[str, Any] | None = None) -> None:
+        if algorithm not in ALGORITHMS:
+            raise UserError(f"unknown RL algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        kwargs = dict(kwargs or {})
+        _check_kwargs(algorithm, kwargs)
+        self.algorithm = algorithm
+        self.overrides = kwargs
+        self.checkpoint_every = int(kwargs.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
+        if self.checkpoint_every < 1:
+            raise UserError(f"agent.kwargs.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        self.model: BaseAlgorithm | None = None
+
+    # -- settings ------------------------------------------------------------------------------------------------
+
+    def settings(self, steps_per_episode: int) -> dict[str, Any]:
+        """The resolved keyword arguments: the defaults with ``agent.kwargs`` on top."""
+        settings = default_kwargs(self.algorithm, steps_per_episode)
+        settings.update({k: v for k, v in self.overrides.items() if k != "checkpoint_every"})
+        if isinstance(settings.get("train_freq"), list):
+            settings["train_freq"] = tuple(settings["train_freq"])
+        return settings
+
+    def _build(self, env: VecEnv, context: SearchContext, steps_per_episode: int) -> BaseAlgorithm:
+        settings = self.settings(steps_per_episode)
+        settings.pop("discrete", None)
+        warmup = int(settings.pop("warmup_episodes", 0))
+        sigma, decay = settings.pop("noise_sigma", None), settings.pop("noise_decay", HAQ_NOISE_DECAY)
+        cls = ALGORITHMS[self.algorithm]
+        if issubclass(cls, OffPolicyAlgorithm):
+            settings.setdefault("learning_starts", warmup * steps_per_episode)
+        if cls in (HaqDDPG, HaqTD3) and sigma is not None and "action_noise" not in settings:
+            settings["exploration"] = TruncatedNormalNoise(
+                env.action_space.shape, sigma, decay, warmup, seed=context.seed
+            )
+        return cls("MlpPolicy", env, seed=context.seed, device="cpu", verbose=0, **settings)
+
+    # -- environments -------------------------------------------------------------------------------------------
+
+    def _discrete(self) -> bool:
+        return bool(self.settings(1).get("discrete", False))
+
+    def _envs(self, context: SearchContext) -> VecEnv:
+        discrete = self._discrete()
+        if context.n_envs <= 1:
+            return DummyVecEnv([lambda: BitWidthEnv(problem=context.problem, discrete=discrete)])
+        cache = dict(context.problem.evaluator.cache.entries)
+        factories = [_make_subprocess_env(context.problem.config, discrete, cache) for _ in range(context.n_envs)]
+        return SubprocVecEnv(factories, start_method="spawn")
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+
+    def resume_point(self, output: Path) -> int | None:
+        """Episodes covered by the checkpoint in ``output`` (None if there is none to continue from)."""
+        state = Path(output) / CHECKPOINT_DIR / "state.json"
+        if not state.is_file():
+            return None
+        data = json.loads(state.read_text())
+        if data.get("algorithm") != self.algorithm:
+            return None
+        return int(data["episodes"])
+
+    def save_checkpoint(self, model: BaseAlgorithm, context: SearchContext) -> None:
+        """Model, replay buffer and episode count, each written atomically; ``state.json`` last."""
+        folder = context.output / CHECKPOINT_DIR
+        buffer = io.BytesIO()
+        model.save(buffer)
+        atomic_write_bytes(folder / "model.zip", buffer.getvalue())
+        if isinstance(model, OffPolicyAlgorithm):
+            buffer = io.BytesIO()
+            model.save_replay_buffer(buffer)
+            atomic_write_bytes(folder / "replay_buffer.pkl", buffer.getvalue())
+        atomic_write_json(folder / "state.json", {"algorithm": self.algorithm, "episodes": context.recorded})
+
+    def _restore(self, env: VecEnv, context: SearchContext) -> BaseAlgorithm:
+        folder = context.output / CHECKPOINT_DIR
+        cls = ALGORITHMS[self.algorithm]
+        model = cls.load(io.BytesIO((folder / "model.zip").read_bytes()), env=env, device="cpu")
+        if isinstance(model, OffPolicyAlgorithm) and (folder / "replay_buffer.pkl").is_file():
+            model.load_replay_buffer(io.BytesIO((folder / "replay_buffer.pkl").read_bytes()))
+        exploration = getattr(model, "exploration", None)
+        if exploration is not None:
+            exploration.episode = context.recorded
+        return model
+
+    # -- the search ---------------------------------------------------------------------------------------------
+
+    def search(self, context: SearchContext) -> None:
+        # Small MLPs train fastest on one thread, and two threads spinning on a busy 2-core machine are ~20x slower.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._search(context)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _search(self, context: SearchContext) -> None:
+        steps = len(context.problem.searched)
+        env = self._envs(context)
+        resuming = context.recorded > 0 and self.resume_point(context.output) == context.recorded
+        model = self._restore(env, context) if resuming else self._build(env, context, steps)
+        self.model = model
+        model.set_logger(configure(str(context.output / TB_DIR), ["tensorboard"]))
+        callback = _RecordEpisodes(self, context, merge_cache=context.n_envs > 1)
+        try:
+            model.learn(
+                total_timesteps=(context.remaining + context.n_envs) * steps,
+                callback=callback,
+                reset_num_timesteps=not resuming,
+                log_interval=1,
+            )
+        except KeyboardInterrupt:
+            self.save_checkpoint(model, context)
+            raise
+        finally:
+            model.logger.close()
+            if isinstance(env, SubprocVecEnv):
+                env.close()
+        self.save_checkpoint(model, context)

@@ -1,0 +1,144 @@
+"""TensorBoard logging of a search, into ``<run folder>/tb``.
+
+Keys are namespaced like CleanRL's: ``episode/``, ``proxy/``, ``cost/``, ``cost_ratio/``, ``best/`` per episode
+(step = episode number), ``bits/`` histograms over windows of episodes, a ``best/bits`` figure of the best policy
+each time it improves, a custom-scalars layout grouping the charts, and the run's hyper-parameters with the final
+best reward and proxy (HParams plugin). The RL agents' own losses come from stable-baselines3's logger, which
+writes to the same folder under ``train/`` and ``rollout/`` (step = environment steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from mpq_rl.config import RunConfig
+from mpq_rl.problem import Episode
+
+TB_DIR = "tb"
+REWARD = "episode/reward"
+PROJECTED_LAYERS = "episode/projected_layers"
+PROXY = "proxy/{}"
+COST = "cost/{}"
+COST_RATIO = "cost_ratio/{}"
+BEST_REWARD = "best/reward"
+BEST_PROXY = "best/proxy"
+BEST_COST_RATIO = "best/cost_ratio"
+BEST_BITS = "best/bits"
+WEIGHT_BITS = "bits/weights"
+ACTIVATION_BITS = "bits/activations"
+HISTOGRAM_WINDOW = 20
+"""Episodes per histogram of chosen bits."""
+
+
+def layout() -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: one chart per group of related keys."""
+    return {
+        "search": {
+            "reward": ["Multiline", [REWARD, BEST_REWARD]],
+            "proxy accuracy": ["Multiline", [r"proxy/.*", BEST_PROXY]],
+            "cost ratio (of W8A8)": ["Multiline", [r"cost_ratio/.*", BEST_COST_RATIO]],
+        },
+        "agent": {
+            "losses": ["Multiline", [r"train/.*loss"]],
+        },
+    }
+
+
+def hyperparameters(config: RunConfig) -> dict[str, Any]:
+    """The run's settings as flat HParams values (numbers, strings and booleans)."""
+    flat: dict[str, Any] = {
+        "agent": config.agent.name,
+        "episodes": config.agent.episodes,
+        "n_envs": config.agent.n_envs,
+        "seed": config.seed,
+        "budget": config.budget.fraction,
+        "enforcement": config.budget.enforcement,
+        "hardware": config.hardware.preset,
+        "metric": config.hardware.metric,
+        "reward": config.reward.name,
+        "proxy": config.proxy.metric if config.proxy.metric == "top1" else config.proxy.fidelity,
+        "weight_bits": str(config.quantization.weight_bits),
+        "activation_bits": str(config.quantization.activation_bits),
+    }
+    for key, value in sorted(config.agent.kwargs.items()):
+        flat[f"agent.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def bits_figure(policy: Mapping[str, tuple[int, int] | list[int]], title: str):
+    """A bar chart of weight and activation bits per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = list(policy)
+    x = np.arange(len(names))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(names)), 3.5))
+    axes.bar(x - 0.2, [policy[n][0] for n in names], width=0.4, label="weights")
+    axes.bar(x + 0.2, [policy[n][1] for n in names], width=0.4, label="activations")
+    axes.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+    axes.set_ylabel("bits")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+class TensorBoardLogger:
+    """Writes the search's TensorBoard events; a :class:`~mpq_rl.recorder.Recorder` listener."""
+
+    def __init__(self, folder: Path, config: RunConfig, searched: tuple[str, ...], first_run: bool) -> None:
+        self.folder = Path(folder) / TB_DIR
+        self.config = config
+        self.searched = searched
+        self.writer = SummaryWriter(str(self.folder))
+        self._window: list[Episode] = []
+        if first_run:
+            self.writer.add_custom_scalars(layout())
+
+    def __call__(self, number: int, episode: Episode, recorder: Any, improved: bool) -> None:
+        scalars = {REWARD: episode["reward"], PROJECTED_LAYERS: episode["projected_layers"]}
+        scalars.update({PROXY.format(k): v for k, v in episode["metrics"].items()})
+        scalars.update({COST.format(k): v for k, v in episode["cost"].items()})
+        scalars.update({COST_RATIO.format(k): v for k, v in episode["cost_ratio"].items()})
+        best = recorder.best
+        if best is not None:
+            scalars.update(
+                {
+                    BEST_REWARD: best["reward"],
+                    BEST_PROXY: best["proxy"],
+                    BEST_COST_RATIO: best["cost_ratio"][recorder.metric],
+                }
+            )
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, float(value), number)
+        if improved:
+            title = f"best policy, episode {number}: reward {episode['reward']:.4g}, proxy {episode['proxy']:.4f}"
+            self.writer.add_figure(BEST_BITS, bits_figure(episode["policy"], title), number)
+        self._window.append(episode)
+        if len(self._window) == HISTOGRAM_WINDOW:
+            self._histograms(number)
+
+    def _histograms(self, number: int) -> None:
+        chosen = [e["policy"][n] for e in self._window for n in self.searched]
+        self.writer.add_histogram(WEIGHT_BITS, np.array([b[0] for b in chosen]), number)
+        self.writer.add_histogram(ACTIVATION_BITS, np.array([b[1] for b in chosen]), number)
+        self._window = []
+
+    def finish(self, best: Episode | None) -> None:
+        """The hyper-parameters with the final best reward and proxy (read by the HParams plugin)."""
+        metrics = {BEST_REWARD: best["reward"], BEST_PROXY: best["proxy"]} if best is not None else {}
+        experiment, start, end = hparams(hyperparameters(self.config), metrics)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, start, end):
+            file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,242 @@
+"""The recorder: every episode of a search, in order, into ``episodes.csv``; the best policy and the Pareto front.
+
+A searcher hands each scored episode to the recorder (through :class:`~mpq_rl.agents.base.SearchContext`). It
+appends one row per episode to ``episodes.csv`` (flushed at once; no wall times, so two runs with one seed compare
+byte for byte), keeps the best in-budget policy in ``policy.json`` as soon as it improves, keeps the Pareto front
+of proxy accuracy against cost, and passes everything on to the TensorBoard logger and the progress bar. A resumed
+run rebuilds the same state from the rows already written.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpq_rl.io import atomic_write_json, atomic_write_text
+from mpq_rl.policy import save_policy
+from mpq_rl.problem import Episode, SearchProblem
+
+EPISODES_FILE = "episodes.csv"
+POLICY_FILE = "policy.json"
+PARETO_FILE = "pareto.json"
+EVALUATIONS_FILE = "evaluations.json"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _bool(text: str) -> bool:
+    return text == "true"
+
+
+class EpisodeTable:
+    """The columns of ``episodes.csv`` for one problem, and the conversion of an episode to a row and back."""
+
+    def __init__(self, layer_names: Sequence[str], metrics: Sequence[str], costs: Sequence[str]) -> None:
+        self.layer_names, self.metrics, self.costs = tuple(layer_names), tuple(metrics), tuple(costs)
+        self.header = (
+            ["episode", "reward", "proxy"]
+            + [f"metric:{m}" for m in self.metrics]
+            + [f"cost:{c}" for c in self.costs]
+            + [f"cost_ratio:{c}" for c in self.costs]
+            + ["within_budget", "projected", "projected_layers"]
+            + [f"w:{n}" for n in self.layer_names]
+            + [f"a:{n}" for n in self.layer_names]
+        )
+
+    @classmethod
+    def for_episode(cls, episode: Episode) -> EpisodeTable:
+        return cls(list(episode["policy"]), sorted(episode["metrics"]), sorted(episode["cost"]))
+
+    def row(self, number: int, episode: Episode) -> list[str]:
+        values: list[Any] = [number, float(episode["reward"]), float(episode["proxy"])]
+        values += [float(episode["metrics"][m]) for m in self.metrics]
+        values += [float(episode["cost"][c]) for c in self.costs]
+        values += [float(episode["cost_ratio"][c]) for c in self.costs]
+        values += [bool(episode["within_budget"]), bool(episode["projected"]), int(episode["projected_layers"])]
+        values += [int(episode["policy"][n][0]) for n in self.layer_names]
+        values += [int(episode["policy"][n][1]) for n in self.layer_names]
+        return [_fmt(v) for v in values]
+
+    def episode(self, row: dict[str, str], proxy_fp32: float) -> tuple[int, Episode]:
+        """The episode number and the episode of a row read back (``csv.DictReader``)."""
+        episode: Episode = {
+            "reward": float(row["reward"]),
+            "policy": {n: [int(row[f"w:{n}"]), int(row[f"a:{n}"])] for n in self.layer_names},
+            "metrics": {m: float(row[f"metric:{m}"]) for m in self.metrics},
+            "proxy": float(row["proxy"]),
+            "proxy_fp32": proxy_fp32,
+            "cost": {c: float(row[f"cost:{c}"]) for c in self.costs},
+            "cost_ratio": {c: float(row[f"cost_ratio:{c}"]) for c in self.costs},
+            "within_budget": _bool(row["within_budget"]),
+            "projected": _bool(row["projected"]),
+            "projected_layers": int(row["projected_layers"]),
+        }
+        return int(row["episode"]), episode
+
+    @classmethod
+    def from_header(cls, header: Sequence[str]) -> EpisodeTable:
+        def names(prefix: str) -> list[str]:
+            return [h.removeprefix(prefix) for h in header if h.startswith(prefix)]
+
+        return cls(names("w:"), names("metric:"), names("cost:"))
+
+
+def read_episodes(path: Path, proxy_fp32: float) -> list[tuple[int, Episode]]:
+    """The episodes of an ``episodes.csv`` (empty if the file does not exist)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        table = EpisodeTable.from_header(reader.fieldnames or [])
+        return [table.episode(row, proxy_fp32) for row in reader]
+
+
+def truncate_episodes(path: Path, keep: int) -> None:
+    """Keep the header and the first ``keep`` rows of an ``episodes.csv`` (atomically)."""
+    lines = path.read_text().splitlines(keepends=True)
+    atomic_write_text(path, "".join(lines[: keep + 1]))
+
+
+class ParetoFront:
+    """The policies no other beats on both proxy accuracy (higher) and cost ratio (lower)."""
+
+    def __init__(self) -> None:
+        self.points: list[dict[str, Any]] = []
+
+    def add(self, number: int, episode: Episode, metric: str) -> bool:
+        """Offer an episode; True if it joined the front."""
+        proxy, cost = float(episode["proxy"]), float(episode["cost_ratio"][metric])
+        if not math.isfinite(cost) or any(p["proxy"] >= proxy and p["cost_ratio"] <= cost for p in self.points):
+            return False
+        self.points = [p for p in self.points if not (proxy >= p["proxy"] and cost <= p["cost_ratio"])]
+        self.points.append(
+            {
+                "episode": number,
+                "proxy": proxy,
+                "cost_ratio": cost,
+                "reward": float(episode["reward"]),
+                "within_budget": bool(episode["within_budget"]),
+                "policy": episode["policy"],
+            }
+        )
+        self.points.sort(key=lambda p: (p["cost_ratio"], -p["proxy"]))
+        return True
+
+
+def policy_sections(number: int, episode: Episode) -> dict[str, Any]:
+    """What ``policy.json`` and ``summary.json`` say about a policy besides its bits."""
+    return {
+        "episode": number,
+        "reward": episode["reward"],
+        "proxy": episode["proxy"],
+        "metrics": episode["metrics"],
+        "cost": episode["cost"],
+        "cost_ratio": episode["cost_ratio"],
+    }
+
+
+Listener = Callable[[int, Episode, "Recorder", bool], None]
+"""Called after each recorded episode with (number, episode, recorder, best improved)."""
+
+
+class Recorder:
+    """Writes every episode, tracks the best in-budget policy and the Pareto front; the run's ``record``."""
+
+    def __init__(
+        self,
+        folder: Path,
+        problem: SearchProblem,
+        listeners: Sequence[Listener] = (),
+        save_every: int = 50,
+    ) -> None:
+        self.folder = Path(folder)
+        self.problem = problem
+        self.metric = problem.metric
+        self.listeners = list(listeners)
+        self.save_every = save_every
+        self.count = 0
+        self.replay = 0
+        """Episodes still to be skipped: a resumed searcher that re-runs from the start replays them."""
+        self.best: Episode | None = None
+        self.best_number = 0
+        self.pareto = ParetoFront()
+        self.table: EpisodeTable | None = None
+        self._handle = None
+        self._writer: Any = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / EPISODES_FILE
+
+    def restore(self, episodes: list[tuple[int, Episode]]) -> None:
+        """Rebuild the count, best and Pareto front from episodes already written (a resumed run)."""
+        for number, episode in episodes:
+            self.count = number
+            self._track(number, episode)
+        if episodes:
+            self.table = EpisodeTable.for_episode(episodes[0][1])
+
+    def _track(self, number: int, episode: Episode) -> bool:
+        self.pareto.add(number, episode, self.metric)
+        improved = episode["within_budget"] and (self.best is None or episode["reward"] > self.best["reward"])
+        if improved:
+            self.best, self.best_number = episode, number
+        return bool(improved)
+
+    def __call__(self, episode: Episode) -> None:
+        if self.replay > 0:
+            self.replay -= 1
+            return
+        self.count += 1
+        number = self.count
+        self._write_row(number, episode)
+        improved = self._track(number, episode)
+        if improved:
+            save_policy(self.folder / POLICY_FILE, _as_pairs(episode["policy"]), **policy_sections(number, episode))
+        for listener in self.listeners:
+            listener(number, episode, self, improved)
+        if number % self.save_every == 0:
+            self.save()
+
+    def _write_row(self, number: int, episode: Episode) -> None:
+        if self._handle is None:
+            new = not self.path.is_file() or self.path.stat().st_size == 0
+            if self.table is None:
+                self.table = EpisodeTable.for_episode(episode)
+            self._handle = self.path.open("a", newline="")
+            self._writer = csv.writer(self._handle, lineterminator="\n")
+            if new:
+                self._writer.writerow(self.table.header)
+        self._writer.writerow(self.table.row(number, episode))
+        self._handle.flush()
+
+    def save(self) -> None:
+        """Persist the evaluator cache and the Pareto front (atomically)."""
+        self.problem.evaluator.cache.save(self.folder / EVALUATIONS_FILE)
+        atomic_write_json(
+            self.folder / PARETO_FILE,
+            {"metric": self.metric, "proxy": _proxy_name(self.problem), "points": self.pareto.points},
+        )
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _as_pairs(policy: dict[str, Sequence[int]]) -> dict[str, tuple[int, int]]:
+    return {name: (int(bits[0]), int(bits[1])) for name, bits in policy.items()}
+
+
+def _proxy_name(problem: SearchProblem) -> str:
+    proxy = problem.config.proxy
+    return proxy.metric if proxy.metric == "top1" else proxy.fidelity

@@ -1,0 +1,359 @@
+"""The search loop: build the problem, run a searcher, record every episode, and report the best policy.
+
+:func:`run_search` is the whole of ``mpq-rl search``. The run folder (``config.output``) receives, as the search
+goes: ``config.yaml`` (the resolved config, library versions and command in comments, loadable with
+``--config``), ``episodes.csv``, ``policy.json`` (best in-budget policy), ``pareto.json``, ``evaluations.json``
+(the evaluator cache), ``tb/`` (TensorBoard) and, for RL agents, ``checkpoint/``; at the end ``summary.json``
+with the held-out test metrics of the best policy, of FP32 and of every uniform setting that fits the budget.
+
+An interrupted run (Ctrl-C, or a killed process) resumes with ``resume=<folder>``: the evaluator cache is
+reloaded (no policy is evaluated twice), RL agents continue from their checkpoint, other searchers re-run from
+their seed (their first episodes replay from the cache and are not written again).
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpq_rl.agents import build_searcher
+from mpq_rl.agents.base import SearchContext
+from mpq_rl.config import RunConfig, load_config
+from mpq_rl.errors import UserError
+from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
+from mpq_rl.io import atomic_write_json, atomic_write_text
+from mpq_rl.logger import TB_DIR, TensorBoardLogger
+from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.recorder import (
+    EPISODES_FILE,
+    EVALUATIONS_FILE,
+    PARETO_FILE,
+    POLICY_FILE,
+    Recorder,
+    policy_sections,
+    read_episodes,
+    truncate_episodes,
+)
+from mpq_rl.text_table import render_table
+from mpq_rl.workload import load_workload
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_EVERY = 50
+"""Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
+RESUMABLE_CHANGES = ("agent.episodes",)
+"""What a resumed run may change in the saved config."""
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search: the folder was saved and can be resumed; the message says how."""
+
+
+@dataclass
+class SearchResult:
+    """What a search found, and where it wrote it."""
+
+    output: Path
+    best: dict[str, Any] | None
+    """The best in-budget episode (``episode`` number, ``policy``, ``reward``, ``proxy``, costs), None if none fit."""
+    best_test: Metrics | None
+    """Held-out test metrics of the best policy."""
+    fp32_test: Metrics
+    uniform: list[dict[str, Any]]
+    """Each uniform ``w_bits``/``a_bits`` setting that fits the budget, with ``test`` metrics and ``cost_ratio``."""
+    episodes: int
+    evaluations: int
+    """Distinct policies evaluated by this invocation (new entries in the evaluator cache)."""
+    cache_hits: int
+    """Episodes of this invocation answered from the cache."""
+    wall_seconds: float
+    metric: str = "latency"
+    budget: float = 0.5
+    proxy: str = "top1"
+
+    def report(self) -> str:
+        """The end-of-run text: best policy, the comparison table on the test split, and where the results are."""
+        lines = []
+        if self.best is None:
+            lines.append(f"no policy within the budget ({self.budget:g} of W8A8 {self.metric}) was found")
+        else:
+            bits = "  ".join(f"{n}={w}/{a}" for n, (w, a) in self.best["policy"].items())
+            lines.append(
+                f"best policy (episode {self.best['episode']} of {self.episodes}, reward {self.best['reward']:.4f}),"
+                f" w/a bits: {bits}"
+            )
+        rows = [("policy", f"test {self.proxy}", f"{self.metric} / W8A8", "size / W8A8")]
+        rows.append(("FP32", _pct(self.fp32_test, self.proxy), "-", "-"))
+        if self.best is not None and self.best_test is not None:
+            ratio = self.best["cost_ratio"]
+            rows.append(
+                ("searched (best)", _pct(self.best_test, self.proxy), _f(ratio[self.metric]), _f(ratio.get("size")))
+            )
+        for item in self.uniform:
+            ratio = item["cost_ratio"]
+            name = f"uniform W{item['w_bits']}A{item['a_bits']}"
+            rows.append((name, _pct(item["test"], self.proxy), _f(ratio[self.metric]), _f(ratio.get("size"))))
+        lines.append(f"held-out test split, budget {self.budget:g} of W8A8 {self.metric}:")
+        lines.append(render_table(rows, right=(1, 2, 3)))
+        lines.append(
+            f"{self.episodes} episodes, {self.evaluations} evaluations, {self.cache_hits} cache hits, "
+            f"{self.wall_seconds:.1f} s"
+        )
+        lines.append(f"results in {self.output}: {POLICY_FILE}, {SUMMARY_FILE}, {EPISODES_FILE}, {PARETO_FILE}")
+        lines.append(f"tensorboard --logdir {self.output / TB_DIR}")
+        return "\n".join(lines)
+
+
+def _pct(metrics: Metrics, key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if key == "kl" else f"{100 * value:.2f}%"
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def versions() -> dict[str, str]:
+    """The versions a run depends on, for its config.yaml and summary.json."""
+    import gymnasium
+    import numpy
+    import stable_baselines3
+    import torch
+
+    import mpq_rl
+
+    return {
+        "mpq_rl": mpq_rl.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def write_config(folder: Path, config: RunConfig) -> None:
+    """``config.yaml``: the resolved config, preceded by comments naming the versions and the command."""
+    header = ["# mpq_rl run configuration (resolved); load it with `mpq-rl search --config` or resume the run"]
+    header += [f"# {name} {version}" for name, version in versions().items()]
+    header.append("# command: " + shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    atomic_write_text(folder / CONFIG_FILE, "\n".join(header) + "\n" + config.to_yaml())
+
+
+def run_config(folder: str | Path) -> RunConfig:
+    """The config of the run in ``folder`` (a user error if ``folder`` is not a run folder)."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise UserError(f"{folder} is not a run folder (no {CONFIG_FILE}): pass the --output folder of a search")
+    config = load_config(folder / CONFIG_FILE)
+    return config.with_overrides(output=str(folder))
+
+
+def _check_resumable(saved: RunConfig, asked: RunConfig) -> RunConfig:
+    keep = saved.model_dump(mode="json")
+    want = asked.model_dump(mode="json")
+    for section, values in keep.items():
+        if section == "output":
+            continue
+        if isinstance(values, dict):
+            for key, value in values.items():
+                dotted = f"{section}.{key}"
+                if dotted not in RESUMABLE_CHANGES and want[section][key] != value:
+                    raise UserError(
+                        f"cannot resume with {dotted} = {want[section][key]!r}: the run used {value!r}; "
+                        f"only {', '.join(RESUMABLE_CHANGES)} may change"
+                    )
+        elif want[section] != values:
+            raise UserError(f"cannot resume with {section} = {want[section]!r}: the run used {values!r}")
+    return saved.with_overrides(**{k: _get(asked, k) for k in RESUMABLE_CHANGES})
+
+
+def _get(config: RunConfig, dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    return node
+
+
+def _prepare_folder(folder: Path) -> None:
+    """A fresh run folder: refuse to overwrite an unfinished run; replace a finished one (it is reproducible)."""
+    if (folder / CONFIG_FILE).is_file():
+        if not (folder / SUMMARY_FILE).is_file():
+            raise UserError(
+                f"{folder} holds an unfinished run: resume it with --resume {folder}, or pick another --output"
+            )
+        print(f"mpq-rl: replacing the finished run in {folder}", file=sys.stderr)
+        for name in (CONFIG_FILE, SUMMARY_FILE, EPISODES_FILE, POLICY_FILE, PARETO_FILE, EVALUATIONS_FILE):
+            (folder / name).unlink(missing_ok=True)
+        for name in (TB_DIR, "checkpoint"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+class _Progress:
+    """The tqdm bar: episodes done, best reward, its proxy accuracy and cost ratio."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, proxy: str, metric: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="ep", desc="search", leave=False)
+        self.proxy, self.metric = proxy, metric
+
+    def __call__(self, number: int, episode: Episode, recorder: Recorder, improved: bool) -> None:
+        best = recorder.best
+        if best is not None:
+            self.bar.set_postfix(
+                best=f"{best['reward']:.3f}",
+                **{self.proxy: f"{best['proxy']:.4f}", self.metric: f"{best['cost_ratio'][self.metric]:.3f}"},
+                refresh=False,
+            )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_search(config: RunConfig | None, resume: Path | None = None, progress: bool = True) -> SearchResult:
+    """Run the search ``config`` describes (or resume the one in ``resume``) and return what it found.
+
+    With ``resume``, ``config`` may be None (the folder's config) or that config with ``agent.episodes`` changed.
+    Ctrl-C saves everything needed to resume and raises :class:`SearchInterrupted`.
+    """
+    started = time.perf_counter()
+    if config is None and resume is None:
+        raise ValueError("run_search needs a config or a folder to resume")
+    if resume is not None:
+        resume = Path(resume)
+        saved = run_config(resume)
+        config = saved if config is None else _check_resumable(saved, config)
+        folder = resume
+        previous_rows = (folder / EPISODES_FILE).is_file()
+    else:
+        folder = Path(config.output)
+        previous_rows = False
+    searcher = build_searcher(config.agent.name, config.agent.kwargs)
+    if resume is None:
+        _prepare_folder(folder)
+    write_config(folder, config)
+
+    # -- the problem, its evaluator cache restored --------------------------------------------------------------
+    workload = load_workload(config)
+    evaluator = Evaluator(workload, EvaluationCache.load(folder / EVALUATIONS_FILE))
+    problem = SearchProblem(config, workload=workload, evaluator=evaluator)
+    cached_at_start = len(evaluator.cache)
+    previous = read_episodes(folder / EPISODES_FILE, problem.proxy_fp32) if previous_rows else []
+
+    # -- the recorder and its listeners ---------------------------------------------------------------------------
+    proxy_name = config.proxy.metric if config.proxy.metric == "top1" else config.proxy.fidelity
+    logger = TensorBoardLogger(folder, config, problem.searched, first_run=not previous)
+    bar = _Progress(config.agent.episodes, len(previous), progress, proxy_name, problem.metric)
+    recorder = Recorder(folder, problem, listeners=[logger, bar], save_every=CHECKPOINT_EVERY)
+    context = SearchContext(
+        problem=problem,
+        episodes=config.agent.episodes,
+        seed=config.seed,
+        record=recorder,
+        output=folder,
+        n_envs=config.agent.n_envs,
+        kwargs=dict(config.agent.kwargs),
+    )
+    if previous:
+        point = searcher.resume_point(folder) if hasattr(searcher, "resume_point") else None
+        if point is not None and point < len(previous):
+            truncate_episodes(folder / EPISODES_FILE, point)
+            previous = previous[:point]
+        recorder.restore(previous)
+        if point is not None:
+            context.recorded = len(previous)
+        else:
+            recorder.replay = len(previous)
+
+    # -- the search ---------------------------------------------------------------------------------------------
+    try:
+        searcher.search(context)
+    except KeyboardInterrupt:
+        recorder.save()
+        raise SearchInterrupted(
+            f"interrupted after {recorder.count} episodes; resume with: mpq-rl search --resume {folder}"
+        ) from None
+    finally:
+        context.close()
+        recorder.close()
+        bar.close()
+    recorder.save()
+    evaluations = len(evaluator.cache) - cached_at_start
+    this_run = recorder.count - len(previous)
+
+    # -- held-out evaluation of the best policy, FP32 and the uniform settings within budget -----------------------
+    simulator = evaluator.simulator
+    fp32_test = evaluate_on_test(workload, {}, simulator)
+    best, best_test = None, None
+    if recorder.best is not None:
+        best = {**policy_sections(recorder.best_number, recorder.best), "policy": recorder.best["policy"]}
+        policy = {name: (w, a) for name, (w, a) in recorder.best["policy"].items()}
+        best_test = evaluate_on_test(workload, policy, simulator)
+        best["test_metrics"] = best_test
+    uniform = uniform_baselines(problem)
+    evaluator.close()
+    logger.finish(recorder.best)
+    logger.close()
+
+    result = SearchResult(
+        output=folder,
+        best=best,
+        best_test=best_test,
+        fp32_test=fp32_test,
+        uniform=uniform,
+        episodes=recorder.count,
+        evaluations=evaluations,
+        cache_hits=max(this_run - evaluations, 0),
+        wall_seconds=time.perf_counter() - started,
+        metric=problem.metric,
+        budget=problem.budget.fraction,
+        proxy=proxy_name,
+    )
+    atomic_write_json(folder / SUMMARY_FILE, summary(result, config))
+    return result
+
+
+def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
+    """Every uniform setting among the candidates that fits the budget, with its held-out test metrics."""
+    budget, workload, costs = problem.budget, problem.workload, problem.costs
+    found = []
+    for w in budget.weight_bits:
+        for a in budget.activation_bits:
+            policy = workload.uniform(w, a)
+            ratios = costs.ratios(policy)
+            if not ratios[problem.metric] <= budget.fraction * (1.0 + 1e-9):
+                continue
+            test = evaluate_on_test(workload, policy, problem.evaluator.simulator)
+            found.append({"w_bits": w, "a_bits": a, "test": test, "cost_ratio": ratios})
+    found.sort(key=lambda item: -item["cost_ratio"][problem.metric])
+    return found
+
+
+def summary(result: SearchResult, config: RunConfig) -> dict[str, Any]:
+    """The content of ``summary.json``."""
+    return {
+        "format": "mpq_rl.summary/1",
+        "best": result.best,
+        "fp32": {"test_metrics": result.fp32_test},
+        "uniform": result.uniform,
+        "budget": {"metric": result.metric, "fraction": result.budget, "enforcement": config.budget.enforcement},
+        "proxy": result.proxy,
+        "agent": config.agent.name,
+        "seed": config.seed,
+        "episodes": result.episodes,
+        "evaluations": result.evaluations,
+        "cache_hits": result.cache_hits,
+        "wall_seconds": round(result.wall_seconds, 3),
+        "versions": versions(),
+    }
