@@ -9,7 +9,7 @@ search ends when :attr:`SearchContext.done` says the evaluation budget (``agent.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ import numpy as np
 
 from mpq_rl.budget import Choice
 from mpq_rl.config import RunConfig
+from mpq_rl.errors import UserError
 from mpq_rl.evaluator import policy_key
 from mpq_rl.problem import Episode, SearchProblem
 
@@ -67,7 +68,7 @@ class SearchContext:
     def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
         """Score one policy and record it."""
         episode = self.problem.score(choices, projected_layers)
-        self._record(episode)
+        self.add(episode)
         return episode
 
     def score_many(self, batch: Sequence[Sequence[Choice]]) -> list[Episode]:
@@ -93,7 +94,8 @@ class SearchContext:
             self._pool = context.Pool(self.n_envs, initializer=_init_worker, initargs=(self.problem.config,))
         return self._pool
 
-    def _record(self, episode: Episode) -> None:
+    def add(self, episode: Episode) -> None:
+        """Record an episode scored elsewhere (e.g. by an environment in a worker process)."""
         self.recorded += 1
         self.record(episode)
 
@@ -102,6 +104,15 @@ class SearchContext:
             self._pool.close()
             self._pool.join()
             self._pool = None
+
+
+def check_options(searcher: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``given`` (a searcher's ``agent.kwargs``); unknown names are a user error."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        allowed = ", ".join(sorted(defaults)) if defaults else "none"
+        raise UserError(f"agent.kwargs for {searcher!r} has unknown key {unknown[0]!r}: allowed keys are {allowed}")
+    return {**defaults, **given}
 
 
 class Searcher(Protocol):

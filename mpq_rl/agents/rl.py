@@ -239,7 +239,7 @@ class _RecordEpisodes(BaseCallback):
                 problem = context.problem
                 policy = {name: tuple(bits) for name, bits in episode["policy"].items()}
                 problem.evaluator.cache.put(policy_key(policy, problem.evaluator.names), episode["metrics"])
-            context._record(episode)
+            context.add(episode)
             exploration = getattr(self.model, "exploration", None)
             if exploration is not None:
                 exploration.episode = context.recorded

@@ -1,0 +1,58 @@
+"""Exhaustive search: every policy of the search space, for spaces small enough to enumerate.
+
+The ground truth the other searchers are measured against on small problems. Policies over budget are skipped
+without being evaluated (they cost nothing and are not recorded); the in-budget ones are scored in enumeration
+order (the first searched layer varies slowest) until they or the evaluation budget run out, so give
+``agent.episodes`` at least the number of in-budget policies to see them all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.budget import Budget, Choice
+from mpq_rl.errors import UserError
+
+MAX_POLICIES = 10**6
+"""The largest search space :class:`Exhaustive` enumerates."""
+
+
+def runnable_pairs(budget: Budget, step: int) -> list[Choice]:
+    """The candidate pairs of searched layer ``step`` the hardware can run (cost not NaN)."""
+    w_idx, a_idx = np.nonzero(~np.isnan(budget.costs[step]))
+    return [(int(w), int(a)) for w, a in zip(w_idx, a_idx, strict=True)]
+
+
+def in_budget_policies(budget: Budget) -> Iterator[list[Choice]]:
+    """Every policy within budget, in enumeration order."""
+    pairs = [runnable_pairs(budget, step) for step in range(len(budget.names))]
+    size = math.prod(len(p) for p in pairs)
+    if size > MAX_POLICIES:
+        raise UserError(
+            f"exhaustive search would enumerate {size:,} policies, more than {MAX_POLICIES:,}: "
+            "search fewer layers (quantization.include / exclude / pin) or fewer bit candidates"
+        )
+    for policy in itertools.product(*pairs):
+        if budget.fits(policy):
+            yield list(policy)
+
+
+class Exhaustive:
+    """Score every in-budget policy (spaces up to 10^6 policies). Takes no ``agent.kwargs``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        check_options("exhaustive", kwargs, {})
+
+    def search(self, context: SearchContext) -> None:
+        policies = in_budget_policies(context.problem.budget)
+        while not context.done:
+            batch = list(itertools.islice(policies, max(context.n_envs, 1)))
+            if not batch:
+                return
+            context.score_many(batch)

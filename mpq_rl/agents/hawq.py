@@ -1,0 +1,182 @@
+"""HAWQ-V2/V3 (Dong, Yao et al. 2020/2021): Hessian-trace sensitivity and an integer linear program.
+
+Each searched layer's sensitivity to a bit pair is the second-order estimate of the calibration loss increase
+(HAWQ-V2, eq. 4; HAWQ-V3, eq. 9)::
+
+    Omega(w, a) = 1/2 * ( Tr(H_W) / n_W * ||Q_w(W) - W||^2  +  Tr(H_x) / n_x * ||Q_a(x) - x||^2 )
+
+with the traces estimated by Hutchinson's method (:mod:`mpq_rl.hessian`) on the FP32 model over the
+calibration data only, ``Q_w`` the simulator's cached quantized weights and ``Q_a`` its calibrated input
+quantizer applied to the layer's FP32 inputs on the calibration data (HAWQ-V2's activation extension: the
+Hessian with respect to the layer's input, rather than a measured output error, so that estimating costs no
+evaluations). The loss is cross-entropy on labels for a top-1 proxy, KL divergence from the FP32 outputs for
+fidelity on logits (agreement, kl) and squared error to them otherwise (cosine). Traces are clamped at zero: a
+negative estimate (a layer at a saddle, or noise) would otherwise reward quantization error.
+
+The sensitivities are minimized summed over layers, one pair per layer, under the budget, by an integer linear
+program solved exactly with HiGHS (``scipy.optimize.milp``). Computing the sensitivities scores no policy and so
+costs no evaluations; the ILP optimum is the first episode. The remaining evaluations (or ``alternatives`` of
+them) score the next-best ILP solutions, each found by excluding the ones before it (a no-good cut), so the
+measured proxy can overrule the second-order model where it is wrong. HAWQ-V3 sweeps budget-tightened variants
+instead; those are cheaper policies of the same model, which rarely score better than the optimum at the budget.
+
+``agent.kwargs``: ``samples`` (32), Rademacher vectors per trace; ``alternatives`` (null: until the evaluation
+budget is spent), how many next-best solutions to score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.random_search import projected
+from mpq_rl.budget import Choice
+from mpq_rl.errors import UserError
+from mpq_rl.hessian import calibration_loss, hessian_traces
+from mpq_rl.metrics import model_outputs
+from mpq_rl.problem import SearchProblem
+from mpq_rl.quant import is_float_bits
+
+DEFAULTS = {"samples": 32, "alternatives": None}
+ILP_MARGIN = 1e-6
+"""Relative tightening of the ILP's budget row, so HiGHS's feasibility tolerance cannot leave it over budget."""
+
+
+def loss_kind(problem: SearchProblem) -> str:
+    """The calibration loss whose curvature matches the configured proxy."""
+    proxy = problem.config.proxy
+    if proxy.metric == "top1":
+        return "cross_entropy"
+    return "kl" if proxy.fidelity != "cosine" and problem.evaluator.reference.dim() == 2 else "mse"
+
+
+@torch.no_grad()
+def input_perturbations(problem: SearchProblem) -> np.ndarray:
+    """``||Q_a(x) - x||^2`` of each searched layer's FP32 input over the calibration data: [layer, a candidate]."""
+    simulator = problem.evaluator.simulator
+    bits = problem.budget.activation_bits
+    errors = np.zeros((len(problem.searched), len(bits)))
+    row = {name: s for s, name in enumerate(problem.searched)}
+
+    def make_hook(name: str):
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            x = args[0].float()
+            for i, b in enumerate(bits):
+                quantizer = simulator.activation(name, b)
+                if quantizer is not None:
+                    errors[row[name], i] += float((quantizer(x) - x).pow(2).sum())
+
+        return hook
+
+    handles = [simulator.modules[n].register_forward_pre_hook(make_hook(n)) for n in problem.searched]
+    try:
+        simulator.restore()
+        model_outputs(problem.workload.model, problem.evaluator.calibration)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return errors
+
+
+def sensitivities(problem: SearchProblem, samples: int = 32, seed: int = 0) -> np.ndarray:
+    """HAWQ's ``Omega`` of every searched layer and candidate pair: [layer, w candidate, a candidate].
+
+    Leaves the model in FP32 (the simulator restored); the evaluator re-applies whatever policy it scores next.
+    """
+    evaluator = problem.evaluator
+    simulator = evaluator.simulator
+    simulator.restore()
+    loss = calibration_loss(loss_kind(problem), evaluator.reference, evaluator.calibration)
+    modules = {name: simulator.modules[name] for name in problem.searched}
+    traces = hessian_traces(problem.workload.model, modules, evaluator.calibration, loss, samples, seed)
+    budget = problem.budget
+    weight_error = np.array(
+        [
+            [
+                0.0 if is_float_bits(b) else float((simulator.weight(n, b) - simulator.fp32_weights[n]).pow(2).sum())
+                for b in budget.weight_bits
+            ]
+            for n in problem.searched
+        ]
+    )
+    input_error = input_perturbations(problem)
+    weight_scale = np.array([max(traces.weight[n], 0.0) / traces.weight_elements[n] for n in problem.searched])
+    input_scale = np.array([max(traces.activation[n], 0.0) / traces.activation_elements[n] for n in problem.searched])
+    return 0.5 * ((weight_scale[:, None] * weight_error)[:, :, None] + (input_scale[:, None] * input_error)[:, None, :])
+
+
+def solve_ilp(
+    objective: np.ndarray, costs: np.ndarray, capacity: float, excluded: Sequence[Sequence[Choice]] = ()
+) -> list[Choice] | None:
+    """The choice per layer minimizing ``sum objective[s, w, a]`` with ``sum costs[s, w, a] <= capacity``.
+
+    ``objective`` and ``costs`` are [layer, w, a]; NaN costs mark pairs that cannot be chosen. Policies in
+    ``excluded`` are cut off. None if no policy fits.
+    """
+    layers = costs.shape[0]
+    index = [(s, w, a) for s, w, a in np.argwhere(~np.isnan(costs)).tolist()]
+    column = {key: j for j, key in enumerate(index)}
+    cost = np.array([costs[key] for key in index])
+    scale = max(float(cost.max()), 1e-300)
+    value = np.array([objective[key] for key in index])
+    value = value / max(float(np.abs(value).max()), 1e-300)
+    one_hot = np.zeros((layers, len(index)))
+    for j, (s, _, _) in enumerate(index):
+        one_hot[s, j] = 1.0
+    rows = [LinearConstraint(one_hot, 1, 1), LinearConstraint(cost[None, :] / scale, -np.inf, capacity / scale)]
+    for policy in excluded:
+        cut = np.zeros(len(index))
+        cut[[column[(s, w, a)] for s, (w, a) in enumerate(policy)]] = 1.0
+        rows.append(LinearConstraint(cut[None, :], -np.inf, layers - 1))
+    result = milp(
+        value, constraints=rows, integrality=np.ones(len(index)), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0}
+    )
+    if result.x is None:
+        return None
+    chosen = [index[j] for j in np.flatnonzero(result.x > 0.5)]
+    return [(w, a) for _, w, a in sorted(chosen)]
+
+
+class Hawq:
+    """Hessian-trace sensitivities, an exact ILP under the budget, then the next-best ILP solutions."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        options = check_options("hawq", kwargs, DEFAULTS)
+        self.samples = int(options["samples"])
+        self.alternatives = options["alternatives"]
+        if self.samples < 1:
+            raise UserError(f"agent.kwargs.samples must be at least 1, got {self.samples}")
+        if self.alternatives is not None and int(self.alternatives) < 0:
+            raise UserError(f"agent.kwargs.alternatives must be null or at least 0, got {self.alternatives}")
+
+    def search(self, context: SearchContext) -> None:
+        if context.done:
+            return
+        problem = context.problem
+        budget = problem.budget
+        omega = sensitivities(problem, self.samples, context.seed)
+        capacity = (budget.limit - budget.fixed_cost) - ILP_MARGIN * budget.reference
+        extra = context.remaining - 1 if self.alternatives is None else int(self.alternatives)
+        found: list[list[Choice]] = []
+        first = solve_ilp(omega, budget.costs, capacity)
+        if first is None or not budget.fits(first):
+            # only when the budget is within the solver's tolerance of the cheapest policy
+            first = projected(budget, [(len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)] * len(omega))
+        found.append(first)
+        context.score(first)
+        while not context.done and len(found) <= extra:
+            batch = []
+            for _ in range(min(max(context.n_envs, 1), extra + 1 - len(found), context.remaining)):
+                policy = solve_ilp(omega, budget.costs, capacity, found)
+                if policy is None:
+                    break
+                found.append(policy)
+                batch.append(policy)
+            if not batch:
+                return
+            context.score_many(batch)

@@ -1,0 +1,50 @@
+"""Random search: uniformly sampled policies, made to fit the budget the way the environment does.
+
+Each layer's weight and activation candidates are drawn uniformly (seeded by the run's seed), then the layers are
+walked in order with :meth:`~mpq_rl.budget.Budget.project`, which clips each choice to the highest bits that
+still leave room for the remaining layers at their lowest bits. Every proposal is therefore within budget, and
+random search sees exactly the policies an RL agent acting at random would. Policies are scored ``n_envs`` at a
+time, in parallel when ``agent.n_envs > 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.budget import Budget, Choice
+
+
+def projected(budget: Budget, choices: list[Choice]) -> list[Choice]:
+    """``choices`` made to fit, layer by layer, by the environment's projection."""
+    spent = budget.fixed_cost
+    fitted = []
+    for step, choice in enumerate(choices):
+        choice = budget.project(step, spent, choice)
+        spent += budget.cost(step, choice)
+        fitted.append(choice)
+    return fitted
+
+
+def sample_policy(budget: Budget, rng: np.random.Generator) -> list[Choice]:
+    """One uniformly drawn choice per searched layer, projected into the budget."""
+    layers = len(budget.names)
+    weights = rng.integers(len(budget.weight_bits), size=layers)
+    activations = rng.integers(len(budget.activation_bits), size=layers)
+    return projected(budget, [(int(w), int(a)) for w, a in zip(weights, activations, strict=True)])
+
+
+class RandomSearch:
+    """Seeded random in-budget policies until the evaluation budget is spent. Takes no ``agent.kwargs``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        check_options("random", kwargs, {})
+
+    def search(self, context: SearchContext) -> None:
+        budget = context.problem.budget
+        rng = context.rng()
+        while not context.done:
+            batch = [sample_policy(budget, rng) for _ in range(min(context.n_envs, context.remaining))]
+            context.score_many(batch)

@@ -1,0 +1,209 @@
+"""``mpq-rl compare``: several searchers on one config and budget, at the same evaluation budget, over seeds.
+
+Each (searcher, seed) is an ordinary run (:func:`mpq_rl.trainer.run_search`) in ``OUTPUT/{name}-seed{seed}``, so
+every run folder can be inspected or resumed on its own. The comparison then writes ``compare.md`` (per searcher:
+held-out score of the best in-budget policy, mean and standard deviation over seeds; its calibration proxy; its
+cost ratio; evaluations; wall time), ``compare.json`` (the same, and every run) and ``pareto.png`` (each
+searcher's calibration Pareto front, and the held-out score of each run's best policy against its cost).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mpq_rl.config import RunConfig
+from mpq_rl.errors import UserError
+from mpq_rl.io import atomic_write_json, atomic_write_text
+
+COMPARE_MD = "compare.md"
+COMPARE_JSON = "compare.json"
+PARETO_PNG = "pareto.png"
+FORMAT = "mpq_rl.compare/1"
+
+
+def run_folder(output: Path, name: str, seed: int) -> Path:
+    return output / f"{name}-seed{seed}"
+
+
+def compare(
+    config: RunConfig, agents: Sequence[str], seeds: Sequence[int], output: str | Path, progress: bool = False
+) -> dict[str, Any]:
+    """Run every searcher in ``agents`` once per seed on ``config``; write and return the comparison."""
+    from mpq_rl.agents import SEARCHERS
+    from mpq_rl.trainer import run_search
+
+    unknown = [name for name in agents if name not in SEARCHERS]
+    if unknown:
+        raise UserError(f"unknown agent {unknown[0]!r} in --agents: choose among {', '.join(SEARCHERS)}")
+    if not agents or not seeds:
+        raise UserError("compare needs at least one agent and one seed")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    runs, results = [], []
+    for name in agents:
+        for seed in seeds:
+            folder = run_folder(output, name, seed)
+            result = run_search(
+                config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)}), progress=progress
+            )
+            results.append(result)
+            runs.append(_run_row(name, seed, result))
+    last = results[-1]
+    comparison = {
+        "format": FORMAT,
+        "metric": last.metric,
+        "budget": last.budget,
+        "proxy": last.proxy,
+        "episodes": config.agent.episodes,
+        "agents": list(agents),
+        "seeds": list(seeds),
+        "fp32_test": last.fp32_test.get(last.proxy),
+        "uniform": [
+            {
+                "w_bits": u["w_bits"],
+                "a_bits": u["a_bits"],
+                "test": u["test"].get(last.proxy),
+                "cost_ratio": u["cost_ratio"][last.metric],
+            }
+            for u in last.uniform
+        ],
+        "summary": [_aggregate(name, [r for r in runs if r["agent"] == name]) for name in agents],
+        "runs": runs,
+    }
+    atomic_write_json(output / COMPARE_JSON, comparison)
+    atomic_write_text(output / COMPARE_MD, render_markdown(comparison))
+    plot_pareto(comparison, output, output / PARETO_PNG)
+    return comparison
+
+
+def _run_row(name: str, seed: int, result: Any) -> dict[str, Any]:
+    best = result.best
+    return {
+        "agent": name,
+        "seed": seed,
+        "folder": str(result.output),
+        "found": best is not None,
+        "test": None if result.best_test is None else result.best_test.get(result.proxy),
+        "proxy": None if best is None else best["proxy"],
+        "cost_ratio": None if best is None else best["cost_ratio"][result.metric],
+        "episodes": result.episodes,
+        "evaluations": result.evaluations,
+        "wall_seconds": result.wall_seconds,
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _aggregate(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    found = [r for r in runs if r["found"]]
+    test_mean, test_std = _mean_std([r["test"] for r in found if r["test"] is not None])
+    return {
+        "agent": name,
+        "runs": len(runs),
+        "found": len(found),
+        "test_mean": test_mean,
+        "test_std": test_std,
+        "proxy_mean": _mean_std([r["proxy"] for r in found])[0],
+        "cost_ratio_mean": _mean_std([r["cost_ratio"] for r in found])[0],
+        "evaluations_mean": statistics.fmean(r["evaluations"] for r in runs),
+        "episodes_mean": statistics.fmean(r["episodes"] for r in runs),
+        "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
+    }
+
+
+def _score(value: float | None, proxy: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if proxy == "kl" else f"{100 * value:.2f}%"
+
+
+def render_markdown(comparison: dict[str, Any]) -> str:
+    """The comparison as a markdown table, one row per searcher (seeds aggregated)."""
+    proxy, metric = comparison["proxy"], comparison["metric"]
+    seeds = ", ".join(map(str, comparison["seeds"]))
+    lines = [
+        f"# mpq-rl compare: budget {comparison['budget']:g} of W8A8 {metric}",
+        "",
+        f"{comparison['episodes']} evaluations per run, seeds {seeds}; best in-budget policy of each run, "
+        f"held-out test {proxy} (mean ± std over seeds) and calibration proxy.",
+        "",
+        f"| searcher | test {proxy} | ± std | proxy {proxy} | {metric} / W8A8 | in budget | episodes | evaluations"
+        " | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in comparison["summary"]:
+        std = "-" if row["test_std"] is None else _score(row["test_std"], proxy)
+        cost = "-" if row["cost_ratio_mean"] is None else f"{row['cost_ratio_mean']:.3f}"
+        lines.append(
+            f"| {row['agent']} | {_score(row['test_mean'], proxy)} | {std} | {_score(row['proxy_mean'], proxy)} "
+            f"| {cost} | {row['found']}/{row['runs']} | {row['episodes_mean']:.0f} | {row['evaluations_mean']:.1f} "
+            f"| {row['wall_seconds_mean']:.1f} |"
+        )
+    lines.append(f"| FP32 | {_score(comparison['fp32_test'], proxy)} | - | - | - | - | - | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(comparison: dict[str, Any], output: Path, path: Path) -> None:
+    """``pareto.png``: calibration Pareto fronts per searcher (left), held-out score of each best policy (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mpq_rl.recorder import PARETO_FILE
+
+    proxy, metric, budget = comparison["proxy"], comparison["metric"], comparison["budget"]
+    figure, (front_ax, test_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(comparison["agents"]):
+        colour = colours[i % len(colours)]
+        points = []
+        for seed in comparison["seeds"]:
+            file = run_folder(output, name, seed) / PARETO_FILE
+            if file.is_file():
+                points += json.loads(file.read_text())["points"]
+        front = _front([(p["cost_ratio"], p["proxy"]) for p in points])
+        if front:
+            front_ax.step(*zip(*front, strict=True), where="post", color=colour, label=name, marker=".")
+        runs = [r for r in comparison["runs"] if r["agent"] == name and r["test"] is not None]
+        test_ax.scatter([r["cost_ratio"] for r in runs], [r["test"] for r in runs], color=colour, label=name)
+    for ax in (front_ax, test_ax):
+        ax.axvline(budget, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(f"{metric} / W8A8")
+    if comparison["fp32_test"] is not None:
+        test_ax.axhline(comparison["fp32_test"], color="black", linewidth=1, label="FP32")
+    uniform = comparison["uniform"]
+    if uniform:
+        test_ax.scatter(
+            [u["cost_ratio"] for u in uniform],
+            [u["test"] for u in uniform],
+            marker="x",
+            color="grey",
+            label="uniform W/A settings",
+        )
+    front_ax.set_ylabel(f"calibration {proxy}")
+    front_ax.set_title("Pareto front of every episode (all seeds)")
+    test_ax.set_ylabel(f"test {proxy}")
+    test_ax.set_title("best in-budget policy of each run")
+    front_ax.legend(fontsize="small")
+    test_ax.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cost, score) points not beaten on both, by increasing cost."""
+    front: list[tuple[float, float]] = []
+    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or score > front[-1][1]:
+            front.append((cost, score))
+    return front

@@ -1,0 +1,54 @@
+"""``mpq-rl compare``: runs every (searcher, seed), writes the table, the JSON and the Pareto plot."""
+
+import json
+
+import pytest
+
+from mpq_rl.cli import main
+from mpq_rl.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
+from mpq_rl.config import parse_config
+from mpq_rl.errors import UserError
+
+SMALL = {
+    "quantization": {"weight_bits": [2, 4, 8], "activation_bits": [8], "include": "down2|pw"},
+    "data": {"calibration_samples": 128},
+    "budget": 0.9,
+    "agent": {"episodes": 3},
+}
+
+
+def test_two_searchers_two_seeds(tmp_path, digits_model):
+    comparison = compare(parse_config(SMALL), ["uniform", "random"], [0, 1], tmp_path)
+    assert [(r["agent"], r["seed"]) for r in comparison["runs"]] == [
+        ("uniform", 0),
+        ("uniform", 1),
+        ("random", 0),
+        ("random", 1),
+    ]
+    assert all((tmp_path / f"{r['agent']}-seed{r['seed']}" / "summary.json").is_file() for r in comparison["runs"])
+    assert all(r["found"] and r["cost_ratio"] <= 0.9 + 1e-9 for r in comparison["runs"])
+    random_runs = [r for r in comparison["runs"] if r["agent"] == "random"]
+    assert all(r["episodes"] == 3 for r in random_runs)
+    summary = {row["agent"]: row for row in comparison["summary"]}
+    tests = [r["test"] for r in random_runs]
+    assert summary["random"]["test_mean"] == pytest.approx(sum(tests) / 2)
+    assert summary["uniform"]["runs"] == summary["uniform"]["found"] == 2
+
+    table = (tmp_path / COMPARE_MD).read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| searcher")]
+    assert [row.split("|")[1].strip() for row in rows] == ["uniform", "random", "FP32"]
+    assert f"{100 * summary['random']['test_mean']:.2f}%" in rows[1]
+    assert json.loads((tmp_path / COMPARE_JSON).read_text())["format"] == "mpq_rl.compare/1"
+    assert (tmp_path / PARETO_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_agent_is_refused_before_any_run(tmp_path):
+    with pytest.raises(UserError, match="unknown agent 'nope'"):
+        compare(parse_config(SMALL), ["random", "nope"], [0], tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_reports_bad_seeds(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["compare", "--agents", "random", "--seeds", "a,b", "--output", str(tmp_path)])
+    assert "comma-separated integers" in capsys.readouterr().err
