@@ -9,6 +9,7 @@ from the last layer backwards until the policy fits), kept for comparison.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,18 @@ class Budget:
         self.limit = self.fraction * self.reference * (1.0 + _SLACK)
         self.min_costs = np.nanmin(self.costs.reshape(len(self.names), -1), axis=1)
         self.suffix_min = np.concatenate([np.cumsum(self.min_costs[::-1])[::-1], [0.0]])
+        # Plain-Python copies for the per-step methods: on arrays this small numpy's fixed cost per call is ~10x
+        # the work, and a step must stay cheap for 1000-layer models. ``_by_cost`` lists each layer's (cost, w, a)
+        # from the costliest down, ties by more weight bits then more activation bits (NaN entries never fit).
+        self._cost_rows: list[list[list[float]]] = self.costs.tolist()
+        self._suffix_min: list[float] = self.suffix_min.tolist()
+        self._by_cost = [
+            sorted(
+                ((c, w, a) for w, row in enumerate(rows) for a, c in enumerate(row) if not math.isnan(c)), reverse=True
+            )
+            for rows in self._cost_rows
+        ]
+        self._cheapest = [tuple(int(i) for i in np.unravel_index(layer.argmin(), layer.shape)) for layer in self.costs]
 
     @classmethod
     def from_costs(
@@ -93,7 +106,7 @@ class Budget:
         return self.weight_bits[choice[0]], self.activation_bits[choice[1]]
 
     def cost(self, step: int, choice: Choice) -> float:
-        return float(self.costs[step, choice[0], choice[1]])
+        return self._cost_rows[step][choice[0]][choice[1]]
 
     def total(self, choices: Sequence[Choice]) -> float:
         """Whole-model cost of one choice per searched layer, fixed layers included."""
@@ -108,19 +121,14 @@ class Budget:
         ``spent`` is the cost so far, fixed layers included. Among the pairs that fit, the costliest (the closest
         to what was asked) wins, ties going to more weight bits.
         """
-        room = self.limit - spent - self.suffix_min[step + 1]
+        room = self.limit - spent - self._suffix_min[step + 1]
         w, a = choice
-        if self.costs[step, w, a] <= room:
+        if self._cost_rows[step][w][a] <= room:
             return choice
-        allowed = self.costs[step, : w + 1, : a + 1]
-        fitting = np.where(allowed <= room, allowed, -np.inf)
-        if not np.isfinite(fitting).any():
-            cheapest = np.unravel_index(self.costs[step].argmin(), self.costs[step].shape)
-            return int(cheapest[0]), int(cheapest[1])
-        flat = np.flatnonzero(fitting == fitting.max())
-        best = np.unravel_index(flat, fitting.shape)
-        order = np.lexsort((best[1], best[0]))[-1]
-        return int(best[0][order]), int(best[1][order])
+        for cost, w_fit, a_fit in self._by_cost[step]:
+            if cost <= room and w_fit <= w and a_fit <= a:
+                return w_fit, a_fit
+        return self._cheapest[step]
 
     def lower_to_fit(self, choices: Sequence[Choice]) -> list[Choice]:
         """HAQ's action wall: from the last layer backwards, lower each layer's bits one notch until it fits."""

@@ -23,7 +23,7 @@ from mpq_rl.config import RunConfig
 from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
-from mpq_rl.metrics import model_outputs, score
+from mpq_rl.metrics import Scorer, model_outputs, score
 from mpq_rl.policy import BitPair, Policy
 from mpq_rl.simulator import QuantSimulator
 from mpq_rl.workload import Workload, load_workload
@@ -111,7 +111,8 @@ class Evaluator:
         self.simulator = calibrated_simulator(workload)
         self.reference = model_outputs(workload.model, self.calibration)
         self.targets = self.calibration.targets()
-        self.fp32 = score(self.reference, self.reference, self.targets)
+        self.scorer = Scorer(self.reference, self.targets)
+        self.fp32 = self.scorer(self.reference)
         self.cache = cache if cache is not None else EvaluationCache()
 
     @classmethod
@@ -126,7 +127,7 @@ class Evaluator:
         if found is not None:
             return dict(found)
         self.simulator.apply(policy)
-        metrics = score(model_outputs(self.workload.model, self.calibration), self.reference, self.targets)
+        metrics = self.scorer(model_outputs(self.workload.model, self.calibration))
         self.cache.put(key, metrics)
         return dict(metrics)
 

@@ -11,8 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mpq_rl.budget import Budget, Choice
-from mpq_rl.config import RunConfig, load_config
+from mpq_rl.config import METRICS, RunConfig, load_config
 from mpq_rl.evaluator import Evaluator
 from mpq_rl.hardware import CostTable, build_cost_table
 from mpq_rl.policy import Policy
@@ -63,6 +65,8 @@ class SearchProblem:
         )
         self.budget.check_feasible()
         self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.config.proxy)
+        self._defined = tuple(m for m in METRICS if self.costs.defines(m))
+        self._references: dict[str, float] = {}
 
     @property
     def searched(self) -> tuple[str, ...]:
@@ -87,7 +91,7 @@ class SearchProblem:
             choices = lowered
         policy = self.policy(choices)
         metrics = self.evaluator.evaluate(policy)
-        ratios = self.costs.ratios(policy)
+        totals, ratios = self._totals_and_ratios(policy)
         within = ratios[self.metric] <= self.budget.fraction * (1.0 + 1e-9)
         proxy = proxy_value(metrics, self.config.proxy)
         reward = float(self.reward_fn(Outcome(proxy, self.proxy_fp32, ratios[self.metric], self.budget.fraction)))
@@ -99,12 +103,34 @@ class SearchProblem:
             "metrics": metrics,
             "proxy": proxy,
             "proxy_fp32": self.proxy_fp32,
-            "cost": self.costs.totals(policy),
+            "cost": totals,
             "cost_ratio": ratios,
             "within_budget": bool(within),
             "projected": projected_layers > 0,
             "projected_layers": int(projected_layers),
         }
+
+    def _totals_and_ratios(self, policy: Policy) -> tuple[dict[str, float], dict[str, float]]:
+        """``costs.totals(policy)`` and ``costs.ratios(policy)``, the same numbers from one pass over the layers.
+
+        Calling both walks the policy's layers twelve times and recomputes every W8A8 reference; here the policy
+        is looked up once and each reference is computed once per problem.
+        """
+        w_idx, a_idx = self.costs.indices(policy)
+        rows = np.arange(len(w_idx))
+        totals, ratios = {}, {}
+        for m in METRICS:
+            if m not in self._defined:
+                totals[m] = ratios[m] = float("nan")
+                continue
+            values = self.costs.metric(m)[rows, w_idx, a_idx]
+            if not np.isfinite(values).all():
+                self.costs.per_layer(policy, m)  # raises the table's explanation of the missing value
+            if m not in self._references:
+                self._references[m] = self.costs.reference(m)
+            totals[m] = float(values.sum())
+            ratios[m] = totals[m] / self._references[m]
+        return totals, ratios
 
     def close(self) -> None:
         """Give the model back in FP32 if this problem built its evaluator."""

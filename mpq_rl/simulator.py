@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +27,8 @@ _ATTACHED = "_mpq_rl_simulated"
 """Set on each module a simulator hooks into, so a second simulator on the same layers is refused."""
 SAMPLE_VALUES_PER_LAYER = 65536
 """Activation values kept per layer for range search (a seeded random subsample of the calibration pass)."""
+_MAX_SCRATCH_VIEWS = 64
+"""Activation shapes whose views of the scratch buffer are kept (the cache starts afresh past this)."""
 
 
 @dataclass
@@ -33,6 +36,67 @@ class _ActivationStats:
     lo: float = math.inf
     hi: float = -math.inf
     samples: list[torch.Tensor] = field(default_factory=list)
+
+
+class _InferenceFakeQuant:
+    """``quantizer(x)``, bit for bit, about 10x faster on CPU when no gradient is needed.
+
+    PyTorch's fused per-tensor fake-quantize kernel on CPU also writes the STE mask and is not vectorized: on a
+    digits activation it costs as much as 15 to 30 ReLUs, a third of the convolution it feeds. Outside autograd
+    the kernel's arithmetic (``x * (1 / scale)`` with both in float32, round half to even, ``+ zero point``,
+    clamp, ``- zero point``, ``* scale``) as four elementwise passes gives the same values: adding and subtracting
+    the integer zero point around the clamp is the same as clamping to the shifted integer range. Elsewhere
+    (gradients, GPU, other dtypes) the fused kernel runs.
+
+    The passes write into one scratch buffer, grown to the largest activation seen, instead of a new tensor per
+    layer: large allocations come from fresh ``mmap`` pages, and their page faults (about 600 more per digits
+    forward pass without the buffer) were a visible share of the cost. Reusing it is safe because a layer's
+    quantized input lives only until that layer returns (Conv and Linear keep no reference to it), before the
+    next hooked layer runs.
+    """
+
+    def __init__(self) -> None:
+        self.scratch = torch.empty(0)
+        self._views: dict[torch.Size, torch.Tensor] = {}
+        self._constants: dict[ActivationQuantizer, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
+
+    def __call__(self, quantizer: ActivationQuantizer, x: torch.Tensor) -> torch.Tensor:
+        # This runs once per quantized layer per batch: its overhead shows next to small layers, hence the cached
+        # views and constants (0-d float32 tensors: multiplying by a Python float converts it on every call).
+        if x.dtype is not torch.float32 or not x.is_cpu or (x.requires_grad and torch.is_grad_enabled()):
+            return quantizer(x)
+        constants = self._constants.get(quantizer)
+        if constants is None:
+            constants = self._constants[quantizer] = _float32_constants(quantizer)
+        inv_scale, scale, low, high = constants
+        if x.is_contiguous():
+            out = self._views.get(x.shape)
+            if out is None:
+                out = self._view(x.shape)
+            torch.mul(x, inv_scale, out=out)
+        else:
+            out = x.mul(inv_scale)
+        return out.round_().clamp_(low, high).mul_(scale)
+
+    def _view(self, shape: torch.Size) -> torch.Tensor:
+        numel = shape.numel()
+        if self.scratch.numel() < numel or len(self._views) >= _MAX_SCRATCH_VIEWS:
+            self.scratch = torch.empty(max(numel, self.scratch.numel()), dtype=torch.float32)
+            self._views.clear()
+        view = self._views[shape] = self.scratch[:numel].view(shape)
+        return view
+
+
+def _float32_constants(quantizer: ActivationQuantizer) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """``1 / scale`` and ``scale`` as the fused kernel computes them (float32), and the shifted integer range."""
+    scale = np.float32(quantizer.scale)
+    zero_point = quantizer.zero_point
+    return (
+        torch.tensor(np.float32(1.0) / scale),
+        torch.tensor(scale),
+        quantizer.q_min - zero_point,
+        quantizer.q_max - zero_point,
+    )
 
 
 class QuantSimulator:
@@ -74,6 +138,7 @@ class QuantSimulator:
         self._stats: dict[str, _ActivationStats] | None = None
         self._active: dict[str, ActivationQuantizer | None] = dict.fromkeys(self.layer_names)
         self._current: dict[str, BitPair] = {}
+        self._fake_quant = _InferenceFakeQuant()
         self._handles = [
             module.register_forward_pre_hook(self._make_hook(name)) for name, module in self.modules.items()
         ]
@@ -81,13 +146,13 @@ class QuantSimulator:
             setattr(module, _ATTACHED, True)
 
     def _make_hook(self, name: str):
-        active = self._active
+        active, fake_quant = self._active, self._fake_quant
 
         def hook(module: nn.Module, args: tuple) -> tuple | None:
             quantizer = active[name]
             if quantizer is None:
                 return None
-            return (quantizer(args[0]), *args[1:])
+            return (fake_quant(quantizer, args[0]), *args[1:])
 
         return hook
 
@@ -192,6 +257,7 @@ class QuantSimulator:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._fake_quant = _InferenceFakeQuant()  # drops the scratch buffer
         for module in self.modules.values():
             if hasattr(module, _ATTACHED):
                 delattr(module, _ATTACHED)

@@ -132,6 +132,11 @@ class BitWidthEnv(gym.Env):
         high = np.array([f[3] for f in OBSERVATION_FEATURES], dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._features = self._static_features()
+        # Plain-Python copies for step(): building observations and choices from lists avoids numpy's per-call
+        # overhead on arrays of 2 to 15 values, which dominated the step time.
+        self._feature_rows: list[list[float]] = self._features.tolist()
+        self._suffix_min: list[float] = self.budget.suffix_min.tolist()
+        self._sizes = (n_w, n_a)
         self._choices: list[Choice] = []
         self._spent = self.budget.fixed_cost
         self._projected_layers = 0
@@ -171,18 +176,17 @@ class BitWidthEnv(gym.Env):
             prev_a = a / max(len(self.budget.activation_bits) - 1, 1)
         else:
             prev_w = prev_a = 0.0
-        remaining = self.budget.suffix_min[len(self._choices)]
+        remaining = self._suffix_min[len(self._choices)]
         dynamic = [prev_w, prev_a, min(self._spent / limit, 2.0), min(remaining / limit, 2.0)]
-        return np.concatenate([self._features[step], np.array(dynamic, dtype=np.float32)])
+        return np.array(self._feature_rows[step] + dynamic, dtype=np.float32)
 
     def _to_choice(self, action: np.ndarray) -> Choice:
-        action = np.asarray(action).reshape(-1)
-        sizes = [len(self.budget.weight_bits), len(self.budget.activation_bits)]
+        values = np.asarray(action).reshape(-1).tolist()
         if self.discrete:
-            indices = [int(v) for v in action]
+            indices = [int(v) for v in values]
         else:
-            clipped = np.clip(action.astype(np.float64), -1.0, 1.0)
-            indices = [int(round((v + 1.0) / 2.0 * (n - 1))) for v, n in zip(clipped, sizes, strict=False)]
+            clipped = [min(max(v, -1.0), 1.0) for v in values]
+            indices = [int(round((v + 1.0) / 2.0 * (n - 1))) for v, n in zip(clipped, self._sizes, strict=False)]
         if self.weight_only:
             indices.append(0)
         return indices[0], indices[1]

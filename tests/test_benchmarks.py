@@ -1,0 +1,63 @@
+"""The benchmarks still run and report their ratios (tiny settings; speed is never asserted here)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not part of the installed package
+
+from benchmarks import episode_cost, step_overhead  # noqa: E402
+from benchmarks.harness import interleaved, write_section  # noqa: E402
+
+
+def test_interleaved_times_every_variant_with_counts_and_setup():
+    calls = []
+    times = interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats=3,
+        counts={"b": 1},
+        before={"a": lambda: calls.append("setup")},
+    )
+    assert [len(times["a"]), len(times["b"])] == [3, 1]
+    assert calls.count("setup") == 3 and calls.count("b") == 1
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    write_section("one", ["first"], path)
+    write_section("two", ["second"], path)
+    write_section("one", ["again"], path)
+    text = path.read_text()
+    assert "again" in text and "second" in text and "first" not in text
+    assert text.index("again") < text.index("second")
+
+
+def test_episode_cost_runs_and_reports_its_ratios(digits_model):
+    written = {}
+    outcome = episode_cost.main(
+        ["--workloads", "digits", "--repeats", "1"], write=lambda name, lines: written.update({name: lines})
+    )
+    (result,) = outcome["results"]
+    for key in (
+        "episode_vs_fp32",
+        "quantized_forward_vs_fp32",
+        "episode_vs_quantized_forward",
+        "naive_vs_episode",
+        "cold_vs_fp32",
+    ):
+        assert result[key] > 0
+    assert result["naive_matches_env"], "the naive baseline must score the same policy to the same metrics"
+    assert result["new_policies"] == "1 of 1"
+    assert "episode / FP32" in "\n".join(written[episode_cost.NAME])
+
+
+def test_step_overhead_runs_and_reports_per_step_times():
+    written = {}
+    outcome = step_overhead.main(
+        ["--depths", "3", "12", "--repeats", "1"], write=lambda name, lines: written.update({name: lines})
+    )
+    assert [r["depth"] for r in outcome["results"]] == [3, 12]
+    for result in outcome["results"]:
+        assert result["steps_timed"] == result["depth"] - 1
+        assert result["step_ms"] > 0 and result["step_vs_shallowest"] > 0
+    assert outcome["target_met"] is None
+    assert "step mean µs" in "\n".join(written[step_overhead.NAME])
