@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mpq_rl.data import Batches
@@ -41,63 +41,71 @@ def model_outputs(model: nn.Module, batches: Batches) -> torch.Tensor:
             model.train(was_training)
 
 
-def _fraction_equal(predicted: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((predicted == expected).float().mean())
+def _numpy(values: torch.Tensor) -> np.ndarray:
+    """Outputs as float64 samples x features; scoring runs in NumPy, single-threaded, which on the small output
+    tensors of an evaluation is far cheaper than torch's thread pool round trips."""
+    array = values.detach().cpu().numpy().astype(np.float64)
+    return array.reshape(array.shape[0], -1)
 
 
-def _kl(log_p: torch.Tensor, p: torch.Tensor, outputs: torch.Tensor) -> float:
-    return float((p * (log_p - F.log_softmax(outputs, dim=-1))).sum(dim=-1).mean())
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _unit_rows(values: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    return values / np.maximum(norms, COSINE_EPS)
+
+
+COSINE_EPS = 1e-8
+"""Norm floor in the cosine similarity (as ``torch.nn.functional.cosine_similarity``)."""
 
 
 def top1(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of samples whose highest logit is the target class."""
-    return _fraction_equal(outputs.argmax(dim=-1), targets)
+    return float(np.mean(_numpy(outputs).argmax(axis=-1) == targets.cpu().numpy()))
 
 
 def agreement(outputs: torch.Tensor, reference: torch.Tensor) -> float:
     """Fraction of samples whose top-1 prediction matches the FP32 model's."""
-    return _fraction_equal(outputs.argmax(dim=-1), reference.argmax(dim=-1))
+    return Scorer(reference, None)(outputs)["agreement"]
 
 
 def kl_divergence(outputs: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean KL(FP32 || quantized) of the softmax distributions, in nats."""
-    log_p = F.log_softmax(reference, dim=-1)
-    return _kl(log_p, log_p.exp(), outputs)
+    return Scorer(reference, None)(outputs)["kl"]
 
 
 def cosine(outputs: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean cosine similarity between each sample's output and the FP32 output (e.g. sentence embeddings)."""
-    flat_out = outputs.reshape(outputs.shape[0], -1)
-    flat_ref = reference.reshape(reference.shape[0], -1)
-    return float(F.cosine_similarity(flat_out, flat_ref, dim=1).mean())
+    return Scorer(reference, None)(outputs)["cosine"]
 
 
 class Scorer:
     """:func:`score` against one fixed FP32 ``reference`` (and ``targets``), for scoring many outputs.
 
-    What depends only on the reference (its softmax and top-1) is computed once, on first use, instead of on
-    every call; the numbers are :func:`score`'s, bit for bit.
+    What depends only on the reference (its unit rows, log-softmax and top-1) is computed once.
     """
 
     def __init__(self, reference: torch.Tensor, targets: torch.Tensor | None) -> None:
-        self.reference = reference
-        self.targets = targets
-        self._derived: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.classifier = reference.dim() == 2
+        ref = _numpy(reference)
+        self.reference_unit = _unit_rows(ref)
+        self.reference_top1 = ref.argmax(axis=-1)
+        self.log_p = _log_softmax(ref) if self.classifier else None
+        self.targets = None if targets is None else targets.cpu().numpy()
 
     def __call__(self, outputs: torch.Tensor) -> dict[str, float]:
-        metrics = {"cosine": cosine(outputs, self.reference)}
-        if outputs.dim() != 2 and self.targets is None:
-            return metrics
-        predicted = outputs.argmax(dim=-1)
-        if outputs.dim() == 2:
-            if self._derived is None:
-                log_p = F.log_softmax(self.reference, dim=-1)
-                self._derived = (self.reference.argmax(dim=-1), log_p, log_p.exp())
-            reference_top1, log_p, p = self._derived
-            metrics["agreement"] = _fraction_equal(predicted, reference_top1)
-            metrics["kl"] = _kl(log_p, p, outputs)
+        out = _numpy(outputs)
+        metrics = {"cosine": float(np.mean(np.sum(_unit_rows(out) * self.reference_unit, axis=1)))}
+        predicted = out.argmax(axis=-1)
+        if self.classifier:
+            metrics["agreement"] = float(np.mean(predicted == self.reference_top1))
+            log_q = _log_softmax(out)
+            metrics["kl"] = float(np.mean(np.sum(np.exp(self.log_p) * (self.log_p - log_q), axis=-1)))
         if self.targets is not None:
-            metrics["top1"] = _fraction_equal(predicted, self.targets)
+            metrics["top1"] = float(np.mean(predicted == self.targets))
         return metrics
 
 
