@@ -1,7 +1,8 @@
-"""Evaluator cache hit rate and peak memory during a whole search (the default 300-episode DDPG run on digits).
+"""Evaluator cache hit rate, peak memory and episodes per second of whole searches on digits, 1 vs 2 processes.
 
-The search runs in a fresh process, so its peak resident memory (``ru_maxrss``) is the search's own: model, data,
-cached quantized tensors, replay buffer and the evaluator cache.
+Each search runs in a fresh process, so its peak resident memory (``ru_maxrss``, of the main process) is the
+search's own: model, data, cached quantized tensors, replay buffer and the evaluator cache. With ``n_envs: 2`` the
+RL agents step two environments in worker processes and the baselines score two policies at a time.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ from benchmarks.harness import Writer, machine, machine_lines, publish, table, w
 from mpq_rl.config import load_config
 
 NAME = "search_stats"
-AGENTS = ("ddpg", "random")
+HEADER = ["agent", "n_envs", "episodes", "evaluations", "cache hits", "hit rate", "wall s", "episodes/s", "peak RSS MB"]
+RUNS = (("ddpg", 1), ("ddpg", 2), ("random", 1), ("random", 2))
+"""(agent, n_envs) pairs, each run for the same number of episodes."""
 
 
-def _search(agent: str, episodes: int, output: str) -> dict[str, Any]:
+def _search(agent: str, n_envs: int, episodes: int, output: str) -> dict[str, Any]:
     from mpq_rl.trainer import run_search
 
-    config = load_config().with_overrides(**{"agent.name": agent, "agent.episodes": episodes, "output": output})
-    result = run_search(config, progress=False)
+    overrides = {"agent.name": agent, "agent.episodes": episodes, "agent.n_envs": n_envs, "output": output}
+    result = run_search(load_config().with_overrides(**overrides), progress=False)
     return {
         "agent": agent,
+        "n_envs": n_envs,
         "episodes": result.episodes,
         "evaluations": result.evaluations,
         "cache_hits": result.cache_hits,
@@ -40,13 +44,13 @@ def _search(agent: str, episodes: int, output: str) -> dict[str, Any]:
     }
 
 
-def run(agents: Sequence[str] = AGENTS, episodes: int = 300) -> dict[str, Any]:
+def run(runs: Sequence[tuple[str, int]] = RUNS, episodes: int = 300) -> dict[str, Any]:
     info = machine()
     results = []
     context = multiprocessing.get_context("spawn")
-    for agent in agents:
+    for agent, n_envs in runs:
         with tempfile.TemporaryDirectory() as scratch, context.Pool(1) as pool:
-            results.append(pool.apply(_search, (agent, episodes, str(Path(scratch) / agent))))
+            results.append(pool.apply(_search, (agent, n_envs, episodes, str(Path(scratch) / agent))))
     return {"machine": info, "end_load": machine()["load_average"], "results": results}
 
 
@@ -54,11 +58,13 @@ def report(outcome: dict[str, Any]) -> list[str]:
     rows = [
         [
             r["agent"],
+            r["n_envs"],
             r["episodes"],
             r["evaluations"],
             r["cache_hits"],
             f"{100 * r['cache_hits'] / r['episodes']:.1f}%",
             f"{r['wall_s']:.1f}",
+            f"{r['episodes'] / r['wall_s']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
         ]
         for r in outcome["results"]
@@ -68,11 +74,12 @@ def report(outcome: dict[str, Any]) -> list[str]:
         "",
         "The default search (digits CNN, Bit Fusion latency, budget 0.5, seed 0) run by `run_search` in a fresh "
         "process, the digits CNN already trained. Hits are episodes answered from the evaluator cache; wall time "
-        "includes the held-out evaluation of the best policy and of the uniform baselines at the end.",
+        "includes starting the worker processes and the held-out evaluation of the best policy and of the uniform "
+        "baselines at the end.",
         "",
         *machine_lines(outcome["machine"], outcome["end_load"]),
         "",
-        *table(["agent", "episodes", "evaluations", "cache hits", "hit rate", "wall s", "peak RSS MB"], rows),
+        *table(HEADER, rows),
     ]
 
 

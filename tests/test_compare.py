@@ -1,6 +1,8 @@
 """``mpq-rl compare``: runs every (searcher, seed), writes the table, the JSON and the Pareto plot."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +10,9 @@ from mpq_rl.cli import main
 from mpq_rl.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from collect_results import section  # noqa: E402
 
 SMALL = {
     "quantization": {"weight_bits": [2, 4, 8], "activation_bits": [8], "include": "down2|pw"},
@@ -40,6 +45,13 @@ def test_two_searchers_two_seeds(tmp_path, digits_model):
     assert f"{100 * summary['random']['test_mean']:.2f}%" in rows[1]
     assert json.loads((tmp_path / COMPARE_JSON).read_text())["format"] == "mpq_rl.compare/1"
     assert (tmp_path / PARETO_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # experiments/collect_results.py turns the folder into a results page with the command and the plot
+    page = tmp_path / "docs" / "results.md"
+    lines = section(tmp_path, page)
+    assert lines[0].startswith("## mpq-rl compare: budget 0.9 of W8A8 latency")
+    assert f"--agents uniform,random --seeds 0,1 --episodes 3 --budget 0.9 --output {tmp_path}`" in "\n".join(lines)
+    assert (page.parent / "results" / f"{tmp_path.name}-{PARETO_PNG}").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unknown_agent_is_refused_before_any_run(tmp_path):

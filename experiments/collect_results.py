@@ -1,0 +1,50 @@
+"""Turn finished ``mpq-rl compare`` folders into one results page with its plots (docs/results.md).
+
+    python experiments/collect_results.py runs/compare-0.25 runs/compare-0.35 runs/compare-0.5
+
+Each folder's table is rendered from its ``compare.json`` (the same renderer as ``mpq-rl compare``), its Pareto
+plot copied next to the page, and the command that reproduces it written above the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from mpq_rl.compare import COMPARE_JSON, PARETO_PNG, render_markdown
+from mpq_rl.io import atomic_write_text
+
+DEFAULT_OUTPUT = Path("docs/results.md")
+
+
+def section(folder: Path, page: Path) -> list[str]:
+    """One compare folder as markdown: the command, the table (one level down), and the plot."""
+    comparison = json.loads((folder / COMPARE_JSON).read_text())
+    plot = page.parent / "results" / f"{folder.name}-{PARETO_PNG}"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / PARETO_PNG, plot)
+    command = (
+        f"mpq-rl compare --agents {','.join(comparison['agents'])} --seeds {','.join(map(str, comparison['seeds']))} "
+        f"--episodes {comparison['episodes']} --budget {comparison['budget']:g} --output {folder}"
+    )
+    table = render_markdown(comparison).replace("\n# ", "\n## ")
+    table = "#" + table if table.startswith("# ") else table
+    return [table.rstrip(), "", f"Reproduce: `{command}`", "", f"![Pareto fronts]({plot.relative_to(page.parent)})", ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="finished mpq-rl compare output folders")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the results page to write")
+    args = parser.parse_args()
+    lines = ["# Results", "", "Written by `experiments/collect_results.py` from `mpq-rl compare` folders.", ""]
+    for folder in args.folders:
+        lines += section(folder, args.output)
+    atomic_write_text(args.output, "\n".join(lines))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
