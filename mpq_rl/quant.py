@@ -39,6 +39,12 @@ class ActivationQuantizer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.q_min, self.q_max)
 
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized values of ``x`` by plain elementwise arithmetic: no gradient, several times faster on CPU
+        than the fused kernel (which also builds the STE mask); used to score candidate ranges."""
+        levels = torch.clamp(torch.round(x * (1.0 / self.scale)) + self.zero_point, self.q_min, self.q_max)
+        return (levels - self.zero_point) * self.scale
+
 
 def symmetric_levels(bits: int) -> int:
     """The largest integer level of a narrow-range symmetric quantizer (``2^(b-1) - 1``)."""
@@ -136,7 +142,7 @@ def activation_quantizer(
 
     def error(ratio: torch.Tensor) -> torch.Tensor:
         quantizer = _affine(lo * float(ratio), hi * float(ratio), bits, unsigned)
-        return (quantizer(sample) - sample).pow(2).sum().reshape(1)
+        return (quantizer.values(sample) - sample).pow(2).sum().reshape(1)
 
     ratio = float(_mse_ratio_search(error)[0])
     return _affine(lo * ratio, hi * ratio, bits, unsigned)

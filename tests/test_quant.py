@@ -96,3 +96,11 @@ def test_straight_through_gradient():
     inside = (levels >= q.q_min) & (levels <= q.q_max)
     assert torch.equal(x.grad, inside.float())
     assert 0 < int(inside.sum()) < x.numel()
+
+
+def test_plain_arithmetic_values_match_the_fused_kernel():
+    torch.manual_seed(4)
+    x = torch.randn(5000) * 3
+    for lo, hi, bits in [(0.0, 2.5, 4), (-1.5, 4.0, 3), (-2.0, 2.0, 8)]:
+        q = activation_quantizer(x, lo, hi, bits, "minmax")
+        assert torch.allclose(q.values(x), q(x), atol=1e-6 * q.scale * q.q_max)
