@@ -34,12 +34,38 @@ def section(folder: Path, page: Path) -> list[str]:
     return [table.rstrip(), "", f"Reproduce: `{command}`", "", f"![Pareto fronts]({plot.relative_to(page.parent)})", ""]
 
 
+def overview(comparisons: list[dict]) -> list[str]:
+    """One table across budgets: held-out accuracy of each searcher's best policy, the best uniform setting that
+    fits the same budget, and FP32."""
+    budgets = [f"{c['budget']:g}" for c in comparisons]
+    metric = comparisons[0]["metric"]
+    header = "| searcher | " + " | ".join(f"{b} of W8A8 {metric}" for b in budgets) + " |"
+    lines = [header, "|---|" + "---:|" * len(budgets)]
+    for agent in comparisons[0]["agents"]:
+        cells = []
+        for comparison in comparisons:
+            row = next(r for r in comparison["summary"] if r["agent"] == agent)
+            cells.append(f"{100 * row['test_mean']:.2f} ± {100 * row['test_std']:.2f}%")
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    best_uniform = []
+    for comparison in comparisons:
+        fits = comparison["uniform"]
+        best = max(fits, key=lambda u: u["test"]) if fits else None
+        best_uniform.append(f"{100 * best['test']:.2f}% (W{best['w_bits']}A{best['a_bits']})" if best else "none fits")
+    lines.append("| best uniform that fits | " + " | ".join(best_uniform) + " |")
+    lines.append("| FP32 | " + " | ".join(f"{100 * c['fp32_test']:.2f}%" for c in comparisons) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="finished mpq-rl compare output folders")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the results page to write")
     args = parser.parse_args()
+    comparisons = [json.loads((folder / COMPARE_JSON).read_text()) for folder in args.folders]
     lines = ["# Results", "", "Written by `experiments/collect_results.py` from `mpq-rl compare` folders.", ""]
+    lines += ["Held-out top-1 of each searcher's best in-budget policy (mean ± std over seeds):", ""]
+    lines += [*overview(comparisons), ""]
     for folder in args.folders:
         lines += section(folder, args.output)
     atomic_write_text(args.output, "\n".join(lines))

@@ -12,7 +12,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from collect_results import section  # noqa: E402
+from collect_results import overview, section  # noqa: E402
 
 SMALL = {
     "quantization": {"weight_bits": [2, 4, 8], "activation_bits": [8], "include": "down2|pw"},
@@ -52,6 +52,11 @@ def test_two_searchers_two_seeds(tmp_path, digits_model):
     assert lines[0].startswith("## mpq-rl compare: budget 0.9 of W8A8 latency")
     assert f"--agents uniform,random --seeds 0,1 --episodes 3 --budget 0.9 --output {tmp_path}`" in "\n".join(lines)
     assert (page.parent / "results" / f"{tmp_path.name}-{PARETO_PNG}").read_bytes()[:4] == b"\x89PNG"
+    table = overview([comparison, comparison])
+    assert table[0] == "| searcher | 0.9 of W8A8 latency | 0.9 of W8A8 latency |"
+    random_mean = f"{100 * summary['random']['test_mean']:.2f} ± {100 * summary['random']['test_std']:.2f}%"
+    assert table[3] == f"| random | {random_mean} | {random_mean} |"
+    assert table[-1].startswith("| FP32 | ")
 
 
 def test_unknown_agent_is_refused_before_any_run(tmp_path):
