@@ -71,7 +71,11 @@ _COLUMNS = (
 
 
 def _fmt(value: float | None, scale: float, width: int, digits: int = 2) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value * scale:>{width}.{digits}f}"
+    """``value * scale`` right-aligned in ``width`` columns; 3 significant digits when too wide (own-unit tables)."""
+    if value is None:
+        return f"{'-':>{width}}"
+    text = f"{value * scale:.{digits}f}"
+    return f"{text if len(text) < width else f'{value * scale:.3g}':>{width}}"
 
 
 def _cost_cells(entry: Mapping[str, Any]) -> str:
