@@ -111,8 +111,9 @@ def run(
 def report(outcome: dict[str, Any]) -> list[str]:
     """The markdown section of RESULTS.md."""
     rows = []
+    digits = 2 if outcome["proxy"] == "top1" else 5
     for r in outcome["results"]:
-        cells = [f"{statistics.mean(g):.2f} ± {statistics.pstdev(g):.2f}" for g in r["gaps"].values()]
+        cells = [f"{statistics.mean(g):.{digits}f} ± {statistics.pstdev(g):.{digits}f}" for g in r["gaps"].values()]
         used = f"{min(r['evaluations'])}-{max(r['evaluations'])}"
         rows.append([r["searcher"], *cells, f"{statistics.mean(r['wall_s']):.1f}", used])
     if outcome["proxy"] == "top1":

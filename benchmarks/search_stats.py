@@ -28,6 +28,10 @@ RUNS = (("ddpg", 1), ("ddpg", 2), ("random", 1), ("random", 2))
 """(agent, n_envs) pairs, each run for the same number of episodes."""
 
 
+def _search_into(queue: Any, *args: Any) -> None:
+    queue.put(_search(*args))
+
+
 def _search(agent: str, n_envs: int, episodes: int, output: str) -> dict[str, Any]:
     from mpq_rl.trainer import run_search
 
@@ -49,8 +53,15 @@ def run(runs: Sequence[tuple[str, int]] = RUNS, episodes: int = 300) -> dict[str
     results = []
     context = multiprocessing.get_context("spawn")
     for agent, n_envs in runs:
-        with tempfile.TemporaryDirectory() as scratch, context.Pool(1) as pool:
-            results.append(pool.apply(_search, (agent, n_envs, episodes, str(Path(scratch) / agent))))
+        # a plain (non-daemonic) process, since a search with n_envs > 1 starts worker processes of its own
+        queue = context.Queue()
+        with tempfile.TemporaryDirectory() as scratch:
+            process = context.Process(
+                target=_search_into, args=(queue, agent, n_envs, episodes, str(Path(scratch) / agent))
+            )
+            process.start()
+            results.append(queue.get())
+            process.join()
     return {"machine": info, "end_load": machine()["load_average"], "results": results}
 
 
