@@ -19,14 +19,16 @@ from mpq_rl.io import atomic_write_text
 DEFAULT_OUTPUT = Path("docs/results.md")
 
 
-def section(folder: Path, page: Path) -> list[str]:
-    """One compare folder as markdown: the command, the table (one level down), and the plot."""
+def section(folder: Path, page: Path, config: str | None = None) -> list[str]:
+    """One compare folder as markdown: the command (with ``--config`` if one was used), the table, and the plot."""
     comparison = json.loads((folder / COMPARE_JSON).read_text())
     plot = page.parent / "results" / f"{folder.name}-{PARETO_PNG}"
     plot.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(folder / PARETO_PNG, plot)
     command = (
-        f"mpq-rl compare --agents {','.join(comparison['agents'])} --seeds {','.join(map(str, comparison['seeds']))} "
+        "mpq-rl compare "
+        + (f"--config {config} " if config else "")
+        + f"--agents {','.join(comparison['agents'])} --seeds {','.join(map(str, comparison['seeds']))} "
         f"--episodes {comparison['episodes']} --budget {comparison['budget']:g} --output {folder}"
     )
     table = render_markdown(comparison).replace("\n# ", "\n## ")
@@ -61,13 +63,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="finished mpq-rl compare output folders")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the results page to write")
+    parser.add_argument("--config", help="the --config the compare runs were made with, for the commands shown")
     args = parser.parse_args()
     comparisons = [json.loads((folder / COMPARE_JSON).read_text()) for folder in args.folders]
     lines = ["# Results", "", "Written by `experiments/collect_results.py` from `mpq-rl compare` folders.", ""]
     lines += ["Held-out top-1 of each searcher's best in-budget policy (mean ± std over seeds):", ""]
     lines += [*overview(comparisons), ""]
     for folder in args.folders:
-        lines += section(folder, args.output)
+        lines += section(folder, args.output, args.config)
     atomic_write_text(args.output, "\n".join(lines))
     print(f"wrote {args.output}")
 
