@@ -193,10 +193,16 @@ def test_damaged_cache_is_rebuilt_with_a_warning(cache_copy, digits_model, damag
     assert calls == [1000], "the rebuilt cache must load without training again"
 
 
-def test_training_is_deterministic(digits_splits, monkeypatch):
+def test_training_is_deterministic_whatever_the_callers_thread_count(digits_splits, monkeypatch):
     monkeypatch.setitem(TRAIN_RECIPE, "epochs", 1)
     first = train_digits_cnn(digits_splits["train"])
-    second = train_digits_cnn(digits_splits["train"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if TRAIN_RECIPE["threads"] != 1 else 2)
+    try:
+        second = train_digits_cnn(digits_splits["train"])
+        assert torch.get_num_threads() == (1 if TRAIN_RECIPE["threads"] != 1 else 2), "the caller's count is restored"
+    finally:
+        torch.set_num_threads(threads)
     assert same_weights(first, second) and not same_weights(first, DigitsCNN())
 
 

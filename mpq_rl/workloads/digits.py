@@ -51,6 +51,7 @@ TRAIN_RECIPE = {
     "lr": 3e-3,
     "weight_decay": 1e-4,
     "schedule": "cosine",
+    "threads": 2,
 }
 """How :func:`trained_digits_cnn` trains; changing it (or the architecture) invalidates cached weights."""
 
@@ -156,7 +157,7 @@ def accuracy(model: nn.Module, dataset: TensorDataset) -> float:
 
 
 def train_digits_cnn(train: TensorDataset) -> DigitsCNN:
-    """Train a fresh :class:`DigitsCNN` with :data:`TRAIN_RECIPE` (seeded, so repeatable on one machine)."""
+    """Train a fresh :class:`DigitsCNN` with :data:`TRAIN_RECIPE` (seeded, and with a fixed thread count, so repeatable)."""
     generator = torch.Generator().manual_seed(TRAIN_RECIPE["seed"])
     with torch.random.fork_rng(devices=[]):  # seeds the initial weights without moving the caller's global RNG
         torch.manual_seed(TRAIN_RECIPE["seed"])
@@ -167,15 +168,22 @@ def train_digits_cnn(train: TensorDataset) -> DigitsCNN:
     optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN_RECIPE["lr"], weight_decay=TRAIN_RECIPE["weight_decay"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    # The thread count changes how convolutions split their sums, hence the trained weights: it is part of the
+    # recipe, so every machine trains the same model whatever torch.get_num_threads() the caller has.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_RECIPE["threads"])
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(labels), generator=generator)
+            for start in range(0, len(order), batch):
+                idx = order[start : start + batch]
+                loss = F.cross_entropy(model(images[idx]), labels[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval()
 
 
