@@ -10,6 +10,7 @@ from torch import nn
 
 from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
+from mpq_rl.kernels import output_scores
 from mpq_rl.layers import call_model
 
 
@@ -48,14 +49,14 @@ def _numpy(values: torch.Tensor) -> np.ndarray:
     return array.reshape(array.shape[0], -1)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def _unit_rows(values: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(values, axis=1, keepdims=True)
     return values / np.maximum(norms, COSINE_EPS)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 COSINE_EPS = 1e-8
@@ -85,27 +86,34 @@ def cosine(outputs: torch.Tensor, reference: torch.Tensor) -> float:
 class Scorer:
     """:func:`score` against one fixed FP32 ``reference`` (and ``targets``), for scoring many outputs.
 
-    What depends only on the reference (its unit rows, log-softmax and top-1) is computed once.
+    What depends only on the reference is computed once (its unit rows, top-1, softmax ``p`` and mean ``sum p log
+    p``); each call is then one pass of :func:`mpq_rl.kernels.output_scores` over the outputs, with ``KL(p || q) =
+    sum p log p - sum p log q``.
     """
 
     def __init__(self, reference: torch.Tensor, targets: torch.Tensor | None) -> None:
         self.classifier = reference.dim() == 2
         ref = _numpy(reference)
-        self.reference_unit = _unit_rows(ref)
-        self.reference_top1 = ref.argmax(axis=-1)
-        self.log_p = _log_softmax(ref) if self.classifier else None
-        self.targets = None if targets is None else targets.cpu().numpy()
+        self.samples = len(ref)
+        self.reference_unit = np.ascontiguousarray(_unit_rows(ref))
+        self.reference_top1 = ref.argmax(axis=-1).astype(np.int64)
+        log_p = _log_softmax(ref) if self.classifier else np.zeros((0, 0))
+        self.p = np.ascontiguousarray(np.exp(log_p))
+        self.p_log_p = float(np.sum(self.p * log_p)) / self.samples
+        self.targets = None if targets is None else targets.cpu().numpy().astype(np.int64)
 
     def __call__(self, outputs: torch.Tensor) -> dict[str, float]:
-        out = _numpy(outputs)
-        metrics = {"cosine": float(np.mean(np.sum(_unit_rows(out) * self.reference_unit, axis=1)))}
-        predicted = out.argmax(axis=-1)
+        out = outputs.detach().cpu().float().reshape(len(outputs), -1).contiguous().numpy()
+        if out.shape != self.reference_unit.shape:
+            raise ValueError(f"outputs of shape {tuple(out.shape)} do not match the reference's")
+        targets = self.targets if self.targets is not None else np.zeros(0, dtype=np.int64)
+        cosine, agreement, cross, top1 = output_scores()(out, self.reference_unit, self.reference_top1, self.p, targets)
+        metrics = {"cosine": cosine / self.samples}
         if self.classifier:
-            metrics["agreement"] = float(np.mean(predicted == self.reference_top1))
-            log_q = _log_softmax(out)
-            metrics["kl"] = float(np.mean(np.sum(np.exp(self.log_p) * (self.log_p - log_q), axis=-1)))
+            metrics["agreement"] = agreement / self.samples
+            metrics["kl"] = max(self.p_log_p - cross / self.samples, 0.0)  # >= 0; rounding can go below by 1e-16
         if self.targets is not None:
-            metrics["top1"] = float(np.mean(predicted == self.targets))
+            metrics["top1"] = top1 / self.samples
         return metrics
 
 

@@ -6,6 +6,7 @@ Budgets are fractions of :meth:`CostTable.reference`, the W8A8 cost of the same 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -105,7 +106,8 @@ class CostTable:
         return values
 
     def total(self, policy: Mapping[str, Sequence[int]], metric: str) -> float:
-        return float(self.per_layer(policy, metric).sum())
+        """The policy's whole-model ``metric``, exactly rounded (so any order of adding the layers agrees)."""
+        return math.fsum(self.per_layer(policy, metric).tolist())
 
     def totals(self, policy: Mapping[str, Sequence[int]]) -> dict[str, float]:
         """All four metrics; NaN for a metric this table does not define."""
