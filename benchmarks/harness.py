@@ -61,6 +61,13 @@ def interleaved(
     return times
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of ``numerator[r] / denominator[r]``, both timed in the same round of
+    :func:`interleaved`: a drift of the machine's speed during the run (common on shared machines) cancels
+    within each pair, where a ratio of two medians would carry it."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=False))
+
+
 def median_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 

@@ -36,17 +36,19 @@ def test_episode_cost_runs_and_reports_its_ratios(digits_model):
     outcome = episode_cost.main(
         ["--workloads", "digits", "--repeats", "1"], write=lambda name, lines: written.update({name: lines})
     )
-    (result,) = outcome["results"]
-    for key in (
-        "episode_vs_fp32",
-        "quantized_forward_vs_fp32",
-        "episode_vs_quantized_forward",
-        "naive_vs_episode",
-        "cold_vs_fp32",
-    ):
-        assert result[key] > 0
-    assert result["naive_matches_env"], "the naive baseline must score the same policy to the same metrics"
-    assert result["new_policies"] == "1 of 1"
+    assert [r["threads"] for r in outcome["results"]] == list(episode_cost.THREADS)
+    for result in outcome["results"]:
+        for key in (
+            "episode_vs_fp32",
+            "episode_vs_fp32_of_medians",
+            "quantized_forward_vs_fp32",
+            "episode_vs_quantized_forward",
+            "naive_vs_episode",
+            "cold_vs_fp32",
+        ):
+            assert result[key] > 0
+        assert result["naive_matches_env"], "the naive baseline must score the same policy to the same metrics"
+        assert result["new_policies"] == "1 of 1"
     assert "episode / FP32" in "\n".join(written[episode_cost.NAME])
 
 
