@@ -350,9 +350,10 @@ def report(outcome: dict[str, Any]) -> list[str]:
     for r in outcome["results"]:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["naive_parts_ms"].items())
         lines.append(
-            f"- {r['workload']}: naive parts (median ms) {parts}; new policies evaluated {r['new_policies']}; "
-            f"naive metrics equal the environment's: {r['naive_matches_env']}; the untimed first play of each "
-            f"round's policy (filling the tensor cache) took {r['cache_fill_s_per_policy']:.2f} s on average"
+            f"- {r['workload']}, {r['threads']} thread(s): naive parts (median ms) {parts}; new policies evaluated "
+            f"{r['new_policies']}; naive metrics equal the environment's: {r['naive_matches_env']}; the "
+            f"untimed first play of each round's policy (filling the tensor cache) took "
+            f"{r['cache_fill_s_per_policy']:.2f} s on average"
         )
     return lines
 
