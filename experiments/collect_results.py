@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mpq_rl.compare import COMPARE_JSON, PARETO_PNG, render_markdown
 from mpq_rl.io import atomic_write_text
+from mpq_rl.metrics import format_metric
 
 DEFAULT_OUTPUT = Path("docs/results.md")
 
@@ -37,25 +38,27 @@ def section(folder: Path, page: Path, config: str | None = None) -> list[str]:
 
 
 def overview(comparisons: list[dict]) -> list[str]:
-    """One table across budgets: held-out accuracy of each searcher's best policy, the best uniform setting that
-    fits the same budget, and FP32."""
+    """One table across budgets: the held-out proxy score of each searcher's best policy, the best uniform setting
+    that fits the same budget, and FP32."""
     budgets = [f"{c['budget']:g}" for c in comparisons]
-    metric = comparisons[0]["metric"]
+    metric, proxy = comparisons[0]["metric"], comparisons[0]["proxy"]
     header = "| searcher | " + " | ".join(f"{b} of W8A8 {metric}" for b in budgets) + " |"
     lines = [header, "|---|" + "---:|" * len(budgets)]
     for agent in comparisons[0]["agents"]:
         cells = []
         for comparison in comparisons:
             row = next(r for r in comparison["summary"] if r["agent"] == agent)
-            cells.append(f"{100 * row['test_mean']:.2f} ± {100 * row['test_std']:.2f}%")
+            cells.append(f"{format_metric(row['test_mean'], proxy)} ± {format_metric(row['test_std'], proxy)}")
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     best_uniform = []
     for comparison in comparisons:
         fits = comparison["uniform"]
-        best = max(fits, key=lambda u: u["test"]) if fits else None
-        best_uniform.append(f"{100 * best['test']:.2f}% (W{best['w_bits']}A{best['a_bits']})" if best else "none fits")
+        best = (min if proxy == "kl" else max)(fits, key=lambda u: u["test"]) if fits else None
+        best_uniform.append(
+            f"{format_metric(best['test'], proxy)} (W{best['w_bits']}A{best['a_bits']})" if best else "none fits"
+        )
     lines.append("| best uniform that fits | " + " | ".join(best_uniform) + " |")
-    lines.append("| FP32 | " + " | ".join(f"{100 * c['fp32_test']:.2f}%" for c in comparisons) + " |")
+    lines.append("| FP32 | " + " | ".join(format_metric(c["fp32_test"], proxy) for c in comparisons) + " |")
     return lines
 
 
@@ -67,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     comparisons = [json.loads((folder / COMPARE_JSON).read_text()) for folder in args.folders]
     lines = ["# Results", "", "Written by `experiments/collect_results.py` from `mpq-rl compare` folders.", ""]
-    lines += ["Held-out top-1 of each searcher's best in-budget policy (mean ± std over seeds):", ""]
+    proxy = comparisons[0]["proxy"]
+    lines += [f"Held-out {proxy} of each searcher's best in-budget policy (mean ± std over seeds):", ""]
     lines += [*overview(comparisons), ""]
     for folder in args.folders:
         lines += section(folder, args.output, args.config)

@@ -18,6 +18,7 @@ from typing import Any
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
+from mpq_rl.metrics import format_metric
 
 COMPARE_MD = "compare.md"
 COMPARE_JSON = "compare.json"
@@ -119,12 +120,6 @@ def _aggregate(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _score(value: float | None, proxy: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if proxy == "kl" else f"{100 * value:.2f}%"
-
-
 def render_markdown(comparison: dict[str, Any]) -> str:
     """The comparison as a markdown table, one row per searcher (seeds aggregated)."""
     proxy, metric = comparison["proxy"], comparison["metric"]
@@ -140,14 +135,15 @@ def render_markdown(comparison: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in comparison["summary"]:
-        std = "-" if row["test_std"] is None else _score(row["test_std"], proxy)
+        std = "-" if row["test_std"] is None else format_metric(row["test_std"], proxy)
         cost = "-" if row["cost_ratio_mean"] is None else f"{row['cost_ratio_mean']:.3f}"
         lines.append(
-            f"| {row['agent']} | {_score(row['test_mean'], proxy)} | {std} | {_score(row['proxy_mean'], proxy)} "
+            f"| {row['agent']} | {format_metric(row['test_mean'], proxy)} | {std} "
+            f"| {format_metric(row['proxy_mean'], proxy)} "
             f"| {cost} | {row['found']}/{row['runs']} | {row['episodes_mean']:.0f} | {row['evaluations_mean']:.1f} "
             f"| {row['wall_seconds_mean']:.1f} |"
         )
-    lines.append(f"| FP32 | {_score(comparison['fp32_test'], proxy)} | - | - | - | - | - | - | - |")
+    lines.append(f"| FP32 | {format_metric(comparison['fp32_test'], proxy)} | - | - | - | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 

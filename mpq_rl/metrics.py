@@ -14,6 +14,13 @@ from mpq_rl.kernels import output_scores
 from mpq_rl.layers import call_model
 
 
+def format_metric(value: float | None, key: str) -> str:
+    """A score for tables: the KL divergence in nats (4 decimals), every other metric in percent; ``-`` if absent."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if key == "kl" else f"{100 * value:.2f}%"
+
+
 def output_tensor(output: Any) -> torch.Tensor:
     """The tensor a model's output stands for: itself, ``logits``/``last_hidden_state``, or a tuple's first."""
     if isinstance(output, torch.Tensor):

@@ -29,6 +29,7 @@ from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.logger import TB_DIR, TensorBoardLogger
+from mpq_rl.metrics import format_metric
 from mpq_rl.problem import Episode, SearchProblem
 from mpq_rl.recorder import (
     EPISODES_FILE,
@@ -88,17 +89,19 @@ class SearchResult:
                 f"best policy (episode {self.best['episode']} of {self.episodes}, reward {self.best['reward']:.4f}),"
                 f" w/a bits: {bits}"
             )
+
+        def test(metrics: Metrics) -> str:
+            return format_metric(metrics.get(self.proxy), self.proxy)
+
         rows = [("policy", f"test {self.proxy}", f"{self.metric} / W8A8", "size / W8A8")]
-        rows.append(("FP32", _pct(self.fp32_test, self.proxy), "-", "-"))
+        rows.append(("FP32", test(self.fp32_test), "-", "-"))
         if self.best is not None and self.best_test is not None:
             ratio = self.best["cost_ratio"]
-            rows.append(
-                ("searched (best)", _pct(self.best_test, self.proxy), _f(ratio[self.metric]), _f(ratio.get("size")))
-            )
+            rows.append(("searched (best)", test(self.best_test), _f(ratio[self.metric]), _f(ratio.get("size"))))
         for item in self.uniform:
             ratio = item["cost_ratio"]
             name = f"uniform W{item['w_bits']}A{item['a_bits']}"
-            rows.append((name, _pct(item["test"], self.proxy), _f(ratio[self.metric]), _f(ratio.get("size"))))
+            rows.append((name, test(item["test"]), _f(ratio[self.metric]), _f(ratio.get("size"))))
         lines.append(f"held-out test split, budget {self.budget:g} of W8A8 {self.metric}:")
         lines.append(render_table(rows, right=(1, 2, 3)))
         lines.append(
@@ -108,13 +111,6 @@ class SearchResult:
         lines.append(f"results in {self.output}: {POLICY_FILE}, {SUMMARY_FILE}, {EPISODES_FILE}, {PARETO_FILE}")
         lines.append(f"tensorboard --logdir {self.output / TB_DIR}")
         return "\n".join(lines)
-
-
-def _pct(metrics: Metrics, key: str) -> str:
-    value = metrics.get(key)
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if key == "kl" else f"{100 * value:.2f}%"
 
 
 def _f(value: float | None) -> str:

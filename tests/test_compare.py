@@ -54,9 +54,28 @@ def test_two_searchers_two_seeds(tmp_path, digits_model):
     assert (page.parent / "results" / f"{tmp_path.name}-{PARETO_PNG}").read_bytes()[:4] == b"\x89PNG"
     table = overview([comparison, comparison])
     assert table[0] == "| searcher | 0.9 of W8A8 latency | 0.9 of W8A8 latency |"
-    random_mean = f"{100 * summary['random']['test_mean']:.2f} ± {100 * summary['random']['test_std']:.2f}%"
+    random_mean = f"{100 * summary['random']['test_mean']:.2f}% ± {100 * summary['random']['test_std']:.2f}%"
     assert table[3] == f"| random | {random_mean} | {random_mean} |"
     assert table[-1].startswith("| FP32 | ")
+
+
+def test_overview_of_a_kl_search_prefers_the_lowest_divergence():
+    comparison = {
+        "budget": 0.5,
+        "metric": "energy",
+        "proxy": "kl",
+        "agents": ["random"],
+        "summary": [{"agent": "random", "test_mean": 0.01234, "test_std": 0.002}],
+        "uniform": [{"w_bits": 8, "a_bits": 8, "test": 0.001}, {"w_bits": 4, "a_bits": 4, "test": 0.05}],
+        "fp32_test": 0.0,
+    }
+    assert overview([comparison]) == [
+        "| searcher | 0.5 of W8A8 energy |",
+        "|---|---:|",
+        "| random | 0.0123 ± 0.0020 |",
+        "| best uniform that fits | 0.0010 (W8A8) |",
+        "| FP32 | 0.0000 |",
+    ]
 
 
 def test_unknown_agent_is_refused_before_any_run(tmp_path):

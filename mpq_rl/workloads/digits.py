@@ -157,7 +157,7 @@ def accuracy(model: nn.Module, dataset: TensorDataset) -> float:
 
 
 def train_digits_cnn(train: TensorDataset) -> DigitsCNN:
-    """Train a fresh :class:`DigitsCNN` with :data:`TRAIN_RECIPE` (seeded, and with a fixed thread count, so repeatable)."""
+    """Train a fresh :class:`DigitsCNN` with :data:`TRAIN_RECIPE` (seeded, with a fixed thread count: repeatable)."""
     generator = torch.Generator().manual_seed(TRAIN_RECIPE["seed"])
     with torch.random.fork_rng(devices=[]):  # seeds the initial weights without moving the caller's global RNG
         torch.manual_seed(TRAIN_RECIPE["seed"])
