@@ -26,7 +26,10 @@ HEADER = """# Benchmark results
 
 Written by the benchmark scripts (`make bench`, or `python benchmarks/<name>.py` for one section); do not edit by
 hand. Each section is the latest run of one benchmark. Ratios compare medians of variants timed side by side
-(interleaved) in the same run.
+(interleaved) in the same run. The searchers compared on held-out accuracy (Bit Fusion latency and energy budgets
+on digits, MiniLM at two latency budgets) are full `mpq-rl compare` runs of several minutes to an hour each: their
+tables are in docs/results.md, docs/results-energy.md and docs/results-minilm.md, written by
+`experiments/collect_results.py`, with the command that reproduces each.
 """
 PACKAGES = ("torch", "numpy", "gymnasium", "transformers")
 """Versions recorded with every result."""

@@ -68,6 +68,7 @@ def compare(
                 "w_bits": u["w_bits"],
                 "a_bits": u["a_bits"],
                 "test": u["test"].get(last.proxy),
+                "proxy": u["proxy"],
                 "cost_ratio": u["cost_ratio"][last.metric],
             }
             for u in last.uniform

@@ -126,10 +126,15 @@ class Evaluator:
         found = self.cache.get(key)
         if found is not None:
             return dict(found)
-        self.simulator.apply(policy)
-        metrics = self.scorer(model_outputs(self.workload.model, self.calibration))
+        metrics = self.measure(policy)
         self.cache.put(key, metrics)
         return dict(metrics)
+
+    def measure(self, policy: Mapping[str, BitPair]) -> Metrics:
+        """:meth:`evaluate` without the cache: for policies outside the search (baselines), which must not count
+        as, or be replayed as, the search's evaluations."""
+        self.simulator.apply(policy)
+        return self.scorer(model_outputs(self.workload.model, self.calibration))
 
     def close(self) -> None:
         """Give the model back in FP32 with no hooks."""

@@ -41,6 +41,7 @@ from mpq_rl.recorder import (
     read_episodes,
     truncate_episodes,
 )
+from mpq_rl.rewards import proxy_value
 from mpq_rl.text_table import render_table
 from mpq_rl.workload import load_workload
 
@@ -321,7 +322,9 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
 
 
 def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
-    """Every uniform setting among the candidates that fits the budget, with its held-out test metrics."""
+    """Every uniform setting among the candidates that fits the budget, with its held-out test metrics and its
+    calibration ``metrics`` and ``proxy`` (higher is better): comparisons pick the best uniform setting on the
+    calibration proxy, as a searcher would, not on the test split."""
     budget, workload, costs = problem.budget, problem.workload, problem.costs
     found = []
     for w in budget.weight_bits:
@@ -330,8 +333,12 @@ def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
             ratios = costs.ratios(policy)
             if not ratios[problem.metric] <= budget.fraction * (1.0 + 1e-9):
                 continue
+            metrics = problem.evaluator.measure(policy)
             test = evaluate_on_test(workload, policy, problem.evaluator.simulator)
-            found.append({"w_bits": w, "a_bits": a, "test": test, "cost_ratio": ratios})
+            proxy = proxy_value(metrics, problem.config.proxy)
+            found.append(
+                {"w_bits": w, "a_bits": a, "test": test, "metrics": metrics, "proxy": proxy, "cost_ratio": ratios}
+            )
     found.sort(key=lambda item: -item["cost_ratio"][problem.metric])
     return found
 

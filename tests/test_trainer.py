@@ -10,11 +10,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mpq_rl import logger as tb_logger
 from mpq_rl.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from mpq_rl.config import load_config, parse_config
-from mpq_rl.evaluator import EvaluationCache
+from mpq_rl.evaluator import EvaluationCache, Evaluator
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.policy import load_policy
 from mpq_rl.recorder import Recorder
 from mpq_rl.trainer import SearchInterrupted, run_config, run_search
+from mpq_rl.workload import load_workload
 
 EPISODES = 12
 INTERRUPT_AT = 5
@@ -96,6 +97,13 @@ def test_run_folder_holds_every_result(finished, digits_workload):
     uniform = {(u["w_bits"], u["a_bits"]) for u in summary["uniform"]}
     assert uniform == {(2, 4), (4, 4), (2, 8)}  # the uniform settings at or under 0.3 of W8A8 BOPs
     assert all(u["cost_ratio"]["bops"] <= BUDGET + 1e-9 for u in summary["uniform"])
+    # ... each with its calibration proxy (what comparisons choose the best uniform setting by), not its test score
+    workload = load_workload(config)
+    evaluator = Evaluator(workload)
+    for u in summary["uniform"]:
+        calibration = evaluator.evaluate(workload.uniform(u["w_bits"], u["a_bits"]))
+        assert u["proxy"] == u["metrics"]["top1"] == pytest.approx(calibration["top1"])
+    assert [u["proxy"] for u in summary["uniform"]] != [u["test"]["top1"] for u in summary["uniform"]]
 
     points = json.loads((folder / "pareto.json").read_text())["points"]
     for p in points:
