@@ -76,9 +76,12 @@ def _rademacher(shape: torch.Size, generator: torch.Generator, like: torch.Tenso
 def _quadratic_forms(
     grads: Sequence[torch.Tensor], variables: Sequence[torch.Tensor], vs: Sequence[torch.Tensor]
 ) -> list[float]:
-    """``v_i^T (H v)_i`` for each variable, ``H v`` by differentiating ``g . v`` once more."""
-    product = sum((g * v).sum() for g, v in zip(grads, vs, strict=True))
-    hvs = torch.autograd.grad(product, list(variables), retain_graph=True, allow_unused=True)
+    """``v_i^T (H v)_i`` for each variable, ``H v`` by differentiating ``g . v`` once more; 0 for a variable the
+    loss does not depend on (its gradient is ``None``)."""
+    terms = [(g * v).sum() for g, v in zip(grads, vs, strict=True) if g is not None]
+    if not any(t.requires_grad for t in terms):
+        return [0.0] * len(vs)
+    hvs = torch.autograd.grad(sum(terms), list(variables), retain_graph=True, allow_unused=True)
     return [0.0 if hv is None else float((v * hv).sum()) for v, hv in zip(vs, hvs, strict=True)]
 
 
@@ -126,7 +129,8 @@ def hessian_traces(
                 captured.clear()
                 value = loss(output_tensor(call_model(model, inputs)).float(), index, targets) / total
                 xs = [captured[n] for n in names]
-                grads = torch.autograd.grad(value, weights + xs, create_graph=True)
+                # allow_unused: a layer off the loss's path (a pooler whose output is not scored) has no curvature
+                grads = torch.autograd.grad(value, weights + xs, create_graph=True, allow_unused=True)
                 for n, x in zip(names, xs, strict=True):
                     input_elements[n] += x.numel()
                 for k in range(samples):

@@ -153,6 +153,33 @@ def test_hutchinson_traces_match_the_exact_hessian():
     assert all(p.grad is None for p in model.parameters())
 
 
+class WithUnusedHead(TinyMLP):
+    """A TinyMLP that also runs a head whose output is dropped, like a transformer's pooler next to its embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        out = super().forward(x)
+        self.head(out)
+        return out
+
+
+def test_a_layer_off_the_loss_path_has_zero_traces_and_the_others_are_unchanged():
+    torch.manual_seed(0)
+    model = WithUnusedHead()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    batches = Batches([(x, y)], 16)
+    loss = calibration_loss("cross_entropy")
+    with_head = hessian_traces(model, {"fc1": model.fc1, "fc2": model.fc2, "head": model.head}, batches, loss)
+    without = hessian_traces(model, {"fc1": model.fc1, "fc2": model.fc2}, batches, loss)
+    assert with_head.weight["head"] == with_head.activation["head"] == 0.0
+    for name in ("fc1", "fc2"):
+        assert with_head.weight[name] == pytest.approx(without.weight[name]) and with_head.weight[name] > 0
+        assert with_head.activation[name] == pytest.approx(without.activation[name])
+
+
 def test_ilp_matches_brute_force():
     rng = np.random.default_rng(0)
     objective = rng.random((3, 3, 2))
