@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,13 @@ def run_folder(output: Path, name: str, seed: int) -> Path:
 def compare(
     config: RunConfig, agents: Sequence[str], seeds: Sequence[int], output: str | Path, progress: bool = False
 ) -> dict[str, Any]:
-    """Run every searcher in ``agents`` once per seed on ``config``; write and return the comparison."""
+    """Run every searcher in ``agents`` once per seed on ``config``; write and return the comparison.
+
+    Runs already finished in ``output`` with the same config are read back, not repeated, and an interrupted one
+    is resumed: a comparison cut short (Ctrl-C, a crash, a killed job) continues where it stopped.
+    """
     from mpq_rl.agents import SEARCHERS
-    from mpq_rl.trainer import run_search
+    from mpq_rl.trainer import CONFIG_FILE, finished_result, run_config, run_search
 
     unknown = [name for name in agents if name not in SEARCHERS]
     if unknown:
@@ -48,9 +53,14 @@ def compare(
     for name in agents:
         for seed in seeds:
             folder = run_folder(output, name, seed)
-            result = run_search(
-                config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)}), progress=progress
-            )
+            run = config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)})
+            result = finished_result(folder, run)
+            if result is not None:
+                print(f"mpq-rl: {folder} holds this run finished: reading it back", file=sys.stderr)
+            elif (folder / CONFIG_FILE).is_file() and run_config(folder) == run:
+                result = run_search(run, resume=folder, progress=progress)
+            else:
+                result = run_search(run, progress=progress)
             results.append(result)
             runs.append(_run_row(name, seed, result))
     last = results[-1]

@@ -13,6 +13,7 @@ their seed (their first episodes replay from the cache and are not written again
 
 from __future__ import annotations
 
+import json
 import platform
 import shlex
 import shutil
@@ -341,6 +342,32 @@ def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
             )
     found.sort(key=lambda item: -item["cost_ratio"][problem.metric])
     return found
+
+
+def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | None:
+    """The result of the finished run of ``config`` in ``folder`` (read back from its ``summary.json``), or None
+    if ``folder`` holds no finished run of exactly that config."""
+    folder = Path(folder)
+    if not (folder / SUMMARY_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        return None
+    if run_config(folder) != config.with_overrides(output=str(folder)):
+        return None
+    saved = json.loads((folder / SUMMARY_FILE).read_text())
+    best = saved["best"]
+    return SearchResult(
+        output=folder,
+        best=best,
+        best_test=None if best is None else best["test_metrics"],
+        fp32_test=saved["fp32"]["test_metrics"],
+        uniform=saved["uniform"],
+        episodes=saved["episodes"],
+        evaluations=saved["evaluations"],
+        cache_hits=saved["cache_hits"],
+        wall_seconds=saved["wall_seconds"],
+        metric=saved["budget"]["metric"],
+        budget=saved["budget"]["fraction"],
+        proxy=saved["proxy"],
+    )
 
 
 def summary(result: SearchResult, config: RunConfig) -> dict[str, Any]:

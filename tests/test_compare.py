@@ -59,6 +59,25 @@ def test_two_searchers_two_seeds(tmp_path, digits_model):
     assert table[-1].startswith("| FP32 | ")
 
 
+def test_a_comparison_cut_short_continues_where_it_stopped(tmp_path, digits_model, capsys):
+    first = compare(parse_config(SMALL), ["random"], [0, 1], tmp_path)
+    seed0, seed1 = tmp_path / "random-seed0", tmp_path / "random-seed1"
+    episodes0 = (seed0 / "episodes.csv").stat().st_mtime_ns
+    (seed1 / "summary.json").unlink()  # seed 1 was cut short after its search: resumed, no policy evaluated again
+    again = compare(parse_config(SMALL), ["random"], [0, 1], tmp_path)
+    assert "random-seed0 holds this run finished" in capsys.readouterr().err
+    assert (seed0 / "episodes.csv").stat().st_mtime_ns == episodes0
+    assert [r["evaluations"] for r in again["runs"]] == [first["runs"][0]["evaluations"], 0]
+    strip = ("evaluations", "wall_seconds")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in again["runs"]] == [
+        {k: v for k, v in r.items() if k not in strip} for r in first["runs"]
+    ]
+    assert again["uniform"] == first["uniform"] and again["fp32_test"] == first["fp32_test"]
+    # another config is a new comparison: the finished runs are replaced, not read back
+    longer = compare(parse_config({**SMALL, "agent": {"episodes": 4}}), ["random"], [0], tmp_path)
+    assert longer["runs"][0]["episodes"] == 4 and (seed0 / "episodes.csv").stat().st_mtime_ns != episodes0
+
+
 def test_overview_picks_the_uniform_setting_on_the_calibration_proxy_not_the_test_split():
     comparison = {
         "budget": 0.5,
