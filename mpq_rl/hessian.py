@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
@@ -124,7 +125,8 @@ def hessian_traces(
     try:
         for w in weights:
             w.requires_grad_(True)
-        with torch.enable_grad():
+        # Second derivatives: PyTorch's fused CPU attention kernels have no double backward, the math one has.
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             for index, (inputs, targets) in enumerate(batches):
                 captured.clear()
                 value = loss(output_tensor(call_model(model, inputs)).float(), index, targets) / total

@@ -180,6 +180,36 @@ def test_a_layer_off_the_loss_path_has_zero_traces_and_the_others_are_unchanged(
         assert with_head.activation[name] == pytest.approx(without.activation[name])
 
 
+class TinyAttention(nn.Module):
+    """One self-attention block through ``F.scaled_dot_product_attention``, as in transformers' default models."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        q, k, v = (t.unsqueeze(1) for t in self.qkv(x).chunk(3, dim=-1))  # one head: (batch, 1, tokens, 4)
+        return self.out(F.scaled_dot_product_attention(q, k, v).squeeze(1)).mean(dim=1)
+
+
+def test_traces_through_fused_attention_match_the_exact_hessian():
+    torch.manual_seed(0)
+    model = TinyAttention()
+    x, y = torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
+    traces = hessian_traces(model, {"qkv": model.qkv}, Batches([(x, y)], 8), calibration_loss("cross_entropy"), 600)
+    b, out_w, out_b = model.qkv.bias.detach(), model.out.weight.detach(), model.out.bias.detach()
+
+    def loss(w):
+        q, k, v = F.linear(x, w, b).chunk(3, dim=-1)
+        attention = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v  # the math kernel, by hand
+        return F.cross_entropy(F.linear(attention, out_w, out_b).mean(dim=1), y)
+
+    w = model.qkv.weight.detach()
+    exact = float(torch.autograd.functional.hessian(loss, w).reshape(w.numel(), w.numel()).trace())
+    assert traces.weight["qkv"] == pytest.approx(exact, rel=0.15) and exact != 0
+
+
 def test_ilp_matches_brute_force():
     rng = np.random.default_rng(0)
     objective = rng.random((3, 3, 2))
