@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mpq_rl.compare import COMPARE_JSON, PARETO_PNG, render_markdown
+from mpq_rl.compare import COMPARE_JSON, PARETO_PNG, render_markdown, uniform_row
 from mpq_rl.io import atomic_write_text
 from mpq_rl.metrics import format_metric
 
@@ -38,8 +38,8 @@ def section(folder: Path, page: Path, config: str | None = None) -> list[str]:
 
 
 def overview(comparisons: list[dict]) -> list[str]:
-    """One table across budgets: the held-out proxy score of each searcher's best policy, of the uniform setting
-    that fits the same budget with the best calibration proxy (chosen as a searcher would choose), and of FP32."""
+    """One table across budgets: the held-out proxy score of each searcher's best policy, of each seed's uniform
+    setting that fits the same budget with the best calibration proxy (chosen as a searcher would), and of FP32."""
     budgets = [f"{c['budget']:g}" for c in comparisons]
     metric, proxy = comparisons[0]["metric"], comparisons[0]["proxy"]
     header = "| searcher | " + " | ".join(f"{b} of W8A8 {metric}" for b in budgets) + " |"
@@ -52,10 +52,10 @@ def overview(comparisons: list[dict]) -> list[str]:
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     best_uniform = []
     for comparison in comparisons:
-        fits = comparison["uniform"]
-        best = max(fits, key=lambda u: u["proxy"]) if fits else None
+        settings, mean, std = uniform_row(comparison)
+        fits = mean is not None
         best_uniform.append(
-            f"{format_metric(best['test'], proxy)} (W{best['w_bits']}A{best['a_bits']})" if best else "none fits"
+            f"{format_metric(mean, proxy)} ± {format_metric(std, proxy)} ({settings})" if fits else settings
         )
     lines.append("| best uniform that fits (on calibration) | " + " | ".join(best_uniform) + " |")
     lines.append("| FP32 | " + " | ".join(format_metric(c["fp32_test"], proxy) for c in comparisons) + " |")

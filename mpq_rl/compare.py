@@ -83,6 +83,10 @@ def compare(
             }
             for u in last.uniform
         ],
+        # the seed draws the calibration split, so the uniform baselines differ by seed (not by searcher)
+        "uniform_chosen": [
+            _best_uniform(seed, result) for seed, result in zip(seeds, results, strict=False) if result.uniform
+        ],
         "summary": [_aggregate(name, [r for r in runs if r["agent"] == name]) for name in agents],
         "runs": runs,
     }
@@ -106,6 +110,29 @@ def _run_row(name: str, seed: int, result: Any) -> dict[str, Any]:
         "evaluations": result.evaluations,
         "wall_seconds": result.wall_seconds,
     }
+
+
+def _best_uniform(seed: int, result: Any) -> dict[str, Any]:
+    """The uniform setting that fits with the best calibration proxy in ``result``, as a searcher would pick it."""
+    best = max(result.uniform, key=lambda u: u["proxy"])
+    return {
+        "seed": seed,
+        "w_bits": best["w_bits"],
+        "a_bits": best["a_bits"],
+        "test": best["test"].get(result.proxy),
+        "proxy": best["proxy"],
+        "cost_ratio": best["cost_ratio"][result.metric],
+    }
+
+
+def uniform_row(comparison: dict[str, Any]) -> tuple[str, float | None, float | None]:
+    """The settings (``W4A4, W4A3``), and the held-out mean and std over seeds, of each seed's best uniform setting
+    chosen on calibration; ``("none fits", None, None)`` if no uniform setting fits the budget."""
+    chosen = comparison["uniform_chosen"]
+    if not chosen:
+        return "none fits", None, None
+    settings = ", ".join(dict.fromkeys(f"W{c['w_bits']}A{c['a_bits']}" for c in chosen))
+    return settings, *_mean_std([c["test"] for c in chosen])
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -154,6 +181,14 @@ def render_markdown(comparison: dict[str, Any]) -> str:
             f"| {cost} | {row['found']}/{row['runs']} | {row['episodes_mean']:.0f} | {row['evaluations_mean']:.1f} "
             f"| {row['wall_seconds_mean']:.1f} |"
         )
+    settings, mean, std = uniform_row(comparison)
+    chosen = comparison["uniform_chosen"]
+    proxy_mean, cost_mean = (_mean_std([c[k] for c in chosen])[0] for k in ("proxy", "cost_ratio"))
+    cost = "-" if cost_mean is None else f"{cost_mean:.3f}"
+    lines.append(
+        f"| best uniform on calibration ({settings}) | {format_metric(mean, proxy)} | {format_metric(std, proxy)} "
+        f"| {format_metric(proxy_mean, proxy)} | {cost} | {len(chosen)}/{len(comparison['seeds'])} | - | - | - |"
+    )
     lines.append(f"| FP32 | {format_metric(comparison['fp32_test'], proxy)} | - | - | - | - | - | - | - |")
     return "\n".join(lines) + "\n"
 

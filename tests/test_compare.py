@@ -38,10 +38,18 @@ def test_two_searchers_two_seeds(tmp_path, digits_model):
     tests = [r["test"] for r in random_runs]
     assert summary["random"]["test_mean"] == pytest.approx(sum(tests) / 2)
     assert summary["uniform"]["runs"] == summary["uniform"]["found"] == 2
+    # each seed's best uniform baseline is picked on its own calibration proxy, never on the test split
+    for chosen in comparison["uniform_chosen"]:
+        saved = json.loads((tmp_path / f"uniform-seed{chosen['seed']}" / "summary.json").read_text())["uniform"]
+        best = max(saved, key=lambda u: u["proxy"])
+        assert (chosen["w_bits"], chosen["a_bits"]) == (best["w_bits"], best["a_bits"])
+        assert chosen["test"] == best["test"]["top1"]
+    assert [c["seed"] for c in comparison["uniform_chosen"]] == [0, 1]
 
     table = (tmp_path / COMPARE_MD).read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| searcher")]
-    assert [row.split("|")[1].strip() for row in rows] == ["uniform", "random", "FP32"]
+    assert [row.split("|")[1].strip() for row in rows][:2] == ["uniform", "random"]
+    assert rows[2].startswith("| best uniform on calibration (W") and rows[3].startswith("| FP32 |")
     assert f"{100 * summary['random']['test_mean']:.2f}%" in rows[1]
     assert json.loads((tmp_path / COMPARE_JSON).read_text())["format"] == "mpq_rl.compare/1"
     assert (tmp_path / PARETO_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,16 +86,17 @@ def test_a_comparison_cut_short_continues_where_it_stopped(tmp_path, digits_mode
     assert longer["runs"][0]["episodes"] == 4 and (seed0 / "episodes.csv").stat().st_mtime_ns != episodes0
 
 
-def test_overview_picks_the_uniform_setting_on_the_calibration_proxy_not_the_test_split():
+def test_overview_averages_each_seeds_uniform_setting_chosen_on_calibration():
     comparison = {
         "budget": 0.5,
         "metric": "energy",
         "proxy": "kl",
         "agents": ["random"],
         "summary": [{"agent": "random", "test_mean": 0.01234, "test_std": 0.002}],
-        "uniform": [  # proxies are higher-is-better (minus the KL); W4A4 looks better on calibration only
-            {"w_bits": 8, "a_bits": 8, "test": 0.001, "proxy": -0.002},
-            {"w_bits": 4, "a_bits": 4, "test": 0.05, "proxy": -0.001},
+        "seeds": [0, 1],
+        "uniform_chosen": [  # each seed's best uniform setting on calibration
+            {"seed": 0, "w_bits": 4, "a_bits": 4, "test": 0.05, "proxy": -0.001, "cost_ratio": 0.4},
+            {"seed": 1, "w_bits": 8, "a_bits": 4, "test": 0.03, "proxy": -0.002, "cost_ratio": 0.5},
         ],
         "fp32_test": 0.0,
     }
@@ -95,7 +104,7 @@ def test_overview_picks_the_uniform_setting_on_the_calibration_proxy_not_the_tes
         "| searcher | 0.5 of W8A8 energy |",
         "|---|---:|",
         "| random | 0.0123 ± 0.0020 |",
-        "| best uniform that fits (on calibration) | 0.0500 (W4A4) |",
+        "| best uniform that fits (on calibration) | 0.0400 ± 0.0141 (W4A4, W8A4) |",
         "| FP32 | 0.0000 |",
     ]
 
