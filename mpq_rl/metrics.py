@@ -50,20 +50,20 @@ def model_outputs(model: nn.Module, batches: Batches) -> torch.Tensor:
 
 
 def _numpy(values: torch.Tensor) -> np.ndarray:
-    """Outputs as float64 samples x features; scoring runs in NumPy, single-threaded, which on the small output
-    tensors of an evaluation is far cheaper than torch's thread pool round trips."""
+    """Outputs as float64 samples x features, for what NumPy computes once per reference and for top-1; each
+    evaluation's outputs go to the scoring kernel as float32 instead (:meth:`Scorer.__call__`)."""
     array = values.detach().cpu().numpy().astype(np.float64)
     return array.reshape(array.shape[0], -1)
-
-
-def _unit_rows(values: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(values, axis=1, keepdims=True)
-    return values / np.maximum(norms, COSINE_EPS)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _unit_rows(values: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    return values / np.maximum(norms, COSINE_EPS)
 
 
 COSINE_EPS = 1e-8
@@ -108,13 +108,15 @@ class Scorer:
         self.p = np.ascontiguousarray(np.exp(log_p))
         self.p_log_p = float(np.sum(self.p * log_p)) / self.samples
         self.targets = None if targets is None else targets.cpu().numpy().astype(np.int64)
+        self._kernel_targets = self.targets if self.targets is not None else np.zeros(0, dtype=np.int64)
 
     def __call__(self, outputs: torch.Tensor) -> dict[str, float]:
         out = outputs.detach().cpu().float().reshape(len(outputs), -1).contiguous().numpy()
         if out.shape != self.reference_unit.shape:
             raise ValueError(f"outputs of shape {tuple(out.shape)} do not match the reference's")
-        targets = self.targets if self.targets is not None else np.zeros(0, dtype=np.int64)
-        cosine, agreement, cross, top1 = output_scores()(out, self.reference_unit, self.reference_top1, self.p, targets)
+        cosine, agreement, cross, top1 = output_scores()(
+            out, self.reference_unit, self.reference_top1, self.p, self._kernel_targets
+        )
         metrics = {"cosine": cosine / self.samples}
         if self.classifier:
             metrics["agreement"] = agreement / self.samples
