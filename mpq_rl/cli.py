@@ -52,6 +52,8 @@ def cmd_layers(args: argparse.Namespace) -> None:
         return
     print(f"model {config.model.source}: {len(workload.layers)} quantizable layers, {len(workload.searched)} searched")
     print(render_layer_table(workload.layers))
+    for name, reason in workload.layers.left_out.items():
+        print(f"left out: {name} ({reason}; not searched, FP32, costs nothing)")
 
 
 def cmd_cost(args: argparse.Namespace) -> None:

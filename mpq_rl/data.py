@@ -10,7 +10,6 @@ A split is any map-style dataset (``len`` and indexing). Its items are one of
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -123,11 +122,14 @@ def make_batches(dataset: Dataset, batch_size: int, limit: int | None = None, se
     return Batches(batches, len(indices))
 
 
-def load_data(config: DataConfig, seed: int) -> Splits:
+def load_data(config: DataConfig) -> Splits:
     """The splits ``config`` names: a built-in dataset, a factory's, or none (``name: none``, no factory).
 
-    A factory is called with ``config.kwargs``, plus ``seed`` if it accepts a ``seed`` argument not given there.
-    Built-in datasets use fixed splits, the same for every seed, so all runs are scored on the same test set.
+    A factory is called with ``config.kwargs`` only: the run's seed is never passed to it, so the held-out test
+    split is the same for every run seed and the spread over seeds is search noise, not test-set noise (a factory
+    that draws its splits at random takes its own ``seed`` from ``data.kwargs``). Built-in datasets use fixed
+    splits. The run seed only picks which calibration samples are kept when ``data.calibration_samples`` is
+    smaller than the calibration split (see :func:`make_batches`).
     """
     if config.factory is not None:
         if config.name not in (*NO_DATA, DataConfig.model_fields["name"].default):
@@ -141,17 +143,7 @@ def load_data(config: DataConfig, seed: int) -> Splits:
         source = f"dataset {config.name!r}"
     else:
         raise UserError(f"unknown data.name {config.name!r}: use one of {sorted(DATASETS)}, 'none', or data.factory")
-    kwargs = dict(config.kwargs)
-    if "seed" not in kwargs and _accepts(fn, "seed"):
-        kwargs["seed"] = seed
-    return _check_splits(call_with_kwargs(fn, kwargs, "data"), source)
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    return _check_splits(call_with_kwargs(fn, dict(config.kwargs), "data"), source)
 
 
 def _check_splits(splits: Any, source: str) -> Splits:

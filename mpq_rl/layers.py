@@ -82,6 +82,9 @@ class LayerTable:
     model_name: str = ""
     example_batch: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Quantizable modules that run but are not in the table, each with the reason (e.g. its output never
+    reaches the model's output): they are not searched, stay FP32 and cost nothing."""
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -131,6 +134,7 @@ class LayerTable:
             "model_name": self.model_name,
             "example_batch": self.example_batch,
             "extra": dict(self.extra),
+            "left_out": dict(self.left_out),
             "layers": [asdict(layer) for layer in self.layers],
         }
 
@@ -142,7 +146,13 @@ class LayerTable:
             for key in ("weight_shape", "kernel", "stride", "input_shape", "output_shape"):
                 fields[key] = tuple(fields[key])
             layers.append(Layer(**fields))
-        return cls(tuple(layers), data.get("model_name", ""), data.get("example_batch", 1), data.get("extra", {}))
+        return cls(
+            tuple(layers),
+            data.get("model_name", ""),
+            data.get("example_batch", 1),
+            data.get("extra", {}),
+            data.get("left_out", {}),
+        )
 
 
 def _preview(names: Iterable[str], limit: int = 8) -> str:
@@ -177,8 +187,65 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def first_samples(inputs: Any, n: int) -> Any:
+    """The first ``n`` samples of a batch (a tensor, or a dict/tuple/list of them)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:n]
+    if isinstance(inputs, dict):
+        return {key: first_samples(value, n) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(first_samples(value, n) for value in inputs)
+    return inputs
+
+
+def unreachable_layers(model: nn.Module, example: Any, names: Iterable[str]) -> list[str]:
+    """Those of the modules ``names`` whose output cannot influence the model's output.
+
+    One forward pass on two samples of ``example`` with autograd recording, then a walk of the autograd graph
+    back from the output: a module whose output node is never met (e.g. a BERT pooler under a mean-pooled
+    embedding) feeds nothing the model returns. Parameters' ``requires_grad`` flags are restored afterwards.
+    """
+    from mpq_rl.metrics import output_tensor
+
+    modules = dict(model.named_modules())
+    produced: dict[str, list[Any]] = {name: [] for name in names}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    handles = []
+    for name in produced:
+
+        def hook(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
+            produced[name].append(output.grad_fn)
+
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        for name in produced:
+            modules[name].weight.requires_grad_(True)
+        with torch.enable_grad():
+            output = output_tensor(call_model(model, first_samples(example, 2)))
+        if output.grad_fn is None:  # the model records no graph (e.g. it runs under no_grad): nothing to tell
+            return []
+        seen: set[Any] = set()
+        stack = [output.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for parameter, flag in flags.items():
+            parameter.requires_grad_(flag)
+    return [name for name, nodes in produced.items() if not any(node in seen for node in nodes)]
+
+
 def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> LayerTable:
-    """Run ``model`` once on ``example`` (a batch) and return its quantizable layers in execution order."""
+    """Run ``model`` once on ``example`` (a batch) and return its quantizable layers in execution order.
+
+    Modules whose output never reaches the model's output are left out of the table (see
+    :func:`unreachable_layers`) and listed in :attr:`LayerTable.left_out`.
+    """
     batch = batch_size_of(example)
     records: dict[str, dict[str, Any]] = {}
     order: list[str] = []
@@ -225,6 +292,18 @@ def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> Lay
             f"model {model_name or type(model).__name__} has no quantizable layer that runs in forward "
             "(mpq_rl quantizes nn.Conv1d/2d/3d and nn.Linear modules)"
         )
+    was_training = model.training
+    model.eval()
+    try:
+        dead = unreachable_layers(model, example, order)
+    finally:
+        model.train(was_training)
+    if len(dead) == len(order):
+        raise UserError(
+            f"model {model_name or type(model).__name__}: no quantizable layer's output reaches the model's output"
+        )
+    left_out = {name: "its output never reaches the model's output" for name in dead}
+    order = [name for name in order if name not in left_out]
     layers = []
     for index, name in enumerate(order):
         module = modules[name]
@@ -253,4 +332,4 @@ def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> Lay
                 calls=rec["calls"],
             )
         )
-    return LayerTable(tuple(layers), model_name=model_name, example_batch=batch)
+    return LayerTable(tuple(layers), model_name=model_name, example_batch=batch, left_out=left_out)

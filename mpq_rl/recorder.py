@@ -144,6 +144,16 @@ def policy_sections(number: int, episode: Episode) -> dict[str, Any]:
     }
 
 
+def better(episode: Episode, than: Episode, metric: str) -> bool:
+    """Whether ``episode`` beats ``than``: a higher reward, or the same reward at a lower cost in ``metric``.
+
+    Every searcher's best is chosen this way, so of two equally accurate policies the cheaper one is reported.
+    """
+    if episode["reward"] != than["reward"]:
+        return episode["reward"] > than["reward"]
+    return episode["cost_ratio"][metric] < than["cost_ratio"][metric]
+
+
 Listener = Callable[[int, Episode, "Recorder", bool], None]
 """Called after each recorded episode with (number, episode, recorder, best improved)."""
 
@@ -187,7 +197,7 @@ class Recorder:
 
     def _track(self, number: int, episode: Episode) -> bool:
         self.pareto.add(number, episode, self.metric)
-        improved = episode["within_budget"] and (self.best is None or episode["reward"] > self.best["reward"])
+        improved = episode["within_budget"] and (self.best is None or better(episode, self.best, self.metric))
         if improved:
             self.best, self.best_number = episode, number
         return bool(improved)

@@ -68,7 +68,7 @@ def example_input(config: RunConfig, calibration: Batches | None) -> object:
 def load_workload(config: RunConfig, with_data: bool = True) -> Workload:
     """Build the model, load the data and measure the layer table for ``config``."""
     model = build_model(config.model)
-    splits = load_data(config.data, config.seed) if with_data else {}
+    splits = load_data(config.data) if with_data else {}
     return assemble_workload(config, model, splits)
 
 

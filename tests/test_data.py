@@ -164,8 +164,11 @@ def _data(n):
 def good(n=8):
     return {"calibration": _data(n), "test": _data(n), "train": _data(n)}
 
-def seeded(seed):
-    return {"calibration": _data(seed + 1), "test": _data(2)}
+def seeded(seed=4):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(seed + 3, 1, 8, 8, generator=generator)  # digits-shaped, for a workload test below
+    data = TensorDataset(inputs, torch.zeros(seed + 3, dtype=torch.long))
+    return {"calibration": data, "test": data}
 
 def returns_list():
     return [_data(3)]
@@ -199,24 +202,38 @@ def factories(tmp_path, monkeypatch):
 
 
 def test_no_data():
-    assert load_data(DataConfig(name="none"), seed=0) == {}
-    assert load_data(DataConfig(name=None), seed=0) == {}
+    assert load_data(DataConfig(name="none")) == {}
+    assert load_data(DataConfig(name=None)) == {}
 
 
 def test_builtin_names():
     assert set(DATASETS) == {"digits", "minilm_sentences", "imagenet", "cifar10"}
     with pytest.raises(UserError, match=r"unknown data.name 'mnist': use one of \['cifar10', 'digits', 'imagenet'"):
-        load_data(DataConfig(name="mnist"), seed=0)
+        load_data(DataConfig(name="mnist"))
 
 
 def test_factory_with_kwargs(factories):
-    splits = load_data(DataConfig(factory=f"{factories}:good", kwargs={"n": 5}), seed=0)
+    splits = load_data(DataConfig(factory=f"{factories}:good", kwargs={"n": 5}))
     assert set(splits) == {"calibration", "test", "train"} and len(splits["test"]) == 5
 
 
-def test_factory_receives_the_run_seed_when_it_asks(factories):
-    assert len(load_data(DataConfig(factory=f"{factories}:seeded"), seed=6)["calibration"]) == 7
-    assert len(load_data(DataConfig(factory=f"{factories}:seeded", kwargs={"seed": 2}), seed=6)["calibration"]) == 3
+def test_factory_seed_comes_from_its_kwargs_never_from_the_run(factories):
+    assert len(load_data(DataConfig(factory=f"{factories}:seeded"))["calibration"]) == 7
+    assert len(load_data(DataConfig(factory=f"{factories}:seeded", kwargs={"seed": 2}))["calibration"]) == 5
+
+
+def test_test_split_is_the_same_for_every_run_seed(factories):
+    from mpq_rl.config import parse_config
+    from mpq_rl.workload import load_workload
+
+    def test_inputs(seed: int) -> torch.Tensor:
+        config = parse_config(
+            {"seed": seed, "model": {"name": "digits_cnn"}, "data": {"factory": f"{factories}:seeded"}}
+        )
+        workload = load_workload(config)
+        return torch.cat([x for x, _ in workload.test])
+
+    assert torch.equal(test_inputs(0), test_inputs(5))
 
 
 @pytest.mark.parametrize(
@@ -243,14 +260,14 @@ def test_factory_receives_the_run_seed_when_it_asks(factories):
 def test_factory_errors(factories, spec, kwargs, message):
     config = DataConfig(factory=spec.format(m=factories), kwargs=kwargs)
     with pytest.raises(UserError) as err:
-        load_data(config, seed=0)
+        load_data(config)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_name_and_factory_conflict(factories):
     with pytest.raises(UserError, match="either data.name"):
-        load_data(DataConfig(name="minilm_sentences", factory=f"{factories}:good"), seed=0)
+        load_data(DataConfig(name="minilm_sentences", factory=f"{factories}:good"))
 
 
 def test_import_object_dotted_attribute():

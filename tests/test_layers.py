@@ -105,3 +105,43 @@ def test_discovery_leaves_training_mode_alone():
     model = Residual().train()
     discover_layers(model, torch.randn(1, 3, 8, 8))
     assert model.training
+
+
+class DeadBranch(nn.Module):
+    """A layer that runs, but whose output the model throws away (like a BERT pooler under mean pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(4, 3)
+        self.pooler = nn.Linear(3, 3)
+
+    def forward(self, x):
+        hidden = self.used(x)
+        self.pooler(hidden[:1])  # computed and discarded
+        return hidden * 2
+
+
+def test_layer_whose_output_never_reaches_the_model_output_is_left_out_with_its_reason():
+    model = DeadBranch()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    table = discover_layers(model, torch.randn(5, 4))
+    assert table.names == ["used"]
+    assert set(table.left_out) == {"pooler"} and "never reaches" in table.left_out["pooler"]
+    assert not any(p.requires_grad for p in model.parameters())  # flags restored
+    assert LayerTable.from_dict(table.to_dict()) == table
+
+
+def test_a_model_with_no_live_layer_is_refused():
+    class AllDead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.bias = nn.Parameter(torch.zeros(4))
+
+        def forward(self, x):
+            self.fc(x)
+            return x + self.bias
+
+    with pytest.raises(UserError, match="no quantizable layer's output reaches"):
+        discover_layers(AllDead(), torch.randn(2, 4))

@@ -79,13 +79,13 @@ def test_digits_splits_match_sklearn_by_index(digits_splits):
 def test_digits_split_is_fixed_whatever_the_run_seed():
     first = {k: v.tolist() for k, v in split_indices().items()}
     assert first == {k: v.tolist() for k, v in split_indices().items()}
-    a, b = load_data(DataConfig(name="digits"), seed=0), load_data(DataConfig(name="digits"), seed=123)
+    a, b = load_data(DataConfig(name="digits")), load_data(DataConfig(name="digits"))
     assert all(torch.equal(a[k].tensors[0], b[k].tensors[0]) for k in SPLIT_SIZES)
 
 
 def test_digits_takes_no_kwargs():
     with pytest.raises(UserError, match="data.kwargs do not fit load_digits"):
-        load_data(DataConfig(name="digits", kwargs={"test_size": 100}), seed=0)
+        load_data(DataConfig(name="digits", kwargs={"test_size": 100}))
 
 
 # ---- digits_cnn -------------------------------------------------------------------------------------------------
@@ -263,12 +263,14 @@ def test_unreadable_weights(tmp_path):
 # ---- minilm -----------------------------------------------------------------------------------------------------
 
 
-def test_minilm_has_37_linear_layers(minilm_model, minilm_splits):
+def test_minilm_searches_36_linear_layers_and_leaves_out_the_unused_pooler(minilm_model, minilm_splits):
     example = make_batches(minilm_splits["calibration"], batch_size=4).example()
     table = discover_layers(minilm_model, example, "minilm")
-    assert len(table) == 37 and all(layer.kind == "linear" for layer in table)
+    assert len(table) == 36 and all(layer.kind == "linear" for layer in table)
     assert table.names[0] == "transformer.encoder.layer.0.attention.self.query"
-    assert table.names[-1] == "transformer.pooler.dense"
+    assert table.names[-1] == "transformer.encoder.layer.5.output.dense"
+    assert list(table.left_out) == ["transformer.pooler.dense"]
+    assert "never reaches" in table.left_out["transformer.pooler.dense"]
 
 
 def test_minilm_embeddings_are_unit_norm(minilm_model, minilm_splits):
@@ -323,11 +325,11 @@ def test_minilm_sentences_are_deterministic(minilm_splits):
 
 
 def test_minilm_sentence_kwargs(minilm_splits):
-    splits = load_data(DataConfig(name="minilm_sentences", kwargs={"calibration_size": 32, "max_length": 16}), seed=0)
+    splits = load_data(DataConfig(name="minilm_sentences", kwargs={"calibration_size": 32, "max_length": 16}))
     assert len(splits["calibration"]) == 32 and splits["calibration"][0]["input_ids"].shape == (16,)
     assert splits["test"].sentences == minilm_splits["test"].sentences, "calibration_size must not move the test set"
     with pytest.raises(UserError, match="only .* are available"):
-        load_data(DataConfig(name="minilm_sentences", kwargs={"calibration_size": 100_000}), seed=0)
+        load_data(DataConfig(name="minilm_sentences", kwargs={"calibration_size": 100_000}))
 
 
 def test_minilm_without_the_nlp_extra(monkeypatch):
