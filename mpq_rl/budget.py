@@ -9,6 +9,7 @@ from the last layer backwards until the policy fits), kept for comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,6 +91,12 @@ class Budget:
             metric=metric,
         )
 
+    def with_fraction(self, fraction: float) -> Budget:
+        """The same costs under another budget (checked to be feasible)."""
+        budget = dataclasses.replace(self, fraction=float(fraction))
+        budget.check_feasible()
+        return budget
+
     @property
     def min_fraction(self) -> float:
         """The smallest reachable cost (every searched layer at its cheapest bits) as a fraction of W8A8."""
@@ -129,6 +136,16 @@ class Budget:
             if cost <= room and w_fit <= w and a_fit <= a:
                 return w_fit, a_fit
         return self._cheapest[step]
+
+    def projected(self, choices: Sequence[Choice]) -> list[Choice]:
+        """``choices`` made to fit, layer by layer, by :meth:`project` (what the environment does)."""
+        spent = self.fixed_cost
+        fitted = []
+        for step, choice in enumerate(choices):
+            choice = self.project(step, spent, (int(choice[0]), int(choice[1])))
+            spent += self.cost(step, choice)
+            fitted.append(choice)
+        return fitted
 
     def lower_to_fit(self, choices: Sequence[Choice]) -> list[Choice]:
         """HAQ's action wall: from the last layer backwards, lower each layer's bits one notch until it fits."""

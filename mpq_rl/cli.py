@@ -188,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
     export.add_argument("--output", required=True, help="the model file to write, e.g. model.onnx")
     search = add("search", cmd_search)
-    search.add_argument("--agent", help="searcher: ddpg (default), td3, sac, ppo, a2c, or a baseline")
+    search.add_argument(
+        "--agent",
+        help="searcher: mbppo (default: model-based PPO), ddpg (HAQ), td3, sac, ppo, a2c, "
+        "or a baseline: uniform, random, greedy, hawq, exhaustive",
+    )
     search.add_argument("--episodes", type=int, metavar="N", help="policies to evaluate (agent.episodes)")
     search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
     search.add_argument("--seed", type=int, metavar="S", help="seed of the search (data split, agent, evaluator)")
@@ -197,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in the run folder DIR")
     search.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare = add("compare", cmd_compare)
-    compare.add_argument("--agents", required=True, help="comma-separated searchers, e.g. ddpg,random,greedy,hawq")
+    compare.add_argument(
+        "--agents", required=True, help="comma-separated searchers, e.g. mbppo,ddpg,random,greedy,hawq"
+    )
     compare.add_argument("--seeds", type=_int_list, default=[0], metavar="S,S", help="seeds of each (default 0)")
     compare.add_argument("--episodes", type=int, metavar="N", help="evaluations per run (agent.episodes)")
     compare.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")

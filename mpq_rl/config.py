@@ -169,7 +169,7 @@ class RewardConfig(_Section):
 
 
 class AgentConfig(_Section):
-    name: str = "ddpg"
+    name: str = "mbppo"
     episodes: int = Field(300, gt=0)
     n_envs: int = Field(1, gt=0)
     kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -8,6 +8,7 @@ reward, and results are comparable at equal numbers of evaluations.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ class SearchProblem:
         self._defined = tuple(m for m in METRICS if self.costs.defines(m))
         self._tables = {m: self.costs.metric(m).tolist() for m in self._defined}
         self._references = {m: self.costs.reference(m) for m in self._defined}
+        self.evaluation_seconds = 0.0
+        """Wall time spent in the evaluator (evaluations and cache lookups) by :meth:`score` in this process."""
 
     @property
     def searched(self) -> tuple[str, ...]:
@@ -90,7 +93,9 @@ class SearchProblem:
             projected_layers = sum(a != b for a, b in zip(lowered, choices, strict=True))
             choices = lowered
         policy = self.policy(choices)
+        started = time.perf_counter()
         metrics = self.evaluator.evaluate(policy)
+        self.evaluation_seconds += time.perf_counter() - started
         totals, ratios = self._totals_and_ratios(policy)
         within = ratios[self.metric] <= self.budget.fraction * (1.0 + 1e-9)
         proxy = proxy_value(metrics, self.config.proxy)

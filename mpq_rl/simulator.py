@@ -209,6 +209,15 @@ class QuantSimulator:
             self._weights[key] = quantize_weight(self.fp32_weights[name], bits, self.weight_range, self.percentile)
         return self._weights[key]
 
+    def activation_sample(self, name: str) -> torch.Tensor:
+        """The seeded subsample of layer ``name``'s calibration input that its activation ranges are chosen on."""
+        if self._stats is None:
+            raise UserError("activation statistics need calibration data: call calibrate() first")
+        record = self._stats[name]
+        if not record.samples:
+            raise UserError(f"layer {name!r} did not run during calibration, so its input range is unknown")
+        return torch.cat(record.samples)
+
     def activation(self, name: str, bits: int) -> ActivationQuantizer | None:
         """The cached input quantizer of layer ``name`` at ``bits`` (None for floating point)."""
         if is_float_bits(bits):
@@ -218,9 +227,7 @@ class QuantSimulator:
             if self._stats is None:
                 raise UserError("activation bits need calibration data: call calibrate() before apply()")
             record = self._stats[name]
-            if not record.samples:
-                raise UserError(f"layer {name!r} did not run during calibration, so its input range is unknown")
-            sample = torch.cat(record.samples)
+            sample = self.activation_sample(name)
             self._quantizers[key] = activation_quantizer(
                 sample, record.lo, record.hi, bits, self.activation_range, self.percentile
             )

@@ -19,7 +19,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,10 @@ class SearchResult:
     metric: str = "latency"
     budget: float = 0.5
     proxy: str = "top1"
+    search: dict[str, Any] = field(default_factory=dict)
+    """The searcher's own report (e.g. pre-pass wall times) and ``evaluation_seconds``, the time spent scoring."""
+    best_per_budget: list[dict[str, Any]] = field(default_factory=list)
+    """With a budget-conditioned searcher: per budget, the best policy found within it, with ``test`` metrics."""
 
     def report(self) -> str:
         """The end-of-run text: best policy, the comparison table on the test split, and where the results are."""
@@ -100,6 +104,9 @@ class SearchResult:
         if self.best is not None and self.best_test is not None:
             ratio = self.best["cost_ratio"]
             rows.append(("searched (best)", test(self.best_test), _f(ratio[self.metric]), _f(ratio.get("size"))))
+        for item in self.best_per_budget:
+            name = f"best within {item['budget']:g}"
+            rows.append((name, test(item["test"]), _f(item["cost_ratio"]), "-"))
         for item in self.uniform:
             ratio = item["cost_ratio"]
             name = f"uniform W{item['w_bits']}A{item['a_bits']}"
@@ -261,7 +268,6 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
         record=recorder,
         output=folder,
         n_envs=config.agent.n_envs,
-        kwargs=dict(config.agent.kwargs),
     )
     if previous:
         point = searcher.resume_point(folder) if hasattr(searcher, "resume_point") else None
@@ -296,9 +302,14 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
     best, best_test = None, None
     if recorder.best is not None:
         best = {**policy_sections(recorder.best_number, recorder.best), "policy": recorder.best["policy"]}
-        policy = {name: (w, a) for name, (w, a) in recorder.best["policy"].items()}
+        policy = _pairs(recorder.best["policy"])
         best_test = evaluate_on_test(workload, policy, simulator)
         best["test_metrics"] = best_test
+    per_budget = []
+    if len(context.notes.get("budgets", [])) > 1:
+        per_budget = best_per_budget(recorder.pareto.points, context.notes["budgets"])
+        for item in per_budget:
+            item["test"] = evaluate_on_test(workload, _pairs(item["policy"]), simulator)
     uniform = uniform_baselines(problem)
     evaluator.close()
     logger.finish(recorder.best)
@@ -317,9 +328,36 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
         metric=problem.metric,
         budget=problem.budget.fraction,
         proxy=proxy_name,
+        search={**context.notes, "evaluation_seconds": round(problem.evaluation_seconds, 3)},
+        best_per_budget=per_budget,
     )
     atomic_write_json(folder / SUMMARY_FILE, summary(result, config))
     return result
+
+
+def _pairs(policy: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    return {name: (int(w), int(a)) for name, (w, a) in policy.items()}
+
+
+def best_per_budget(front: list[dict[str, Any]], budgets: list[float]) -> list[dict[str, Any]]:
+    """For each budget, the Pareto point with the best proxy within it (ties: the cheaper); budgets that no
+    evaluated policy fits are left out. ``front`` is :attr:`Recorder.pareto`'s points."""
+    found = []
+    for fraction in budgets:
+        fitting = [p for p in front if p["cost_ratio"] <= fraction * (1.0 + 1e-9)]
+        if not fitting:
+            continue
+        point = max(fitting, key=lambda p: (p["proxy"], -p["cost_ratio"]))
+        found.append(
+            {
+                "budget": fraction,
+                "episode": point["episode"],
+                "proxy": point["proxy"],
+                "cost_ratio": point["cost_ratio"],
+                "policy": point["policy"],
+            }
+        )
+    return found
 
 
 def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
@@ -367,6 +405,8 @@ def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | Non
         metric=saved["budget"]["metric"],
         budget=saved["budget"]["fraction"],
         proxy=saved["proxy"],
+        search=saved.get("search", {}),
+        best_per_budget=saved.get("best_per_budget", []),
     )
 
 
@@ -385,5 +425,7 @@ def summary(result: SearchResult, config: RunConfig) -> dict[str, Any]:
         "evaluations": result.evaluations,
         "cache_hits": result.cache_hits,
         "wall_seconds": round(result.wall_seconds, 3),
+        "search": result.search,
+        "best_per_budget": result.best_per_budget,
         "versions": versions(),
     }

@@ -26,7 +26,7 @@ def _rl(algorithm: str) -> SearcherFactory:
     return build
 
 
-def _baseline(module: str, cls: str) -> SearcherFactory:
+def _class(module: str, cls: str) -> SearcherFactory:
     def build(kwargs: dict[str, Any]) -> Searcher:
         return getattr(importlib.import_module(f"mpq_rl.agents.{module}"), cls)(**kwargs)
 
@@ -34,6 +34,8 @@ def _baseline(module: str, cls: str) -> SearcherFactory:
 
 
 SEARCHERS: dict[str, SearcherFactory] = {
+    # The default: model-based PPO on a learned surrogate of the proxy, mpq_rl/agents/model_based.py.
+    "mbppo": _class("model_based", "ModelBasedPPO"),
     # Reinforcement learning (stable-baselines3), mpq_rl/agents/rl.py; ddpg follows HAQ.
     "ddpg": _rl("ddpg"),
     "td3": _rl("td3"),
@@ -41,11 +43,11 @@ SEARCHERS: dict[str, SearcherFactory] = {
     "ppo": _rl("ppo"),
     "a2c": _rl("a2c"),
     # Baselines without learning, one module each in mpq_rl/agents/.
-    "uniform": _baseline("uniform", "Uniform"),
-    "random": _baseline("random_search", "RandomSearch"),
-    "greedy": _baseline("greedy", "Greedy"),
-    "hawq": _baseline("hawq", "Hawq"),
-    "exhaustive": _baseline("exhaustive", "Exhaustive"),
+    "uniform": _class("uniform", "Uniform"),
+    "random": _class("random_search", "RandomSearch"),
+    "greedy": _class("greedy", "Greedy"),
+    "hawq": _class("hawq", "Hawq"),
+    "exhaustive": _class("exhaustive", "Exhaustive"),
 }
 
 

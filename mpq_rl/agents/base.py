@@ -49,7 +49,8 @@ class SearchContext:
     """Called once per scored policy, in order; the trainer logs, checkpoints and tracks the best."""
     output: Path
     n_envs: int = 1
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What a searcher reports about its own work besides episodes (e.g. pre-pass wall times); summary.json."""
     recorded: int = 0
     """Episodes recorded so far in this run (including those of an interrupted run being resumed)."""
     _pool: Any = field(default=None, repr=False)

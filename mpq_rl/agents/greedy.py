@@ -30,7 +30,6 @@ import numpy as np
 
 from mpq_rl.agents.base import SearchContext, check_options
 from mpq_rl.agents.exhaustive import runnable_pairs
-from mpq_rl.agents.random_search import projected
 from mpq_rl.budget import Budget, Choice
 from mpq_rl.errors import UserError
 
@@ -112,7 +111,7 @@ def pareto_walk(budget: Budget, losses: Losses) -> list[list[Choice]]:
         state[s] = pair
         path.append(list(state))
     if not budget.fits(state):
-        path.append(projected(budget, state))
+        path.append(budget.projected(state))
     return path
 
 

@@ -34,7 +34,6 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from mpq_rl.agents.base import SearchContext, check_options
-from mpq_rl.agents.random_search import projected
 from mpq_rl.budget import Choice
 from mpq_rl.errors import UserError
 from mpq_rl.hessian import calibration_loss, hessian_traces
@@ -166,7 +165,7 @@ class Hawq:
         first = solve_ilp(omega, budget.costs, capacity)
         if first is None or not budget.fits(first):
             # only when the budget is within the solver's tolerance of the cheapest policy
-            first = projected(budget, [(len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)] * len(omega))
+            first = budget.projected([(len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)] * len(omega))
         found.append(first)
         context.score(first)
         while not context.done and len(found) <= extra:

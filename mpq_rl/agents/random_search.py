@@ -1,7 +1,7 @@
 """Random search: uniformly sampled policies, made to fit the budget the way the environment does.
 
 Each layer's weight and activation candidates are drawn uniformly (seeded by the run's seed), then the layers are
-walked in order with :meth:`~mpq_rl.budget.Budget.project`, which clips each choice to the highest bits that
+walked in order with :meth:`~mpq_rl.budget.Budget.projected`, which clips each choice to the highest bits that
 still leave room for the remaining layers at their lowest bits. Every proposal is therefore within budget, and
 random search sees exactly the policies an RL agent acting at random would. Policies are scored ``n_envs`` at a
 time, in parallel when ``agent.n_envs > 1``.
@@ -17,23 +17,12 @@ from mpq_rl.agents.base import SearchContext, check_options
 from mpq_rl.budget import Budget, Choice
 
 
-def projected(budget: Budget, choices: list[Choice]) -> list[Choice]:
-    """``choices`` made to fit, layer by layer, by the environment's projection."""
-    spent = budget.fixed_cost
-    fitted = []
-    for step, choice in enumerate(choices):
-        choice = budget.project(step, spent, choice)
-        spent += budget.cost(step, choice)
-        fitted.append(choice)
-    return fitted
-
-
 def sample_policy(budget: Budget, rng: np.random.Generator) -> list[Choice]:
     """One uniformly drawn choice per searched layer, projected into the budget."""
     layers = len(budget.names)
     weights = rng.integers(len(budget.weight_bits), size=layers)
     activations = rng.integers(len(budget.activation_bits), size=layers)
-    return projected(budget, [(int(w), int(a)) for w, a in zip(weights, activations, strict=True)])
+    return budget.projected([(int(w), int(a)) for w, a in zip(weights, activations, strict=True)])
 
 
 class RandomSearch:

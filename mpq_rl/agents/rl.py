@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,12 +223,22 @@ def _make_subprocess_env(config: RunConfig, discrete: bool, cache: dict[str, dic
     return make
 
 
-class _RecordEpisodes(BaseCallback):
-    """Hands each finished episode to the run (in environment order) and stops training once the run is done."""
+class RecordEpisodes(BaseCallback):
+    """Hands each finished episode to the run (in environment order) and stops training once the run is done.
 
-    def __init__(self, searcher: RLSearcher, context: SearchContext, merge_cache: bool) -> None:
+    ``merge_cache``: the environments score in other processes, so their results enter this process's cache.
+    ``checkpoint``: called with the model every ``every`` recorded episodes.
+    """
+
+    def __init__(
+        self,
+        context: SearchContext,
+        merge_cache: bool = False,
+        checkpoint: Callable[[BaseAlgorithm], None] | None = None,
+        every: int = DEFAULT_CHECKPOINT_EVERY,
+    ) -> None:
         super().__init__()
-        self.searcher, self.context, self.merge_cache = searcher, context, merge_cache
+        self.context, self.merge_cache, self.checkpoint, self.every = context, merge_cache, checkpoint, every
 
     def _on_step(self) -> bool:
         context = self.context
@@ -243,8 +254,8 @@ class _RecordEpisodes(BaseCallback):
             exploration = getattr(self.model, "exploration", None)
             if exploration is not None:
                 exploration.episode = context.recorded
-            if context.recorded % self.searcher.checkpoint_every == 0:
-                self.searcher.save_checkpoint(self.model, context)
+            if self.checkpoint is not None and context.recorded % self.every == 0:
+                self.checkpoint(self.model)
         return not context.done
 
 
@@ -353,7 +364,12 @@ class RLSearcher:
         model = self._restore(env, context) if resuming else self._build(env, context, steps)
         self.model = model
         model.set_logger(configure(str(context.output / TB_DIR), ["tensorboard"]))
-        callback = _RecordEpisodes(self, context, merge_cache=context.n_envs > 1)
+        callback = RecordEpisodes(
+            context,
+            merge_cache=context.n_envs > 1,
+            checkpoint=lambda model: self.save_checkpoint(model, context),
+            every=self.checkpoint_every,
+        )
         try:
             model.learn(
                 total_timesteps=(context.remaining + context.n_envs) * steps,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +16,7 @@ from mpq_rl.config import RunConfig
 from mpq_rl.evaluator import Evaluator
 from mpq_rl.hardware import CostTable
 from mpq_rl.problem import SearchProblem
+from mpq_rl.sensitivity import Sensitivity
 from mpq_rl.workload import Workload
 
 OBSERVATION_FEATURES = (
@@ -34,6 +36,21 @@ OBSERVATION_FEATURES = (
     ("spent", "cost spent so far (fixed layers included), as a fraction of the budget", 0.0, 2.0),
     ("remaining_min", "least cost this and the later layers need, as a fraction of the budget", 0.0, 2.0),
 )
+
+
+class EpisodeModel(Protocol):
+    """What stands in for the evaluator in a model-based environment: a learned per-step reward, and what the
+    model predicts for each candidate of a layer (observed by the agent)."""
+
+    n_features: int
+
+    def reward(self, step: int, choice: Choice) -> float:
+        """The reward of choosing ``choice`` (candidate indices) at searched layer ``step``."""
+        ...
+
+    def features(self, step: int) -> list[float]:
+        """``n_features`` values in [0, 1] describing layer ``step``'s candidates under the model."""
+        ...
 
 
 class BitWidthEnv(gym.Env):
@@ -73,11 +90,23 @@ class BitWidthEnv(gym.Env):
     | 13 | spent | cost spent so far (fixed layers included), as a fraction of the budget | 0 | 2 |
     | 14 | remaining_min | least cost this and the later layers need, as a fraction of the budget | 0 | 2 |
 
+    Optional components, appended in this order when their argument is given:
+
+    | index | name | meaning | min | max |
+    |---|---|---|---|---|
+    | 15+k | w_error_k | ``sensitivity``: relative error of the layer's weight at weight candidate k | 0 | 1 |
+    | 15+n_w+k | a_error_k | ``sensitivity``: relative error of its input at activation candidate k | 0 | 1 |
+    | next | m_k | ``model``: the model's k-th feature of the layer (``EpisodeModel.features``) | 0 | 1 |
+    | last | budget | ``budgets``: this episode's budget, as a fraction of W8A8 | 0 | 2 |
+
+    Errors map to ``(log10(err) + 6) / 6`` clipped to [0, 1] (see :class:`mpq_rl.sensitivity.Sensitivity`).
+
     ## Rewards
     Zero before the last step. At the last step, ``reward.name``: ``haq`` (0.1 x the proxy accuracy difference
     to FP32, in percent), ``mnasnet`` (accuracy x (cost / budget) ^ -0.07), ``releq`` (ReLeQ's shaped reward) or
     a user function of :class:`mpq_rl.rewards.Outcome`. With ``penalty`` enforcement, a policy over budget
-    loses ``penalty`` (10 by default) times its relative excess over the budget.
+    loses :data:`~mpq_rl.problem.PENALTY_PER_EXCESS` (10) times its relative excess over the budget. With a
+    ``model``, every step is rewarded by ``model.reward(step, choice)`` and nothing is evaluated.
 
     ## Starting State
     The first searched layer, nothing spent but the fixed (pinned or excluded) layers' cost, previous bits 0.
@@ -87,6 +116,7 @@ class BitWidthEnv(gym.Env):
     -> [w_bits, a_bits], every layer), ``metrics`` (proxy metrics on the calibration split), ``proxy`` and
     ``proxy_fp32``, ``cost`` and ``cost_ratio`` (latency, energy, size, bops; absolute and as fractions of
     W8A8), ``within_budget``, ``projected`` (whether the budget changed any choice) and ``projected_layers``.
+    With a ``model`` it holds only ``choices`` (the candidate indices used), ``budget`` and ``projected_layers``.
 
     ## Arguments
     ``config``: a YAML path, a mapping or a :class:`~mpq_rl.config.RunConfig` (defaults: the digits workload).
@@ -95,6 +125,10 @@ class BitWidthEnv(gym.Env):
     workload and a config, the workload decides which layers are searched and the config everything else.
     ``problem``: a :class:`~mpq_rl.problem.SearchProblem` shared with other searchers (instead of the above).
     ``discrete``: use the ``MultiDiscrete`` action space.
+    ``sensitivity``: measured quantization errors of the searched layers, observed per candidate.
+    ``budgets``: budget-conditioned episodes: each ``reset`` draws the episode's budget from this list (or takes
+    ``options={"budget": fraction}``), projects into it, and shows it in the observation.
+    ``model``: a learned stand-in for the evaluator (:class:`EpisodeModel`), for training on a surrogate.
 
     ## Version History
     * v0: first version.
@@ -111,6 +145,9 @@ class BitWidthEnv(gym.Env):
         evaluator: Evaluator | None = None,
         problem: SearchProblem | None = None,
         discrete: bool = False,
+        sensitivity: Sensitivity | None = None,
+        budgets: Sequence[float] | None = None,
+        model: EpisodeModel | None = None,
     ) -> None:
         super().__init__()
         if problem is None:
@@ -128,10 +165,23 @@ class BitWidthEnv(gym.Env):
             self.action_space = spaces.MultiDiscrete(dims)
         else:
             self.action_space = spaces.Box(-1.0, 1.0, (len(dims),), dtype=np.float32)
-        low = np.array([f[2] for f in OBSERVATION_FEATURES], dtype=np.float32)
-        high = np.array([f[3] for f in OBSERVATION_FEATURES], dtype=np.float32)
+        self.model = model
+        self.budgets = {f: self.budget.with_fraction(f) for f in budgets or ()}
+        bounds = [(f[2], f[3]) for f in OBSERVATION_FEATURES]
+        features = self._static_features()
+        if sensitivity is not None:
+            errors = sensitivity.features()
+            if errors.shape != (self.n_steps, n_w + n_a):
+                raise ValueError(f"sensitivity has shape {errors.shape}, expected {(self.n_steps, n_w + n_a)}")
+            features = np.concatenate([features, errors], axis=1)
+            bounds += [(0.0, 1.0)] * (n_w + n_a)
+        if model is not None:
+            bounds += [(0.0, 1.0)] * model.n_features
+        if self.budgets:
+            bounds.append((0.0, 2.0))
+        low, high = np.array(bounds, dtype=np.float32).T
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        self._features = self._static_features()
+        self._features = features
         # Plain-Python copies for step(): building observations and choices from lists avoids numpy's per-call
         # overhead on arrays of 2 to 15 values, which dominated the step time.
         self._feature_rows: list[list[float]] = self._features.tolist()
@@ -167,6 +217,11 @@ class BitWidthEnv(gym.Env):
         ]
         return np.array(columns, dtype=np.float32).T
 
+    @property
+    def fraction(self) -> float:
+        """This episode's budget, as a fraction of the W8A8 cost."""
+        return self.budget.fraction
+
     def _observation(self) -> np.ndarray:
         step = min(len(self._choices), self.n_steps - 1)
         limit = self.budget.fraction * self.budget.reference
@@ -177,8 +232,12 @@ class BitWidthEnv(gym.Env):
         else:
             prev_w = prev_a = 0.0
         remaining = self._suffix_min[len(self._choices)]
+        row = self._feature_rows[step]
         dynamic = [prev_w, prev_a, min(self._spent / limit, 2.0), min(remaining / limit, 2.0)]
-        return np.array(self._feature_rows[step] + dynamic, dtype=np.float32)
+        tail = self.model.features(step) if self.model is not None else []
+        if self.budgets:
+            tail = [*tail, min(self.budget.fraction, 2.0)]
+        return np.array(row[:11] + dynamic + row[11:] + tail, dtype=np.float32)
 
     def _to_choice(self, action: np.ndarray) -> Choice:
         values = np.asarray(action).reshape(-1).tolist()
@@ -193,6 +252,14 @@ class BitWidthEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if self.budgets:
+            asked = (options or {}).get("budget")
+            if asked is None:
+                fractions = list(self.budgets)
+                asked = fractions[int(self.np_random.integers(len(fractions)))]
+            if asked not in self.budgets:
+                raise ValueError(f"budget {asked!r} is not one of this environment's budgets {list(self.budgets)}")
+            self.budget = self.budgets[asked]
         self._choices = []
         self._spent = self.budget.fixed_cost
         self._projected_layers = 0
@@ -209,8 +276,12 @@ class BitWidthEnv(gym.Env):
             self._projected_layers += choice != asked
         self._choices.append(choice)
         self._spent += self.budget.cost(step, choice)
+        reward = 0.0 if self.model is None else float(self.model.reward(step, choice))
         if len(self._choices) < self.n_steps:
-            return self._observation(), 0.0, False, False, {}
+            return self._observation(), reward, False, False, {}
+        if self.model is not None:
+            info = {"choices": list(self._choices), "budget": self.fraction, "projected_layers": self._projected_layers}
+            return self._observation(), reward, True, False, info
         info = self.problem.score(self._choices, self._projected_layers)
         return self._observation(), info["reward"], True, False, info
 
