@@ -233,3 +233,25 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert main(["search", "--output", str(tmp_path / "run"), "--no-progress", *args]) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mpq-rl: error:") and message in err
+
+
+def test_budget_conditioned_search_reports_the_best_policy_of_every_budget(digits_model, tmp_path):
+    config = small_config(
+        tmp_path / "front",
+        episodes=30,
+        name="mbppo",
+        kwargs={"budgets": [0.2, 0.5], "prior_episodes": 16, "model_episodes": 16, "candidates": 8},
+    )
+    result = run_search(config, progress=False)
+    summary = json.loads((tmp_path / "front" / "summary.json").read_text())
+    assert [item["budget"] for item in summary["best_per_budget"]] == [0.2, BUDGET, 0.5]
+    proxies = []
+    for item in summary["best_per_budget"]:
+        assert item["cost_ratio"] <= item["budget"] * (1 + 1e-9)
+        assert 0.0 <= item["test"]["top1"] <= 1.0
+        proxies.append(item["proxy"])
+    assert proxies == sorted(proxies)  # a larger budget never does worse
+    assert summary["best_per_budget"][1]["proxy"] == result.best["proxy"]
+    assert summary["search"]["sensitivity_seconds"] > 0
+    assert 0 < summary["search"]["evaluation_seconds"] < summary["wall_seconds"]
+    assert "best within 0.5" in result.report()

@@ -40,7 +40,7 @@ evaluations only, one per episode), ``probes``, ``prior``, ``relaxation`` and ``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -219,12 +219,13 @@ class ModelBasedPPO:
             per_budget = math.ceil(round_size / len(fractions))
             for fraction in fractions:
                 if first and not o["prior"]:
-                    found = _random_policies(budgets[fraction], rng, per_budget, evaluated)
+                    found = _random_policies(budgets[fraction], rng, per_budget, {*evaluated, *batch})
                 else:
                     found = self._propose(agent, samplers, surrogate, fraction, per_budget, evaluated, batch)
                     if len(found) < per_budget:  # the agent has converged: explore around it at random
-                        found += _random_policies(budgets[fraction], rng, per_budget - len(found), evaluated)
-                batch += [c for c in found if c not in batch]
+                        taken = {*evaluated, *batch, *found}
+                        found += _random_policies(budgets[fraction], rng, per_budget - len(found), taken)
+                batch += [c for c in dict.fromkeys(found) if c not in batch]
             first = False
             if not batch:  # every policy of the space has been evaluated
                 break
@@ -345,9 +346,10 @@ def _neighbours(budget: Budget, evaluated: dict[tuple[Choice, ...], float], best
 
 
 def _random_policies(
-    budget: Budget, rng: np.random.Generator, count: int, evaluated: dict[tuple[Choice, ...], float]
+    budget: Budget, rng: np.random.Generator, count: int, taken: Collection[tuple[Choice, ...]]
 ) -> list[tuple[Choice, ...]]:
-    """Up to ``count`` new uniformly drawn policies, projected into ``budget`` (tries a bounded number of times)."""
+    """Up to ``count`` uniformly drawn policies not in ``taken``, projected into ``budget`` (a bounded number of
+    tries)."""
     found: list[tuple[Choice, ...]] = []
     for _ in range(50 * count):
         if len(found) == count:
@@ -357,6 +359,6 @@ def _random_policies(
             for _ in budget.names
         ]
         choices = tuple(budget.projected(raw))
-        if choices not in evaluated and choices not in found:
+        if choices not in taken and choices not in found:
             found.append(choices)
     return found
