@@ -1,5 +1,7 @@
 """Layer discovery on plain, residual, grouped, shared and 1-D/3-D models."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -145,3 +147,20 @@ def test_a_model_with_no_live_layer_is_refused():
 
     with pytest.raises(UserError, match="no quantizable layer's output reaches"):
         discover_layers(AllDead(), torch.randn(2, 4))
+
+
+def dead_branch() -> nn.Module:
+    """A factory for the CLI test below."""
+    return DeadBranch()
+
+
+def test_layers_command_names_what_it_leaves_out_and_why(tmp_path, capsys, monkeypatch):
+    from mpq_rl.cli import main
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {factory: 'test_layers:dead_branch', input_shape: [1, 4]}\ndata: {name: none}\n")
+    main(["layers", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "1 quantizable layers, 1 searched" in out
+    assert "left out: pooler (its output never reaches the model's output; not searched, FP32, costs nothing)" in out
