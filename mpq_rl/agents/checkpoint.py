@@ -37,8 +37,6 @@ from stable_baselines3.common.save_util import recursive_getattr
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, read_json
 
-CHECKPOINT_DIR = "checkpoint"
-"""Inside the run folder."""
 STATE_FILE = "state.json"
 FORMAT = "mpq_rl.checkpoint/1"
 PARAMETERS, REPLAY_BUFFER = "parameters", "replay_buffer"

@@ -41,13 +41,14 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from mpq_rl.agents.base import SearchContext
-from mpq_rl.agents.checkpoint import CHECKPOINT_DIR, load_checkpoint, read_state, save_checkpoint
+from mpq_rl.agents.checkpoint import load_checkpoint, read_state, save_checkpoint
 from mpq_rl.config import RunConfig
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, policy_key
 from mpq_rl.logger import TB_DIR
 from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.run_folder import CHECKPOINT_DIR
 
 HAQ_NET_ARCH = [300, 300]
 HAQ_ACTOR_LR = 1e-4
