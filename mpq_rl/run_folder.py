@@ -38,12 +38,12 @@ def is_run_folder(folder: Path) -> bool:
 
 def check_new_run_folder(folder: Path) -> None:
     """Refuse, before anything is written, a ``--output`` that a new run may not write into: a file, or a folder
-    that holds files and is not a run folder."""
+    that holds files (besides a lock) and is not a run folder."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--output {folder} is a file, not a folder: pick a folder path")
     try:
-        empty = not folder.is_dir() or not any(folder.iterdir())
+        empty = not folder.is_dir() or all(path.name == LOCK_FILE for path in folder.iterdir())
     except OSError as exc:
         raise UserError(f"--output {folder} cannot be read ({exc.strerror}): pick a folder you can write to") from None
     if not empty and not is_run_folder(folder):

@@ -2,10 +2,11 @@
 
 :func:`run_search` is the whole of ``mpq-rl search``. The run folder (``config.output``: new, empty, or an earlier
 run's, see :mod:`mpq_rl.run_folder`) receives ``mpq_rl_run.json`` (the manifest that marks it as a run folder) and
-``mpq_rl.lock`` (held while the search runs), then, as the search goes: ``config.yaml`` (the resolved config, library versions and command in comments, loadable with
-``--config``), ``episodes.csv``, ``policy.json`` (best in-budget policy), ``pareto.json``, ``evaluations.json``
-(the evaluator cache), ``tb/`` (TensorBoard) and, for RL agents, ``checkpoint/`` (no pickle); at the end ``summary.json``
-with the held-out test metrics of the best policy, of FP32 and of every uniform setting that fits the budget.
+``mpq_rl.lock`` (held while the search runs), then, as the search goes: ``config.yaml`` (the resolved config,
+library versions and command in comments, loadable with ``--config``), ``episodes.csv``, ``policy.json`` (best
+in-budget policy), ``pareto.json``, ``evaluations.json`` (the evaluator cache), ``tb/`` (TensorBoard) and, for RL
+agents, ``checkpoint/`` (no pickle); at the end ``summary.json`` with the held-out test metrics of the best
+policy, of FP32 and of every uniform setting that fits the budget.
 
 An interrupted run (Ctrl-C, or a killed process) resumes with ``resume=<folder>``: the evaluator cache is
 reloaded (no policy is evaluated twice), RL agents continue from their checkpoint, other searchers re-run from

@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mpq_rl.agents import SEARCHERS, build_searcher
 from mpq_rl.agents.base import SearchContext
-from mpq_rl.agents.checkpoint import load_checkpoint, read_state
+from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint
 from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
@@ -108,7 +108,7 @@ def test_every_algorithm_searches(problem, tmp_path, name, cls, discrete):
     )
     env = DummyVecEnv([lambda: BitWidthEnv(problem=problem, discrete=discrete)])
     fresh = build_searcher(name, SMALL[name])._build(env, make_context(problem, tmp_path, 5)[0], len(problem.searched))
-    load_checkpoint(fresh, folder, read_state(folder))
+    load_checkpoint(fresh, read_checkpoint(folder))
     loaded = fresh.get_parameters()
     for key, value in saved.get_parameters().items():
         # SB3 sets the optimizers' learning rates before every update: only their state is checkpointed.

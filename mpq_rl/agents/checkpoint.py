@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -134,46 +135,43 @@ def _buffer_bytes(buffer: ReplayBuffer) -> bytes:
 # -- reading ------------------------------------------------------------------------------------------------------
 
 
-def read_state(folder: Path) -> CheckpointState | None:
-    """The validated ``state.json`` of the checkpoint in ``folder`` (None if there is none)."""
-    path = Path(folder) / STATE_FILE
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read back and checked against its digests, not yet loaded into an algorithm."""
+
+    folder: Path
+    state: CheckpointState
+    tensors: dict[str, torch.Tensor]
+    buffer: dict[str, np.ndarray] | None
+    """The replay buffer's arrays (off-policy agents), with ``pos`` and ``full``."""
+
+
+def read_checkpoint(folder: Path) -> Checkpoint | None:
+    """The checkpoint in ``folder`` (None if there is none); a :class:`UserError` if a file is not what the run
+    wrote (invalid ``state.json``, a digest that does not match, a file that is not safetensors or plain .npz)."""
+    folder = Path(folder)
+    path = folder / STATE_FILE
     if not path.is_file():
         return None
     data = read_json(path, _FIX)
     if isinstance(data, dict) and "format" not in data:
         raise UserError(f"{path} is a checkpoint of an older mpq_rl (pickled, so never loaded): {_FIX}")
     try:
-        return CheckpointState.model_validate(data)
+        state = CheckpointState.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "top level"
         raise UserError(f"{path} is not a valid checkpoint state ({where}: {error['msg']}): {_FIX}") from None
-
-
-def load_checkpoint(model: BaseAlgorithm, folder: Path, state: CheckpointState) -> None:
-    """Load the checkpoint ``state`` describes into ``model``, freshly built with the run's settings."""
-    folder = Path(folder)
-    roles = {PARAMETERS} | ({REPLAY_BUFFER} if isinstance(model, OffPolicyAlgorithm) else set())
-    if set(state.files) != roles:
-        raise UserError(f"{folder / STATE_FILE} lists the files {sorted(state.files)}, not {sorted(roles)}: {_FIX}")
-    path = folder / state.files[PARAMETERS].name
+    if PARAMETERS not in state.files:
+        raise UserError(f"{path} names no {PARAMETERS} file: {_FIX}")
     try:
         tensors = load_tensors(_verified(folder, state.files[PARAMETERS]))
     except SafetensorError:
-        raise UserError(f"{path} is not a safetensors file: {_FIX}") from None
-    _load_tensors(model, tensors, path)
-    if isinstance(model, OffPolicyAlgorithm):
-        file = state.files[REPLAY_BUFFER]
-        _load_buffer(model.replay_buffer, _verified(folder, file), folder / file.name)
-    for name, value in state.counters.items():
-        setattr(model, name, value)
-    exploration = getattr(model, "exploration", None)
-    if exploration is not None and state.exploration is not None:
-        exploration.episode = state.exploration.episode
-        try:
-            exploration.rng.bit_generator.state = state.exploration.generator
-        except (TypeError, ValueError, KeyError):
-            raise UserError(f"{folder / STATE_FILE}: exploration.generator is not a generator state: {_FIX}") from None
+        raise UserError(f"{folder / state.files[PARAMETERS].name} is not a safetensors file: {_FIX}") from None
+    buffer = None
+    if REPLAY_BUFFER in state.files:
+        buffer = _read_buffer(folder / state.files[REPLAY_BUFFER].name, _verified(folder, state.files[REPLAY_BUFFER]))
+    return Checkpoint(folder, state, tensors, buffer)
 
 
 def _verified(folder: Path, file: _File) -> bytes:
@@ -186,6 +184,38 @@ def _verified(folder: Path, file: _File) -> bytes:
     if hashlib.sha256(data).hexdigest() != file.sha256:
         raise UserError(f"checkpoint file {path} does not match the digest in {STATE_FILE}: {_FIX}")
     return data
+
+
+def _read_buffer(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    try:
+        archive = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise UserError(f"{path} is not an .npz archive of plain arrays (never unpickled): {_FIX}") from None
+
+
+def load_checkpoint(model: BaseAlgorithm, checkpoint: Checkpoint) -> None:
+    """Load ``checkpoint`` into ``model``, freshly built with the run's settings; a :class:`UserError` if it does
+    not fit (other networks, another buffer size)."""
+    state, folder = checkpoint.state, checkpoint.folder
+    off_policy = isinstance(model, OffPolicyAlgorithm)
+    if (checkpoint.buffer is not None) != off_policy:
+        raise UserError(f"{folder / STATE_FILE} does not fit this run's agent (replay buffer): {_FIX}")
+    _load_tensors(model, checkpoint.tensors, folder / state.files[PARAMETERS].name)
+    if checkpoint.buffer is not None:
+        _load_buffer(model.replay_buffer, checkpoint.buffer, folder / state.files[REPLAY_BUFFER].name)
+    for name, value in state.counters.items():
+        setattr(model, name, value)
+    exploration = getattr(model, "exploration", None)
+    if exploration is not None and state.exploration is not None:
+        exploration.episode = state.exploration.episode
+        try:
+            exploration.rng.bit_generator.state = state.exploration.generator
+        except (TypeError, ValueError, KeyError):
+            raise UserError(f"{folder / STATE_FILE}: exploration.generator is not a generator state: {_FIX}") from None
 
 
 def _load_tensors(model: BaseAlgorithm, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -228,15 +258,7 @@ def _load_tensors(model: BaseAlgorithm, tensors: dict[str, torch.Tensor], path: 
         raise mismatch(f"unexpected {sorted(left)[0]}")
 
 
-def _load_buffer(buffer: ReplayBuffer, data: bytes, path: Path) -> None:
-    try:
-        archive = np.load(io.BytesIO(data), allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        with archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-        raise UserError(f"{path} is not an .npz archive of plain arrays (never unpickled): {_FIX}") from None
+def _load_buffer(buffer: ReplayBuffer, arrays: dict[str, np.ndarray], path: Path) -> None:
     live = {name: getattr(buffer, name) for name in _BUFFER_ARRAYS if getattr(buffer, name, None) is not None}
     expected = {**live, "pos": np.int64(0), "full": np.bool_(False)}
     if set(arrays) != set(expected):
@@ -247,10 +269,9 @@ def _load_buffer(buffer: ReplayBuffer, data: bytes, path: Path) -> None:
             raise UserError(
                 f"{path}: {name} is {value.dtype}{list(value.shape)}, not {want.dtype}{list(want.shape)}: {_FIX}"
             )
-    pos = int(arrays.pop("pos"))
+    pos = int(arrays["pos"])
     if not 0 <= pos < buffer.buffer_size:
         raise UserError(f"{path}: pos {pos} is outside the buffer of {buffer.buffer_size}: {_FIX}")
-    for name, value in arrays.items():
-        if name != "full":
-            getattr(buffer, name)[...] = value
+    for name in live:
+        getattr(buffer, name)[...] = arrays[name]
     buffer.pos, buffer.full = pos, bool(arrays["full"])

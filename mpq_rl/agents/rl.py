@@ -41,7 +41,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from mpq_rl.agents.base import SearchContext
-from mpq_rl.agents.checkpoint import load_checkpoint, read_state, save_checkpoint
+from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mpq_rl.config import RunConfig
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
@@ -311,11 +311,12 @@ class RLSearcher:
     # -- checkpoints --------------------------------------------------------------------------------------------
 
     def resume_point(self, output: Path) -> int | None:
-        """Episodes covered by the checkpoint in ``output`` (None if there is none to continue from)."""
-        state = read_state(Path(output) / CHECKPOINT_DIR)
-        if state is None or state.algorithm != self.algorithm:
+        """Episodes covered by the checkpoint in ``output`` (None if there is none to continue from); its files are
+        read and checked here, before the run writes anything."""
+        checkpoint = read_checkpoint(Path(output) / CHECKPOINT_DIR)
+        if checkpoint is None or checkpoint.state.algorithm != self.algorithm:
             return None
-        return state.episodes
+        return checkpoint.state.episodes
 
     def save_checkpoint(self, model: BaseAlgorithm, context: SearchContext) -> None:
         """The checkpoint of ``model`` after the episodes recorded so far (:mod:`mpq_rl.agents.checkpoint`)."""
@@ -336,12 +337,12 @@ class RLSearcher:
         steps = len(context.problem.searched)
         env = self._envs(context)
         model = self._build(env, context, steps)
-        folder = context.output / CHECKPOINT_DIR
-        state = read_state(folder) if context.recorded > 0 else None
-        resuming = state is not None and state.algorithm == self.algorithm and state.episodes == context.recorded
-        if state is not None and resuming:
+        found = read_checkpoint(context.output / CHECKPOINT_DIR) if context.recorded > 0 else None
+        point = None if found is None else (found.state.algorithm, found.state.episodes)
+        resuming = point == (self.algorithm, context.recorded)
+        if found is not None and resuming:
             # The checkpoint's values go into the freshly built algorithm: nothing in the run folder is unpickled.
-            load_checkpoint(model, folder, state)
+            load_checkpoint(model, found)
         self.model = model
         model.set_logger(configure(str(context.output / TB_DIR), ["tensorboard"]))
         callback = RecordEpisodes(
