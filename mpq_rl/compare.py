@@ -20,7 +20,6 @@ from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.metrics import format_metric
-from mpq_rl.run_folder import exclusive
 
 COMPARE_MD = "compare.md"
 COMPARE_JSON = "compare.json"
@@ -38,10 +37,11 @@ def compare(
     """Run every searcher in ``agents`` once per seed on ``config``; write and return the comparison.
 
     Runs already finished in ``output`` with the same config are read back, not repeated, and an interrupted one
-    is resumed: a comparison cut short (Ctrl-C, a crash, a killed job) continues where it stopped. The comparison
-    holds the lock of ``output`` (and each run that of its folder), so a second one on the same folder is refused.
+    is resumed: a comparison cut short (Ctrl-C, a crash, a killed job) continues where it stopped. Each run holds
+    its folder's lock, so a second comparison on ``output`` is refused at the first run still in progress.
     """
     from mpq_rl.agents import SEARCHERS
+    from mpq_rl.trainer import CONFIG_FILE, finished_result, run_config, run_search
 
     unknown = [name for name in agents if name not in SEARCHERS]
     if unknown:
@@ -49,15 +49,6 @@ def compare(
     if not agents or not seeds:
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)
-    with exclusive(output):
-        return _compare(config, agents, seeds, output, progress)
-
-
-def _compare(
-    config: RunConfig, agents: Sequence[str], seeds: Sequence[int], output: Path, progress: bool
-) -> dict[str, Any]:
-    from mpq_rl.trainer import CONFIG_FILE, finished_result, run_config, run_search
-
     runs, results = [], []
     for name in agents:
         for seed in seeds:

@@ -2,9 +2,9 @@
 
 ``mpq_rl_run.json`` (format and version) marks a run folder; a new search writes only into a folder that does not
 exist, is empty or holds that manifest, so a folder of someone else's files is never touched. While a search runs
-it holds an exclusive ``flock`` on ``mpq_rl.lock`` in its folder (a comparison, on its own folder): a second
-search, resume or comparison on the same folder is refused at once. The operating system releases the lock when
-the process ends, however it ends; the lock file stays behind and means nothing while no process holds it.
+it holds an exclusive ``flock`` on ``mpq_rl.lock`` in its folder: a second search, resume or comparison on the
+same run is refused at once. The operating system releases the lock when the process ends, however it ends; the
+lock file stays behind and means nothing while no process holds it.
 """
 
 from __future__ import annotations

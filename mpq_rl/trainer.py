@@ -276,13 +276,12 @@ def _search(
 ) -> SearchResult:
     """The body of :func:`run_search`, in the run folder it holds."""
     # -- the state of the run being resumed, read (and checked) before anything is written -----------------------
-    evaluator = problem.evaluator
+    workload, evaluator = problem.workload, problem.evaluator
     evaluator.cache.merge(EvaluationCache.load(folder / EVALUATIONS_FILE, metrics=evaluator.fp32))
     cached_at_start = len(evaluator.cache)
     previous = read_episodes(folder / EPISODES_FILE, problem) if resuming else []
     point = searcher.resume_point(folder) if previous and hasattr(searcher, "resume_point") else None
     write_config(folder, config)
-    workload = problem.workload
 
     # -- the recorder and its listeners ---------------------------------------------------------------------------
     proxy_name = config.proxy.metric if config.proxy.metric == "top1" else config.proxy.fidelity
