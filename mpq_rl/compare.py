@@ -37,7 +37,8 @@ def compare(
     """Run every searcher in ``agents`` once per seed on ``config``; write and return the comparison.
 
     Runs already finished in ``output`` with the same config are read back, not repeated, and an interrupted one
-    is resumed: a comparison cut short (Ctrl-C, a crash, a killed job) continues where it stopped.
+    is resumed: a comparison cut short (Ctrl-C, a crash, a killed job) continues where it stopped. Each run holds
+    its folder's lock, so a second comparison on ``output`` is refused at the first run still in progress.
     """
     from mpq_rl.agents import SEARCHERS
     from mpq_rl.trainer import CONFIG_FILE, finished_result, run_config, run_search
@@ -48,7 +49,6 @@ def compare(
     if not agents or not seeds:
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     runs, results = [], []
     for name in agents:
         for seed in seeds:

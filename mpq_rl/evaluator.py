@@ -13,8 +13,7 @@ once, on its final answer.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from mpq_rl.config import RunConfig
 from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
-from mpq_rl.io import atomic_write_json
+from mpq_rl.io import atomic_write_json, read_json
 from mpq_rl.metrics import Scorer, model_outputs, score
 from mpq_rl.policy import BitPair, Policy
 from mpq_rl.simulator import QuantSimulator
@@ -70,17 +69,30 @@ class EvaluationCache:
         atomic_write_json(path, {"format": CACHE_FORMAT, "entries": self.entries})
 
     @classmethod
-    def load(cls, path: str | Path) -> EvaluationCache:
+    def load(cls, path: str | Path, metrics: Collection[str] | None = None) -> EvaluationCache:
+        """The cache saved in ``path`` (empty if there is none); with ``metrics``, every entry must hold exactly
+        those. A file that is not such a cache is a :class:`UserError` that says how to start afresh."""
         path = Path(path)
         if not path.is_file():
             return cls()
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"evaluation cache {path} is not valid JSON: delete it to start the cache afresh") from None
-        if data.get("format") != CACHE_FORMAT:
-            raise UserError(f"evaluation cache {path} has an unknown format: delete it to start the cache afresh")
-        return cls(data["entries"])
+        fix = "delete it to start the cache afresh (policies are evaluated again)"
+        data = read_json(path, fix)
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if not isinstance(entries, dict) or data.get("format") != CACHE_FORMAT:
+            raise UserError(f"evaluation cache {path} has an unknown format: {fix}")
+        for number, found in enumerate(entries.values(), start=1):
+            if not isinstance(found, dict) or not all(_is_number(v) for v in found.values()):
+                raise UserError(f"evaluation cache {path}: entry {number} is not metric names and numbers: {fix}")
+            if metrics is not None and set(found) != set(metrics):
+                raise UserError(
+                    f"evaluation cache {path}: entry {number} has the metrics {sorted(found)}, "
+                    f"not {sorted(metrics)}: {fix}"
+                )
+        return cls(entries)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def calibrated_simulator(workload: Workload) -> QuantSimulator:

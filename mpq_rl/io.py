@@ -1,4 +1,9 @@
-"""Atomic file writes, so an interrupted run never leaves a half-written result behind."""
+"""Run-folder files: atomic writes with the user's permissions, and JSON read back as a one-line user error.
+
+A write goes through a temporary file in the same folder and an atomic rename, so an interrupted run never leaves
+a half-written result behind; the file gets the permissions ``open`` would give it (``0o666`` less the umask),
+not the ``0o600`` of the temporary file.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mpq_rl.errors import UserError
+
+
+def _file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open(path, "w")`` creates files with."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
@@ -15,6 +29,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -31,3 +46,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """The JSON value in ``path``; a :class:`UserError` naming the file, what is wrong and ``fix`` (how to repair
+    it) if the file cannot be read, is not UTF-8 or is not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        reason = f"cannot be read ({exc.strerror})"
+    except UnicodeDecodeError:
+        reason = "is not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        reason = f"is not valid JSON ({exc.msg} at line {exc.lineno})"
+    except RecursionError:
+        reason = "is nested too deeply"
+    raise UserError(f"{path} {reason}: {fix}")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mpq_rl.config import METRICS
+from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.policy import save_policy
 from mpq_rl.problem import Episode, SearchProblem
@@ -34,6 +36,8 @@ def _fmt(value: Any) -> str:
 
 
 def _bool(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError(f"not a boolean: {text!r}")
     return text == "true"
 
 
@@ -82,22 +86,45 @@ class EpisodeTable:
         }
         return int(row["episode"]), episode
 
-    @classmethod
-    def from_header(cls, header: Sequence[str]) -> EpisodeTable:
-        def names(prefix: str) -> list[str]:
-            return [h.removeprefix(prefix) for h in header if h.startswith(prefix)]
 
-        return cls(names("w:"), names("metric:"), names("cost:"))
+def read_episodes(path: Path, problem: SearchProblem) -> list[tuple[int, Episode]]:
+    """The episodes of the ``episodes.csv`` of a run of ``problem`` (empty if the file does not exist).
 
-
-def read_episodes(path: Path, proxy_fp32: float) -> list[tuple[int, Episode]]:
-    """The episodes of an ``episodes.csv`` (empty if the file does not exist)."""
+    A file with other columns than ``problem`` writes, a row cut short or not numeric, or episode numbers other
+    than 1, 2, 3, ... in order are a :class:`UserError`.
+    """
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        table = EpisodeTable.from_header(reader.fieldnames or [])
-        return [table.episode(row, proxy_fp32) for row in reader]
+    table = EpisodeTable(problem.workload.layers.names, sorted(problem.evaluator.fp32), sorted(METRICS))
+    fix = "restore the file, or delete it to record the episodes again from the evaluation cache"
+    episodes: list[tuple[int, Episode]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, restkey=_EXTRA)
+            if reader.fieldnames is not None and list(reader.fieldnames) != table.header:
+                raise UserError(f"{path} has other columns than this run writes: {fix}")
+            for row in reader:
+                episode = _parse(table, row, problem.proxy_fp32)
+                if episode is None or episode[0] != len(episodes) + 1:
+                    raise UserError(f"{path} line {reader.line_num}: not episode {len(episodes) + 1}'s row: {fix}")
+                episodes.append(episode)
+    except (UnicodeDecodeError, csv.Error):
+        raise UserError(f"{path} is not a CSV file of episodes: {fix}") from None
+    return episodes
+
+
+_EXTRA = "(extra)"
+"""The key under which ``csv.DictReader`` puts the cells of a row longer than the header."""
+
+
+def _parse(table: EpisodeTable, row: dict[str, Any], proxy_fp32: float) -> tuple[int, Episode] | None:
+    """The episode of a complete, well-formed row; None if the row is cut short, too long or not numeric."""
+    if _EXTRA in row or None in row.values():
+        return None
+    try:
+        return table.episode(row, proxy_fp32)
+    except ValueError:
+        return None
 
 
 def truncate_episodes(path: Path, keep: int) -> None:

@@ -1,19 +1,22 @@
 """The search loop: build the problem, run a searcher, record every episode, and report the best policy.
 
-:func:`run_search` is the whole of ``mpq-rl search``. The run folder (``config.output``) receives, as the search
-goes: ``config.yaml`` (the resolved config, library versions and command in comments, loadable with
-``--config``), ``episodes.csv``, ``policy.json`` (best in-budget policy), ``pareto.json``, ``evaluations.json``
-(the evaluator cache), ``tb/`` (TensorBoard) and, for RL agents, ``checkpoint/``; at the end ``summary.json``
-with the held-out test metrics of the best policy, of FP32 and of every uniform setting that fits the budget.
+:func:`run_search` is the whole of ``mpq-rl search``. The run folder (``config.output``: new, empty, or an earlier
+run's, see :mod:`mpq_rl.run_folder`) receives ``mpq_rl_run.json`` (the manifest that marks it as a run folder) and
+``mpq_rl.lock`` (held while the search runs), then, as the search goes: ``config.yaml`` (the resolved config,
+library versions and command in comments, loadable with ``--config``), ``episodes.csv``, ``policy.json`` (best
+in-budget policy), ``pareto.json``, ``evaluations.json`` (the evaluator cache), ``tb/`` (TensorBoard) and, for RL
+agents, ``checkpoint/`` (no pickle); at the end ``summary.json`` with the held-out test metrics of the best
+policy, of FP32 and of every uniform setting that fits the budget.
 
 An interrupted run (Ctrl-C, or a killed process) resumes with ``resume=<folder>``: the evaluator cache is
 reloaded (no policy is evaluated twice), RL agents continue from their checkpoint, other searchers re-run from
-their seed (their first episodes replay from the cache and are not written again).
+their seed (their first episodes replay from the cache and are not written again). A file of the folder that is
+not what the run wrote (cut short, not numeric, not matching its recorded digest) stops the resume with one line
+saying which file and how to repair it.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import shlex
 import shutil
@@ -24,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
+from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
-from mpq_rl.io import atomic_write_json, atomic_write_text
+from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
 from mpq_rl.logger import TB_DIR, TensorBoardLogger
 from mpq_rl.metrics import format_metric
 from mpq_rl.problem import Episode, SearchProblem
@@ -43,6 +46,7 @@ from mpq_rl.recorder import (
     truncate_episodes,
 )
 from mpq_rl.rewards import proxy_value
+from mpq_rl.run_folder import CHECKPOINT_DIR, check_new_run_folder, exclusive, is_run_folder, write_manifest
 from mpq_rl.text_table import render_table
 from mpq_rl.workload import load_workload
 
@@ -188,19 +192,22 @@ def _get(config: RunConfig, dotted: str) -> Any:
     return node
 
 
+def _refuse_unfinished(folder: Path) -> None:
+    if (folder / CONFIG_FILE).is_file() and not (folder / SUMMARY_FILE).is_file():
+        raise UserError(f"{folder} holds an unfinished run: resume it with --resume {folder}, or pick another --output")
+
+
 def _prepare_folder(folder: Path) -> None:
-    """A fresh run folder: refuse to overwrite an unfinished run; replace a finished one (it is reproducible)."""
+    """A fresh run folder, once its lock is held: refuse to overwrite an unfinished run; replace a finished one (it
+    is reproducible); mark the folder as a run folder."""
+    _refuse_unfinished(folder)
     if (folder / CONFIG_FILE).is_file():
-        if not (folder / SUMMARY_FILE).is_file():
-            raise UserError(
-                f"{folder} holds an unfinished run: resume it with --resume {folder}, or pick another --output"
-            )
         print(f"mpq-rl: replacing the finished run in {folder}", file=sys.stderr)
         for name in (CONFIG_FILE, SUMMARY_FILE, EPISODES_FILE, POLICY_FILE, PARETO_FILE, EVALUATIONS_FILE):
             (folder / name).unlink(missing_ok=True)
-        for name in (TB_DIR, "checkpoint"):
+        for name in (TB_DIR, CHECKPOINT_DIR):
             shutil.rmtree(folder / name, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    write_manifest(folder)
 
 
 class _Progress:
@@ -230,31 +237,51 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
     """Run the search ``config`` describes (or resume the one in ``resume``) and return what it found.
 
     With ``resume``, ``config`` may be None (the folder's config) or that config with ``agent.episodes`` changed.
-    Ctrl-C saves everything needed to resume and raises :class:`SearchInterrupted`.
+    Whatever can refuse the run (the folder, the searcher's options, the model, the budget) is checked before
+    anything is written; the run then holds its folder's lock to the end. Ctrl-C saves everything needed to resume
+    and raises :class:`SearchInterrupted`.
     """
     started = time.perf_counter()
     if config is None and resume is None:
         raise ValueError("run_search needs a config or a folder to resume")
     if resume is not None:
-        resume = Path(resume)
-        saved = run_config(resume)
+        folder = Path(resume)
+        saved = run_config(folder)
         config = saved if config is None else _check_resumable(saved, config)
-        folder = resume
-        previous_rows = (folder / EPISODES_FILE).is_file()
     else:
         folder = Path(config.output)
-        previous_rows = False
+        check_new_run_folder(folder)
+        _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
-    if resume is None:
-        _prepare_folder(folder)
-    write_config(folder, config)
-
-    # -- the problem, its evaluator cache restored --------------------------------------------------------------
     workload = load_workload(config)
-    evaluator = Evaluator(workload, EvaluationCache.load(folder / EVALUATIONS_FILE))
-    problem = SearchProblem(config, workload=workload, evaluator=evaluator)
+    problem = SearchProblem(config, workload=workload, evaluator=Evaluator(workload))
+    with exclusive(folder):
+        if resume is None:
+            _prepare_folder(folder)
+        elif not is_run_folder(folder):
+            write_manifest(folder)  # a run folder of an mpq_rl from before manifests
+        return _search(
+            folder, config, searcher, problem, resuming=resume is not None, progress=progress, started=started
+        )
+
+
+def _search(
+    folder: Path,
+    config: RunConfig,
+    searcher: Searcher,
+    problem: SearchProblem,
+    resuming: bool,
+    progress: bool,
+    started: float,
+) -> SearchResult:
+    """The body of :func:`run_search`, in the run folder it holds."""
+    # -- the state of the run being resumed, read (and checked) before anything is written -----------------------
+    workload, evaluator = problem.workload, problem.evaluator
+    evaluator.cache.merge(EvaluationCache.load(folder / EVALUATIONS_FILE, metrics=evaluator.fp32))
     cached_at_start = len(evaluator.cache)
-    previous = read_episodes(folder / EPISODES_FILE, problem.proxy_fp32) if previous_rows else []
+    previous = read_episodes(folder / EPISODES_FILE, problem) if resuming else []
+    point = searcher.resume_point(folder) if previous and hasattr(searcher, "resume_point") else None
+    write_config(folder, config)
 
     # -- the recorder and its listeners ---------------------------------------------------------------------------
     proxy_name = config.proxy.metric if config.proxy.metric == "top1" else config.proxy.fidelity
@@ -270,7 +297,6 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
         n_envs=config.agent.n_envs,
     )
     if previous:
-        point = searcher.resume_point(folder) if hasattr(searcher, "resume_point") else None
         if point is not None and point < len(previous):
             truncate_episodes(folder / EPISODES_FILE, point)
             previous = previous[:point]
@@ -390,24 +416,28 @@ def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | Non
         return None
     if run_config(folder) != config.with_overrides(output=str(folder)):
         return None
-    saved = json.loads((folder / SUMMARY_FILE).read_text())
-    best = saved["best"]
-    return SearchResult(
-        output=folder,
-        best=best,
-        best_test=None if best is None else best["test_metrics"],
-        fp32_test=saved["fp32"]["test_metrics"],
-        uniform=saved["uniform"],
-        episodes=saved["episodes"],
-        evaluations=saved["evaluations"],
-        cache_hits=saved["cache_hits"],
-        wall_seconds=saved["wall_seconds"],
-        metric=saved["budget"]["metric"],
-        budget=saved["budget"]["fraction"],
-        proxy=saved["proxy"],
-        search=saved.get("search", {}),
-        best_per_budget=saved.get("best_per_budget", []),
-    )
+    fix = "delete it, and the next compare resumes the run and redoes its held-out evaluation"
+    saved = read_json(folder / SUMMARY_FILE, fix)
+    try:
+        best = saved["best"]
+        return SearchResult(
+            output=folder,
+            best=best,
+            best_test=None if best is None else best["test_metrics"],
+            fp32_test=saved["fp32"]["test_metrics"],
+            uniform=saved["uniform"],
+            episodes=saved["episodes"],
+            evaluations=saved["evaluations"],
+            cache_hits=saved["cache_hits"],
+            wall_seconds=saved["wall_seconds"],
+            metric=saved["budget"]["metric"],
+            budget=saved["budget"]["fraction"],
+            proxy=saved["proxy"],
+            search=saved.get("search", {}),
+            best_per_budget=saved.get("best_per_budget", []),
+        )
+    except (KeyError, TypeError):
+        raise UserError(f"{folder / SUMMARY_FILE} is not a run summary: {fix}") from None
 
 
 def summary(result: SearchResult, config: RunConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.logger import Logger
@@ -9,11 +10,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mpq_rl.agents import SEARCHERS, build_searcher
 from mpq_rl.agents.base import SearchContext
+from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint
 from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.problem import SearchProblem
+from mpq_rl.run_folder import CHECKPOINT_DIR
 
 SMALL_OFF_POLICY = {"warmup_episodes": 2, "buffer_size": 200, "batch_size": 16}
 SMALL = {
@@ -95,6 +98,48 @@ def test_every_algorithm_searches(problem, tmp_path, name, cls, discrete):
     assert searcher.resume_point(tmp_path) == 5
     if name == "ddpg":
         assert searcher.model.exploration.episode == 5
+
+    # The checkpoint (no pickle) loads into a freshly built algorithm: same weights, optimizer moments, counters,
+    # replay buffer and exploration state.
+    saved = searcher.model
+    folder = tmp_path / CHECKPOINT_DIR
+    assert sorted(p.suffix for p in folder.iterdir()) == sorted(
+        [".json", ".safetensors"] + ([".npz"] if name in ("ddpg", "td3", "sac") else [])
+    )
+    env = DummyVecEnv([lambda: BitWidthEnv(problem=problem, discrete=discrete)])
+    fresh = build_searcher(name, SMALL[name])._build(env, make_context(problem, tmp_path, 5)[0], len(problem.searched))
+    load_checkpoint(fresh, read_checkpoint(folder))
+    loaded = fresh.get_parameters()
+    for key, value in saved.get_parameters().items():
+        # SB3 sets the optimizers' learning rates before every update: only their state is checkpointed.
+        part = "state" if "param_groups" in value else None
+        assert_same(loaded[key][part] if part else loaded[key], value[part] if part else value)
+    assert (fresh.num_timesteps, fresh._n_updates) == (saved.num_timesteps, saved._n_updates) != (0, 0)
+    if name in ("ddpg", "td3", "sac"):
+        for array in ("observations", "actions", "rewards", "dones", "next_observations"):
+            assert np.array_equal(getattr(fresh.replay_buffer, array), getattr(saved.replay_buffer, array))
+        assert (fresh.replay_buffer.pos, fresh.replay_buffer.full) == (saved.replay_buffer.pos, False)
+    if name == "sac":
+        assert fresh.log_ent_coef.item() == saved.log_ent_coef.item()
+    if name == "ddpg":
+        assert fresh.exploration.episode == 5
+        assert np.array_equal(fresh.exploration.around(np.zeros(1)), saved.exploration.around(np.zeros(1)))
+
+
+def assert_same(a, b) -> None:
+    """Nested state dicts (tensors, numbers, lists) are equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
 
 
 def test_bad_kwargs_and_names_are_user_errors():

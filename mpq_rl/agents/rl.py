@@ -19,14 +19,13 @@ Defaults (every one can be overridden from ``agent.kwargs``; names are stable-ba
   end of the episode); PPO updates every 8 episodes per environment, A2C after every episode.
 
 Extra keys: ``warmup_episodes`` (20), ``noise_sigma`` (0.5), ``noise_decay`` (0.99), ``critic_learning_rate``
-(1e-3, DDPG/TD3), ``discrete`` (PPO/A2C), ``checkpoint_every`` (episodes between checkpoints, 50).
+(1e-3, DDPG/TD3), ``discrete`` (PPO/A2C), ``checkpoint_every`` (episodes between checkpoints, 50; written without
+pickle, see :mod:`mpq_rl.agents.checkpoint`).
 """
 
 from __future__ import annotations
 
 import inspect
-import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,16 +41,14 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from mpq_rl.agents.base import SearchContext
+from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mpq_rl.config import RunConfig
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, policy_key
-from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.logger import TB_DIR
 from mpq_rl.problem import Episode, SearchProblem
-
-CHECKPOINT_DIR = "checkpoint"
-"""Inside the run folder: ``model.zip``, ``replay_buffer.pkl`` and ``state.json`` (written last)."""
+from mpq_rl.run_folder import CHECKPOINT_DIR
 
 HAQ_NET_ARCH = [300, 300]
 HAQ_ACTOR_LR = 1e-4
@@ -314,37 +311,16 @@ class RLSearcher:
     # -- checkpoints --------------------------------------------------------------------------------------------
 
     def resume_point(self, output: Path) -> int | None:
-        """Episodes covered by the checkpoint in ``output`` (None if there is none to continue from)."""
-        state = Path(output) / CHECKPOINT_DIR / "state.json"
-        if not state.is_file():
+        """Episodes covered by the checkpoint in ``output`` (None if there is none to continue from); its files are
+        read and checked here, before the run writes anything."""
+        checkpoint = read_checkpoint(Path(output) / CHECKPOINT_DIR)
+        if checkpoint is None or checkpoint.state.algorithm != self.algorithm:
             return None
-        data = json.loads(state.read_text())
-        if data.get("algorithm") != self.algorithm:
-            return None
-        return int(data["episodes"])
+        return checkpoint.state.episodes
 
     def save_checkpoint(self, model: BaseAlgorithm, context: SearchContext) -> None:
-        """Model, replay buffer and episode count, each written atomically; ``state.json`` last."""
-        folder = context.output / CHECKPOINT_DIR
-        buffer = io.BytesIO()
-        model.save(buffer)
-        atomic_write_bytes(folder / "model.zip", buffer.getvalue())
-        if isinstance(model, OffPolicyAlgorithm):
-            buffer = io.BytesIO()
-            model.save_replay_buffer(buffer)
-            atomic_write_bytes(folder / "replay_buffer.pkl", buffer.getvalue())
-        atomic_write_json(folder / "state.json", {"algorithm": self.algorithm, "episodes": context.recorded})
-
-    def _restore(self, env: VecEnv, context: SearchContext) -> BaseAlgorithm:
-        folder = context.output / CHECKPOINT_DIR
-        cls = ALGORITHMS[self.algorithm]
-        model = cls.load(io.BytesIO((folder / "model.zip").read_bytes()), env=env, device="cpu")
-        if isinstance(model, OffPolicyAlgorithm) and (folder / "replay_buffer.pkl").is_file():
-            model.load_replay_buffer(io.BytesIO((folder / "replay_buffer.pkl").read_bytes()))
-        exploration = getattr(model, "exploration", None)
-        if exploration is not None:
-            exploration.episode = context.recorded
-        return model
+        """The checkpoint of ``model`` after the episodes recorded so far (:mod:`mpq_rl.agents.checkpoint`)."""
+        save_checkpoint(model, context.output / CHECKPOINT_DIR, self.algorithm, context.recorded)
 
     # -- the search ---------------------------------------------------------------------------------------------
 
@@ -360,8 +336,13 @@ class RLSearcher:
     def _search(self, context: SearchContext) -> None:
         steps = len(context.problem.searched)
         env = self._envs(context)
-        resuming = context.recorded > 0 and self.resume_point(context.output) == context.recorded
-        model = self._restore(env, context) if resuming else self._build(env, context, steps)
+        model = self._build(env, context, steps)
+        found = read_checkpoint(context.output / CHECKPOINT_DIR) if context.recorded > 0 else None
+        point = None if found is None else (found.state.algorithm, found.state.episodes)
+        resuming = point == (self.algorithm, context.recorded)
+        if found is not None and resuming:
+            # The checkpoint's values go into the freshly built algorithm: nothing in the run folder is unpickled.
+            load_checkpoint(model, found)
         self.model = model
         model.set_logger(configure(str(context.output / TB_DIR), ["tensorboard"]))
         callback = RecordEpisodes(

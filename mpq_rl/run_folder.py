@@ -1,0 +1,87 @@
+"""Who may write a folder: the manifest that marks a run folder as mpq_rl's, and the lock that keeps it to one process.
+
+``mpq_rl_run.json`` (format and version) marks a run folder; a new search writes only into a folder that does not
+exist, is empty or holds that manifest, so a folder of someone else's files is never touched. While a search runs
+it holds an exclusive ``flock`` on ``mpq_rl.lock`` in its folder: a second search, resume or comparison on the
+same run is refused at once. The operating system releases the lock when the process ends, however it ends; the
+lock file stays behind and means nothing while no process holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mpq_rl.errors import UserError
+from mpq_rl.io import atomic_write_json, read_json
+
+CHECKPOINT_DIR = "checkpoint"
+"""The run folder's subfolder for the RL agents' checkpoint (:mod:`mpq_rl.agents.checkpoint`)."""
+MANIFEST_FILE = "mpq_rl_run.json"
+LOCK_FILE = "mpq_rl.lock"
+FORMAT = "mpq_rl.run/1"
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an mpq_rl run manifest (a user error if it holds a file of that name that is not)."""
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        return False
+    data = read_json(path, fix="this is not an mpq_rl run folder; pick another --output folder")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not an mpq_rl run manifest ({FORMAT}): pick another --output folder")
+    return True
+
+
+def check_new_run_folder(folder: Path) -> None:
+    """Refuse, before anything is written, a ``--output`` that a new run may not write into: a file, or a folder
+    that holds files (besides a lock) and is not a run folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--output {folder} is a file, not a folder: pick a folder path")
+    try:
+        empty = not folder.is_dir() or all(path.name == LOCK_FILE for path in folder.iterdir())
+    except OSError as exc:
+        raise UserError(f"--output {folder} cannot be read ({exc.strerror}): pick a folder you can write to") from None
+    if not empty and not is_run_folder(folder):
+        raise UserError(
+            f"{folder} holds files and is not an mpq_rl run folder (no {MANIFEST_FILE}): pick a new or empty --output "
+            "folder (nothing was changed)"
+        )
+
+
+def write_manifest(folder: Path) -> None:
+    """Mark ``folder`` as a run folder."""
+    from mpq_rl import __version__
+
+    atomic_write_json(Path(folder) / MANIFEST_FILE, {"format": FORMAT, "mpq_rl": __version__})
+
+
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold the lock of ``folder`` (created if needed) for the ``with`` block; a user error if another process
+    holds it."""
+    folder = Path(folder)
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"cannot write to {folder} ({exc.strerror}): pick a folder you can write to") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise UserError(
+                f"{folder} is in use by another mpq-rl process (pid {holder or '?'}): wait until it ends, "
+                "or pick another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)

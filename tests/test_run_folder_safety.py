@@ -1,0 +1,402 @@
+"""The run folder against an adversary and against accidents: planted pickles are never loaded, a foreign folder is
+never touched, a second process is refused, a refused start leaves nothing behind, files get the umask's
+permissions, and files that are not what the run wrote stop a resume with one line and exit status 2."""
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_trainer import rows, small_config
+
+import mpq_rl
+from mpq_rl import trainer
+from mpq_rl.cli import EXIT_USER_ERROR, main
+from mpq_rl.errors import UserError
+from mpq_rl.io import atomic_write_text
+from mpq_rl.recorder import Recorder
+from mpq_rl.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive
+from mpq_rl.trainer import finished_result, run_config, run_search
+
+EPISODES = 8
+CHECKPOINT_AT = 4
+KILLED_AT = 6
+UMASK = 0o002
+
+
+class Killed(BaseException):
+    """A stand-in for kill -9: not a KeyboardInterrupt, so the run saves nothing on its way out."""
+
+
+class Touch:
+    """Unpickling this creates the file ``path``: the stand-in for arbitrary code in a planted pickle."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture(scope="module")
+def killed(digits_model, tmp_path_factory) -> Path:
+    """A DDPG run killed after episode 6, its last checkpoint at episode 4, made under umask 002."""
+    folder = tmp_path_factory.mktemp("killed") / "run"
+    original = Recorder.__call__
+
+    def dying(self, episode):
+        original(self, episode)
+        if self.count == KILLED_AT:
+            raise Killed
+
+    config = small_config(folder, episodes=EPISODES)
+    config = config.with_overrides(**{"agent.kwargs": {**config.agent.kwargs, "checkpoint_every": CHECKPOINT_AT}})
+    with pytest.MonkeyPatch.context() as patch, umask(UMASK), pytest.raises(Killed):
+        patch.setattr(Recorder, "__call__", dying)
+        patch.setattr(trainer, "CHECKPOINT_EVERY", CHECKPOINT_AT)  # the evaluator cache is saved at episode 4
+        run_search(config, progress=False)
+    return folder
+
+
+@pytest.fixture
+def run(killed, tmp_path) -> Path:
+    """A copy of the killed run to resume or tamper with."""
+    return Path(shutil.copytree(killed, tmp_path / "run"))
+
+
+def resume(folder: Path, capsys) -> tuple[int, str]:
+    code = main(["search", "--resume", str(folder), "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> None:
+    assert code == EXIT_USER_ERROR, err
+    assert err.startswith("mpq-rl: error: ") and err.count("\n") == 1, err
+    for word in words:
+        assert word in err, err
+
+
+def state(folder: Path) -> dict:
+    return json.loads((folder / "checkpoint" / "state.json").read_text())
+
+
+def checkpoint_file(folder: Path, role: str) -> Path:
+    return folder / "checkpoint" / state(folder)["files"][role]["name"]
+
+
+def replace_file(folder: Path, role: str, data: bytes) -> None:
+    """Put ``data`` in the place of a checkpoint file and record its digest, as an adversary who read the code
+    would."""
+    checkpoint_file(folder, role).write_bytes(data)
+    saved = state(folder)
+    saved["files"][role]["sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / "checkpoint" / "state.json").write_text(json.dumps(saved))
+
+
+def sb3_zip_with_payload(marker: Path) -> bytes:
+    """A ``model.zip`` as SB3 writes it, whose ``data`` holds a ``:serialized:`` field that creates ``marker``."""
+    serialized = base64.b64encode(pickle.dumps(Touch(marker))).decode()
+    data = {"exploration": {":type:": "<class 'TruncatedNormalNoise'>", ":serialized:": serialized}}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("data", json.dumps(data))
+        archive.writestr("_stable_baselines3_version", "2.9.2")
+    return buffer.getvalue()
+
+
+def test_the_planted_payloads_would_run_if_unpickled(tmp_path):
+    """The payloads below are real: unpickled, each creates its marker file."""
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(Touch(marker)))
+    assert marker.exists()
+    marker.unlink()
+    serialized = json.loads(zipfile.ZipFile(io.BytesIO(sb3_zip_with_payload(marker))).read("data"))
+    pickle.loads(base64.b64decode(serialized["exploration"][":serialized:"]))
+    assert marker.exists()
+
+
+# -- resume never executes code from the run folder ---------------------------------------------------------------
+
+
+def test_resume_ignores_planted_pickles_and_continues_from_the_checkpoint(run, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    (run / "checkpoint" / "model.zip").write_bytes(sb3_zip_with_payload(marker))
+    (run / "checkpoint" / "replay_buffer.pkl").write_bytes(pickle.dumps(Touch(marker)))
+    code, err = resume(run, capsys)
+    assert code == 0, err
+    assert not marker.exists()
+    assert [int(r["episode"]) for r in rows(run)] == list(range(1, EPISODES + 1))
+    assert state(run)["episodes"] == EPISODES
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        pytest.param("npz_object_array", "is not an .npz archive of plain arrays", id="object array in the npz"),
+        pytest.param("npz_is_a_pickle", "is not an .npz archive of plain arrays", id="pickle as the npz"),
+        pytest.param("parameters_torch_save", "is not a safetensors file", id="torch.save as the parameters"),
+        pytest.param("swap_without_digest", "does not match the digest in state.json", id="digest not updated"),
+        pytest.param("old_format", "older mpq_rl (pickled, so never loaded)", id="checkpoint of an older mpq_rl"),
+    ],
+)
+def test_a_tampered_checkpoint_is_refused_and_never_unpickled(run, tmp_path, capsys, tamper, message):
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(Touch(marker))
+    if tamper == "npz_object_array":
+        buffer = io.BytesIO()
+        np.savez(buffer, observations=np.array([Touch(marker)], dtype=object))
+        replace_file(run, "replay_buffer", buffer.getvalue())
+    elif tamper == "npz_is_a_pickle":
+        replace_file(run, "replay_buffer", payload)
+    elif tamper == "parameters_torch_save":
+        buffer = io.BytesIO()
+        torch.save({"policy": Touch(marker)}, buffer)
+        replace_file(run, "parameters", buffer.getvalue())
+    elif tamper == "swap_without_digest":
+        checkpoint_file(run, "replay_buffer").write_bytes(payload)
+    else:  # what an older mpq_rl wrote: model.zip, replay_buffer.pkl and a state.json without a format
+        (run / "checkpoint" / "model.zip").write_bytes(sb3_zip_with_payload(marker))
+        (run / "checkpoint" / "replay_buffer.pkl").write_bytes(payload)
+        (run / "checkpoint" / "state.json").write_text(json.dumps({"algorithm": "ddpg", "episodes": CHECKPOINT_AT}))
+    before = (run / "episodes.csv").read_bytes()
+    assert_one_line_error(*resume(run, capsys), message, "delete the checkpoint folder")
+    assert not marker.exists()
+    assert (run / "episodes.csv").read_bytes() == before
+
+
+# -- files that are not what the run wrote ------------------------------------------------------------------------
+
+
+def _cut_last_row(text: str) -> str:
+    return text[: text.rindex("\n", 0, len(text) - 1) + 40]
+
+
+def _reward_word(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    cells = lines[3].split(",")
+    cells[1] = "high"
+    lines[3] = ",".join(cells)
+    return "".join(lines)
+
+
+def _metric_as_text(text: str) -> str:
+    data = json.loads(text)
+    first = next(iter(data["entries"].values()))
+    first["top1"] = "high"
+    return json.dumps(data)
+
+
+def _row_twice(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[:3] + lines[2:])
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt", "message"),
+    [
+        ("checkpoint/state.json", lambda text: text[:50], "state.json is not valid JSON"),
+        (
+            "checkpoint/state.json",
+            lambda text: text.replace('"episodes": 4', '"episodes": "4"'),
+            "not a valid checkpoint state (episodes",
+        ),
+        ("checkpoint/state.json", lambda text: "[1, 2]", "not a valid checkpoint state"),
+        ("evaluations.json", lambda text: text[: len(text) // 2], "evaluations.json is not valid JSON"),
+        ("evaluations.json", _metric_as_text, "entry 1 is not metric names and numbers"),
+        ("evaluations.json", lambda text: '{"format": "mpq_rl.evaluations/1", "entries": []}', "unknown format"),
+        ("episodes.csv", _cut_last_row, "line 7: not episode 6's row"),
+        ("episodes.csv", _reward_word, "line 4: not episode 3's row"),
+        ("episodes.csv", _row_twice, "line 4: not episode 3's row"),
+        ("episodes.csv", lambda text: "episode,reward\n1,0.5\n", "has other columns than this run writes"),
+    ],
+    ids=[
+        "state cut short",
+        "state count as text",
+        "state not a mapping",
+        "cache cut short",
+        "cache metric as text",
+        "cache entries a list",
+        "episodes last row cut short",
+        "episodes reward as text",
+        "episodes row twice",
+        "episodes foreign columns",
+    ],
+)
+def test_a_corrupt_file_stops_the_resume_with_one_line(run, capsys, name, corrupt, message):
+    path = run / name
+    path.write_text(corrupt(path.read_text()))
+    assert_one_line_error(*resume(run, capsys), str(path), message)
+
+
+def test_a_file_that_is_not_utf8_is_one_line(run, capsys):
+    (run / "evaluations.json").write_bytes(b"\xff\xfe\x00{")
+    assert_one_line_error(*resume(run, capsys), "evaluations.json is not UTF-8 text")
+
+
+def test_a_corrupt_summary_is_one_line_for_compare(run, capsys):
+    assert resume(run, capsys)[0] == 0
+    config = run_config(run)
+    assert finished_result(run, config).episodes == EPISODES
+    (run / "summary.json").write_text('{"best": null}')
+    with pytest.raises(UserError, match="summary.json is not a run summary: delete it, and the next compare"):
+        finished_result(run, config)
+
+
+# -- a folder that is not a run, and refused starts ---------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every path under ``folder`` with its bytes (None for folders) and mode."""
+    return {
+        str(path.relative_to(folder)): (None if path.is_dir() else path.read_bytes(), path.stat().st_mode)
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def test_a_foreign_folder_is_refused_and_untouched(digits_model, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "tb").mkdir()
+    (folder / "config.yaml").write_text("my: own config\n")
+    (folder / "summary.json").write_text('{"mine": true}\n')
+    (folder / "episodes.csv").write_text("my,own\n1,2\n")
+    (folder / "checkpoint" / "weights.bin").write_bytes(b"\x00\x01")
+    (folder / "tb" / "notes.txt").write_text("keep me\n")
+    before = snapshot(folder)
+    code = main(["search", "--output", str(folder), "--agent", "random", "--episodes", "2", "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, "is not an mpq_rl run folder", MANIFEST_FILE)
+    assert snapshot(folder) == before
+
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("mine\n")
+    code = main(["search", "--output", str(a_file), "--agent", "random", "--episodes", "2", "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, "is a file, not a folder")
+    assert a_file.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "flags", "message"),
+    [
+        ({}, ["--budget", "0.001"], "cannot be met"),
+        ({"model": {"name": "no_such_model"}}, [], "unknown model.name"),
+        ({"model": {"name": None, "factory": "no_such_package.models:build"}}, [], "no_such_package"),
+        ({"agent": {"name": "ddpg", "kwargs": {"learning_rat": 0.1}}}, [], "unknown key 'learning_rat'"),
+        ({"agent": {"name": "random", "kwargs": {"nope": 1}}}, [], "unknown key 'nope'"),
+        ({}, ["--agent", "nope"], "unknown agent 'nope'"),
+        ({}, ["--episodes", "0"], "agent.episodes"),
+    ],
+    ids=["impossible budget", "unknown model", "missing factory", "ddpg kwarg", "random kwarg", "agent", "episodes"],
+)
+def test_a_refused_start_leaves_nothing_behind(digits_model, tmp_path, capsys, config, flags, message):
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(json.dumps({"hardware": {"preset": "bops", "metric": "bops"}, "budget": 0.3, **config}))
+    new, empty = tmp_path / "new" / "run", tmp_path / "empty"
+    empty.mkdir()
+    for folder in (new, empty):
+        args = ["search", "--config", str(config_file), "--output", str(folder), "--no-progress", *flags]
+        assert_one_line_error(main(args), capsys.readouterr().err, message)
+    assert not (tmp_path / "new").exists()
+    assert list(empty.iterdir()) == []
+
+
+def test_the_fixed_command_works_after_a_refused_start(digits_model, tmp_path, capsys):
+    folder = tmp_path / "run"
+    args = ["search", "--output", str(folder), "--agent", "random", "--episodes", "2", "--no-progress"]
+    assert_one_line_error(main([*args, "--budget", "0.001"]), capsys.readouterr().err, "cannot be met")
+    assert main([*args, "--budget", "0.3"]) == 0
+    assert len(rows(folder)) == 2
+    assert json.loads((folder / MANIFEST_FILE).read_text())["format"] == "mpq_rl.run/1"
+    assert main([*args, "--budget", "0.5"]) == 0  # a finished run of ours is replaced
+    assert "replacing the finished run" in capsys.readouterr().err
+
+
+# -- one process per folder ---------------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    """This environment, with this checkout of mpq_rl first on the path of a child process."""
+    root = str(Path(mpq_rl.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder: Path):
+    """Another process holding ``folder``'s lock until the block ends; yields its pid."""
+    code = "import sys\nfrom mpq_rl.run_folder import exclusive\nwith exclusive(sys.argv[1]):\n"
+    code += "    print('held', flush=True)\n    sys.stdin.read()\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        assert child.stdout.readline().strip() == "held"
+        yield child.pid
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+
+
+def test_a_second_process_on_a_folder_in_use_is_refused(run, tmp_path, capsys):
+    before = snapshot(run)
+    with held_by_another_process(run) as pid:
+        assert_one_line_error(*resume(run, capsys), f"{run} is in use by another mpq-rl process (pid {pid})")
+        compare = tmp_path / "compare"
+        with held_by_another_process(compare / "random-seed0"):
+            code = main(["compare", "--agents", "random", "--episodes", "2", "--output", str(compare), "--no-progress"])
+            assert_one_line_error(code, capsys.readouterr().err, "random-seed0 is in use by another mpq-rl process")
+    lock = {LOCK_FILE}
+    assert {k: v for k, v in snapshot(run).items() if k not in lock} == {
+        k: v for k, v in before.items() if k not in lock
+    }
+
+    # ... and the command line in a second process, while this one holds the folder.
+    with exclusive(run):
+        child = subprocess.run(
+            [sys.executable, "-m", "mpq_rl", "search", "--resume", str(run), "--no-progress"],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=600,
+        )
+    assert_one_line_error(child.returncode, child.stderr, f"in use by another mpq-rl process (pid {os.getpid()})")
+
+    # The lock goes with the process that held it.
+    assert resume(run, capsys)[0] == 0
+
+
+# -- permissions --------------------------------------------------------------------------------------------------
+
+
+def test_files_follow_the_umask_across_a_resume(run, capsys):
+    with umask(UMASK):
+        code, err = resume(run, capsys)
+    assert code == 0, err
+    modes = {str(path.relative_to(run)): path.stat().st_mode & 0o777 for path in run.rglob("*") if path.is_file()}
+    assert "episodes.csv" in modes and "summary.json" in modes and any(name.endswith(".npz") for name in modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~UMASK)
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    for mask in (0o022, 0o077, 0o002):
+        with umask(mask):
+            atomic_write_text(tmp_path / f"{mask:o}.txt", "x")
+        assert (tmp_path / f"{mask:o}.txt").stat().st_mode & 0o777 == 0o666 & ~mask
