@@ -39,6 +39,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "without sensitivity probes": ("mbppo", {"probes": False}),
     "without measured errors (textbook 4^-bits)": ("mbppo", {"sensitivity": False}),
     "without trust-region neighbours": ("mbppo", {"neighbours": 0}),
+    "without Lagrangian proposals": ("mbppo", {"relaxation": False}),
     "without prior training": ("mbppo", {"prior": False}),
     "without surrogate (model-free PPO)": ("mbppo", {"surrogate": False}),
     "plain PPO (agent: ppo)": ("ppo", {}),
