@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
+from mpq_rl.io import json_text
 from mpq_rl.layers import LayerTable
 from mpq_rl.text_table import render_table
 
@@ -48,7 +48,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     config = _config(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
     if args.json:
-        print(json.dumps(workload.layers.to_dict(), indent=2))
+        print(json_text(workload.layers.to_dict()))
         return
     print(f"model {config.model.source}: {len(workload.layers)} quantizable layers, {len(workload.searched)} searched")
     print(render_layer_table(workload.layers))
@@ -72,7 +72,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
         policy = validate_policy(load_policy(args.policy), workload.layers.names)
     report = cost_report(workload.layers, costs, policy)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json_text(report))
         return
     print(f"model {config.model.source} on {config.hardware.preset}")
     print(render_cost_report(report, config.hardware.metric))
