@@ -54,6 +54,10 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_EVERY = 50
 """Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
+PROGRESS_STEP = 0.1
+"""Away from a terminal, a progress line each time this fraction of the episodes is done ..."""
+PROGRESS_SECONDS = 60.0
+"""... or when this long has passed since the last line."""
 RESUMABLE_CHANGES = ("agent.episodes",)
 """What a resumed run may change in the saved config."""
 
@@ -211,15 +215,47 @@ def _prepare_folder(folder: Path) -> None:
 
 
 class _Progress:
-    """The tqdm bar: episodes done, best reward, its proxy accuracy and cost ratio."""
+    """Episodes done, best reward, its proxy accuracy and cost ratio: a tqdm bar on a terminal; elsewhere (a log
+    file, a pipe, a batch job) a short line on stderr every :data:`PROGRESS_STEP` of the run or
+    :data:`PROGRESS_SECONDS`, whichever comes first, so a log gets tens of lines per run, not one per update."""
 
     def __init__(self, total: int, initial: int, enabled: bool, proxy: str, metric: str) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="ep", desc="search", leave=False)
+        self.terminal = enabled and (sys.stderr.isatty() or "ipykernel" in sys.modules)  # a notebook shows a bar
+        self.bar = tqdm(total=total, initial=initial, disable=not self.terminal, unit="ep", desc="search", leave=False)
+        self.lines = enabled and not self.terminal
         self.proxy, self.metric = proxy, metric
+        self.total, self.done = total, initial
+        self.started = self.last_line = time.monotonic()
+        self.last_step = self._step(initial)
+
+    def _step(self, done: int) -> int:
+        return int(done / max(self.total, 1) / PROGRESS_STEP)
+
+    def _best(self, recorder: Recorder) -> str:
+        best = recorder.best
+        if best is None:
+            return "none within the budget yet"
+        return (
+            f"best reward {best['reward']:.3f}, {self.proxy} {best['proxy']:.4f}, "
+            f"{self.metric} {best['cost_ratio'][self.metric]:.3f} of W8A8"
+        )
 
     def __call__(self, number: int, episode: Episode, recorder: Recorder, improved: bool) -> None:
+        self.done = number
+        if self.lines:
+            now = time.monotonic()
+            step = self._step(number)
+            if step > self.last_step or now - self.last_line >= PROGRESS_SECONDS or number == self.total:
+                self.last_step, self.last_line = step, now
+                print(
+                    f"search: {number}/{self.total} episodes ({100 * number / max(self.total, 1):.0f}%), "
+                    f"{self._best(recorder)}, {now - self.started:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
         best = recorder.best
         if best is not None:
             self.bar.set_postfix(
