@@ -53,7 +53,8 @@ def compare(
     total = len(agents) * len(seeds)
     for name in agents:
         for seed in seeds:
-            print(f"mpq-rl: run {len(runs) + 1} of {total}: agent {name}, seed {seed}", file=sys.stderr, flush=True)
+            if progress:
+                print(f"mpq-rl: run {len(runs) + 1} of {total}: agent {name}, seed {seed}", file=sys.stderr, flush=True)
             folder = run_folder(output, name, seed)
             run = config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)})
             result = finished_result(folder, run)

@@ -28,7 +28,7 @@ from typing import Any
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext, Searcher
-from mpq_rl.config import RunConfig, load_config
+from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
@@ -46,11 +46,19 @@ from mpq_rl.recorder import (
     truncate_episodes,
 )
 from mpq_rl.rewards import proxy_value
-from mpq_rl.run_folder import CHECKPOINT_DIR, check_new_run_folder, exclusive, is_run_folder, write_manifest
+from mpq_rl.run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    CONFIG_HEADER,
+    check_new_run_folder,
+    exclusive,
+    is_run_folder,
+    run_config,
+    write_manifest,
+)
 from mpq_rl.text_table import render_table
 from mpq_rl.workload import load_workload
 
-CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_EVERY = 50
 """Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
@@ -155,19 +163,10 @@ def versions() -> dict[str, str]:
 
 def write_config(folder: Path, config: RunConfig) -> None:
     """``config.yaml``: the resolved config, preceded by comments naming the versions and the command."""
-    header = ["# mpq_rl run configuration (resolved); load it with `mpq-rl search --config` or resume the run"]
+    header = [f"{CONFIG_HEADER} (resolved); load it with `mpq-rl search --config` or resume the run"]
     header += [f"# {name} {version}" for name, version in versions().items()]
     header.append("# command: " + shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     atomic_write_text(folder / CONFIG_FILE, "\n".join(header) + "\n" + config.to_yaml())
-
-
-def run_config(folder: str | Path) -> RunConfig:
-    """The config of the run in ``folder`` (a user error if ``folder`` is not a run folder)."""
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file():
-        raise UserError(f"{folder} is not a run folder (no {CONFIG_FILE}): pass the --output folder of a search")
-    config = load_config(folder / CONFIG_FILE)
-    return config.with_overrides(output=str(folder))
 
 
 def _check_resumable(saved: RunConfig, asked: RunConfig) -> RunConfig:

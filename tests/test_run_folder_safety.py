@@ -644,3 +644,31 @@ def parse_quick(folder: Path, episodes: int):
     from mpq_rl.config import parse_config
 
     return parse_config({**QUICK, "agent": {"name": "random", "episodes": episodes}, "output": str(folder)})
+
+
+# -- cost, evaluate and export read a run folder ------------------------------------------------------------------
+
+
+def test_cost_evaluate_and_export_read_a_run_folder(run, tmp_path, capsys):
+    policy = run / "policy.json"
+    assert main(["cost", "--config", str(run / "config.yaml"), "--policy", str(policy), "--json"]) == 0
+    expected = capsys.readouterr().out
+    assert main(["cost", "--run", str(run), "--json"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["cost", "--policy", str(policy), "--json"]) == 0  # the folder's config, not the default one
+    out, err = capsys.readouterr()
+    assert out == expected and f"using {run / 'config.yaml'}, the config of the run that holds {policy}" in err
+
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert f"policy {policy}, " in capsys.readouterr().out
+    assert main(["export", "--run", str(run), "--output", str(tmp_path / "model.onnx")]) == 0
+    assert (tmp_path / "model.onnx").is_file()
+
+    both = ["cost", "--run", str(run), "--config", str(run / "config.yaml")]
+    assert_one_line_error(main(both), capsys.readouterr().err, "give --run DIR or --config FILE, not both")
+    assert_one_line_error(main(["evaluate"]), capsys.readouterr().err, "give --policy FILE, or --run DIR")
+    assert_one_line_error(main(["cost", "--run", str(tmp_path)]), capsys.readouterr().err, "is not a run folder")
+    policy.unlink()
+    assert_one_line_error(
+        main(["export", "--run", str(run), "--output", "x.onnx"]), capsys.readouterr().err, "no policy.json"
+    )
