@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
+from mpq_rl.io import json_text
 from mpq_rl.layers import LayerTable
 from mpq_rl.text_table import render_table
 
@@ -19,6 +19,41 @@ EXIT_INTERRUPTED = 130
 
 def _config(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config)
+
+
+def _config_and_policy(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
+    """The config and policy file a command works on: ``--run DIR``'s config.yaml and policy.json (``--policy``
+    still picks another policy); else ``--config``, or, without it, the config of the run folder that holds
+    ``--policy`` (a policy is only meaningful with the model and data it was searched on)."""
+    from mpq_rl.recorder import POLICY_FILE
+    from mpq_rl.run_folder import CONFIG_FILE, holds_run, run_config
+
+    policy = None if args.policy is None else Path(args.policy)
+    if args.run is not None:
+        if args.config is not None:
+            raise UserError("give --run DIR or --config FILE, not both: --run uses DIR/config.yaml")
+        folder = Path(args.run)
+        config = run_config(folder)
+        if policy is None:
+            policy = folder / POLICY_FILE
+            if not policy.is_file():
+                raise UserError(
+                    f"{folder} has no {POLICY_FILE}: its search found no policy within the budget (or has not "
+                    "recorded one yet); pass --policy FILE"
+                )
+        return config, policy
+    if args.config is None and policy is not None and holds_run(policy.parent):
+        print(
+            f"mpq-rl: using {policy.parent / CONFIG_FILE}, the config of the run that holds {policy}", file=sys.stderr
+        )
+        return run_config(policy.parent), policy
+    return _config(args), policy
+
+
+def _needs_policy(policy: Path | None) -> Path:
+    if policy is None:
+        raise UserError("give --policy FILE, or --run DIR to use a run folder's policy.json")
+    return policy
 
 
 def render_layer_table(table: LayerTable) -> str:
@@ -48,7 +83,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     config = _config(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
     if args.json:
-        print(json.dumps(workload.layers.to_dict(), indent=2))
+        print(json_text(workload.layers.to_dict()))
         return
     print(f"model {config.model.source}: {len(workload.layers)} quantizable layers, {len(workload.searched)} searched")
     print(render_layer_table(workload.layers))
@@ -63,16 +98,16 @@ def cmd_cost(args: argparse.Namespace) -> None:
     from mpq_rl.policy import load_policy, validate_policy
     from mpq_rl.workload import load_workload
 
-    config = _config(args)
+    config, policy_file = _config_and_policy(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
     costs = build_cost_table(workload.layers, config.hardware)
-    if args.policy is None:
+    if policy_file is None:
         policy = costs.reference_policy()
     else:
-        policy = validate_policy(load_policy(args.policy), workload.layers.names)
+        policy = validate_policy(load_policy(policy_file), workload.layers.names)
     report = cost_report(workload.layers, costs, policy)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json_text(report))
         return
     print(f"model {config.model.source} on {config.hardware.preset}")
     print(render_cost_report(report, config.hardware.metric))
@@ -83,12 +118,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mpq_rl.finetune import DEFAULT_LR, checked_policy, finetune, render_result
     from mpq_rl.workload import load_workload
 
-    config = _config(args)
+    config, policy_file = _config_and_policy(args)
+    policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, args.policy)
+    policy = checked_policy(workload, policy_file)
     epochs = args.finetune_epochs or 0
     result = finetune(workload, policy, epochs, lr=DEFAULT_LR if args.lr is None else args.lr, seed=config.seed)
-    print(f"model {config.model.source}, policy {args.policy}, {workload.test.num_samples} test samples")
+    print(f"model {config.model.source}, policy {policy_file}, {workload.test.num_samples} test samples")
     print(render_result(result))
     output = args.output or (config.output / "evaluate" if epochs else None)
     if output is not None:
@@ -104,9 +140,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mpq_rl.finetune import checked_policy
     from mpq_rl.workload import load_workload
 
-    config = _config(args)
+    config, policy_file = _config_and_policy(args)
+    policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, args.policy)
+    policy = checked_policy(workload, policy_file)
     sidecar = export_policy(workload, policy, args.output, weights=args.weights)
     print(f"wrote {args.output} (opset {sidecar['opset']}, {sidecar['scales']} scales) and {sidecar_path(args.output)}")
 
@@ -168,11 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = add("layers", cmd_layers)
     layers.add_argument("--json", action="store_true", help="print the layer table as JSON")
+
+    def add_run(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--run", metavar="DIR", help="a search's run folder: use its config.yaml and (without --policy) policy.json"
+        )
+
     cost = add("cost", cmd_cost)
-    cost.add_argument("--policy", help="policy.json to cost (default: every layer at W8A8)")
+    add_run(cost)
+    cost.add_argument("--policy", help="policy.json to cost (default: every layer at W8A8, or --run's policy)")
     cost.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate = add("evaluate", cmd_evaluate)
-    evaluate.add_argument("--policy", required=True, help="policy.json to evaluate")
+    add_run(evaluate)
+    evaluate.add_argument("--policy", help="policy.json to evaluate (or --run DIR for DIR/policy.json)")
     evaluate.add_argument(
         "--finetune-epochs", type=int, metavar="N", help="first finetune N epochs on the train split (LSQ)"
     )
@@ -183,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default with --finetune-epochs: <config output>/evaluate)",
     )
     export = add("export", cmd_export)
-    export.add_argument("--policy", required=True, help="policy.json giving each layer's bits")
+    add_run(export)
+    export.add_argument("--policy", help="policy.json giving each layer's bits (or --run DIR for DIR/policy.json)")
     export.add_argument("--weights", help="finetuned weights: an evaluate --output folder or its model.safetensors")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
     export.add_argument("--output", required=True, help="the model file to write, e.g. model.onnx")

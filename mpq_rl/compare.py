@@ -50,8 +50,11 @@ def compare(
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)
     runs, results = [], []
+    total = len(agents) * len(seeds)
     for name in agents:
         for seed in seeds:
+            if progress:
+                print(f"mpq-rl: run {len(runs) + 1} of {total}: agent {name}, seed {seed}", file=sys.stderr, flush=True)
             folder = run_folder(output, name, seed)
             run = config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)})
             result = finished_result(folder, run)

@@ -6,6 +6,7 @@ files with a one-line :class:`~mpq_rl.errors.UserError` that names the key, what
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,8 @@ REFERENCE_BITS = (8, 8)
 """W8A8: budgets are fractions of the model's cost at these bits; layers left out of the search keep them."""
 ALLOWED_BITS = INTEGER_BITS + FLOAT_BITS
 METRICS = ("latency", "energy", "size", "bops")
+SEED_LIMIT = 2**32
+"""Seeds are below this: NumPy's and Gymnasium's seeding take 32-bit seeds."""
 
 
 FilePath = Annotated[Path, Field(strict=False)]
@@ -90,7 +93,7 @@ class QuantizationConfig(_Section):
     pin: dict[str, list[int]] = Field(default_factory=dict)
     weight_range: Literal["mse", "minmax", "percentile"] = "mse"
     activation_range: Literal["mse", "minmax", "percentile"] = "mse"
-    percentile: float = Field(99.99, gt=50.0, le=100.0)
+    percentile: float = Field(99.99, gt=50.0, le=100.0, allow_inf_nan=False)
 
     @field_validator("weight_bits")
     @classmethod
@@ -152,7 +155,7 @@ class HardwareConfig(_Section):
 class BudgetConfig(_Section):
     """The cost budget as a fraction of the W8A8 cost, and how an episode is kept within it."""
 
-    fraction: float = Field(0.5, gt=0.0)
+    fraction: float = Field(0.5, gt=0.0, allow_inf_nan=False)
     enforcement: Literal["project", "wall", "penalty"] = "project"
 
 
@@ -178,7 +181,7 @@ class AgentConfig(_Section):
 class RunConfig(_Section):
     """One run of mpq_rl. ``budget`` may be a number (a fraction of W8A8) or a mapping."""
 
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -230,10 +233,20 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConf
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping of sections (seed, model, data, ...), got {type(data).__name__}")
+    _refuse_non_finite(data, source, "")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+def _refuse_non_finite(value: Any, source: str, key: str) -> None:
+    """No ``.nan``/``.inf`` anywhere: JSON cannot hold them, so a saved config would not say what the run used."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: key {key!r}: input should be a finite number, got {value!r}")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for child, item in items:
+        _refuse_non_finite(item, source, f"{key}.{child}" if key else str(child))
 
 
 def load_config(path: str | Path | dict[str, Any] | RunConfig | None = None) -> RunConfig:
@@ -243,12 +256,35 @@ def load_config(path: str | Path | dict[str, Any] | RunConfig | None = None) -> 
     if path is None or isinstance(path, dict):
         return parse_config(path, source="config")
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {str(path)!r} is a folder: pass the path of a YAML run configuration")
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist: pass the path of a YAML run configuration")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror}): check its permissions") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text: save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     return parse_config(data, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping: keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -13,6 +13,7 @@ once, on its final answer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -81,14 +82,15 @@ class EvaluationCache:
         if not isinstance(entries, dict) or data.get("format") != CACHE_FORMAT:
             raise UserError(f"evaluation cache {path} has an unknown format: {fix}")
         for number, found in enumerate(entries.values(), start=1):
-            if not isinstance(found, dict) or not all(_is_number(v) for v in found.values()):
+            if not isinstance(found, dict) or not all(_is_number(v) or v is None for v in found.values()):
                 raise UserError(f"evaluation cache {path}: entry {number} is not metric names and numbers: {fix}")
             if metrics is not None and set(found) != set(metrics):
                 raise UserError(
                     f"evaluation cache {path}: entry {number} has the metrics {sorted(found)}, "
                     f"not {sorted(metrics)}: {fix}"
                 )
-        return cls(entries)
+        # A metric that was not a number is saved as null (JSON has no NaN) and read back as NaN.
+        return cls({key: {m: math.nan if v is None else v for m, v in found.items()} for key, found in entries.items()})
 
 
 def _is_number(value: object) -> bool:

@@ -8,6 +8,7 @@ not the ``0o600`` of the temporary file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -44,15 +45,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON; a NaN or infinite number becomes ``null`` (JSON has no such numbers)."""
+    return json.dumps(_null_for_non_finite(data), indent=2, sort_keys=False, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json_text(data) + "\n")
 
 
-def read_json(path: str | Path, fix: str) -> Any:
+def _null_for_non_finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _null_for_non_finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_non_finite(item) for item in value]
+    return value
+
+
+def read_json(path: str | Path, fix: str, strict: bool = False) -> Any:
     """The JSON value in ``path``; a :class:`UserError` naming the file, what is wrong and ``fix`` (how to repair
-    it) if the file cannot be read, is not UTF-8 or is not JSON."""
+    it) if the file cannot be read, is not UTF-8 or is not JSON. ``strict`` also refuses what Python's reader lets
+    through but JSON does not allow: ``NaN``/``Infinity`` and a key given twice in one object."""
+    hooks = {"parse_constant": _no_constant, "object_pairs_hook": _unique_keys} if strict else {}
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"), **hooks)
     except OSError as exc:
         reason = f"cannot be read ({exc.strerror})"
     except UnicodeDecodeError:
@@ -61,4 +79,23 @@ def read_json(path: str | Path, fix: str) -> Any:
         reason = f"is not valid JSON ({exc.msg} at line {exc.lineno})"
     except RecursionError:
         reason = "is nested too deeply"
+    except _NotJson as exc:
+        reason = f"is not valid JSON ({exc})"
     raise UserError(f"{path} {reason}: {fix}")
+
+
+class _NotJson(ValueError):
+    """What Python's JSON reader accepts but the JSON standard does not."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _NotJson(f"key {key!r} is given twice in one object")
+        result[key] = value
+    return result

@@ -30,7 +30,17 @@ def build_model(config: ModelConfig) -> nn.Module:
         raise UserError(f"{source} must return a torch.nn.Module, got {type(model).__name__}")
     if config.weights is not None:
         load_weights(model, config.weights)
+    check_finite_weights(model, source if config.weights is None else f"model.weights {str(config.weights)!r}")
     return model.eval()
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Refuse a model with a NaN or infinite parameter or buffer: every score of it would be meaningless."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{source}: {name!r} holds NaN or infinite values: give weights of a trained model (finite numbers)"
+            )
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -58,7 +68,12 @@ def load_weights(model: nn.Module, path: Path) -> None:
             f"missing keys {_first(missing)}, unexpected keys {_first(unexpected)}"
         )
     for key, value in state.items():
-        if isinstance(value, torch.Tensor) and value.shape != expected[key].shape:
+        if not isinstance(value, torch.Tensor):
+            raise UserError(
+                f"model.weights {str(path)!r}: {key!r} is a {type(value).__name__}, not a tensor: "
+                "save it with torch.save(model.state_dict(), path)"
+            )
+        if value.shape != expected[key].shape:
             raise UserError(
                 f"model.weights {str(path)!r} does not fit the model: {key!r} has shape "
                 f"{list(value.shape)} in the file but {list(expected[key].shape)} in the model"

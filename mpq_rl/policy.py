@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mpq_rl.errors import UserError
-from mpq_rl.io import atomic_write_json
+from mpq_rl.io import atomic_write_json, read_json
 
 BitPair = tuple[int, int]
 Policy = dict[str, BitPair]
@@ -58,17 +58,39 @@ def save_policy(path: str | Path, policy: Mapping[str, BitPair], **sections: Any
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read a policy file (unvalidated against a model: see :func:`validate_policy`)."""
+    """Read a policy file (unvalidated against a model: see :func:`validate_policy`).
+
+    The file must be UTF-8 JSON in the format :func:`save_policy` writes: each layer named once, its bits whole
+    numbers. Anything else is a one-line :class:`UserError` naming the file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"policy file {str(path)!r} is a folder: give the path of a policy.json (or --run {path})")
     if not path.is_file():
         raise UserError(f"policy file {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"policy file {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path, f'give a policy file in the format "{POLICY_FORMAT}"', strict=True)
     if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
         raise UserError(f'policy file {path}: expected "format": "{POLICY_FORMAT}"')
-    try:
-        return {item["name"]: (int(item["w_bits"]), int(item["a_bits"])) for item in data["layers"]}
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"policy file {path}: each layer needs name, w_bits and a_bits") from None
+    layers = data.get("layers")
+    if not isinstance(layers, list):
+        raise UserError(f'policy file {path}: expected a list of layers under "layers"')
+    policy: Policy = {}
+    for item in layers:
+        if not isinstance(item, dict) or not all(key in item for key in ("name", "w_bits", "a_bits")):
+            raise UserError(f"policy file {path}: each layer needs name, w_bits and a_bits")
+        name = item["name"]
+        if not isinstance(name, str):
+            raise UserError(f"policy file {path}: layer names must be strings, got {name!r}")
+        if name in policy:
+            raise UserError(f"policy file {path}: layer {name!r} is listed twice: keep one entry per layer")
+        policy[name] = (_whole(item["w_bits"], name, "w_bits", path), _whole(item["a_bits"], name, "a_bits", path))
+    return policy
+
+
+def _whole(value: Any, name: str, key: str, path: Path) -> int:
+    """A bit-width from a policy file: an integer (``4`` or ``4.0``), never a fraction, a string or a boolean."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    raise UserError(f"policy file {path}: layer {name!r} has {key} {value!r}: bit-widths are whole numbers like 4")

@@ -142,7 +142,9 @@ class ParetoFront:
     def add(self, number: int, episode: Episode, metric: str) -> bool:
         """Offer an episode; True if it joined the front."""
         proxy, cost = float(episode["proxy"]), float(episode["cost_ratio"][metric])
-        if not math.isfinite(cost) or any(p["proxy"] >= proxy and p["cost_ratio"] <= cost for p in self.points):
+        if not (math.isfinite(cost) and math.isfinite(proxy)) or any(
+            p["proxy"] >= proxy and p["cost_ratio"] <= cost for p in self.points
+        ):
             return False
         self.points = [p for p in self.points if not (proxy >= p["proxy"] and cost <= p["cost_ratio"])]
         self.points.append(
@@ -224,7 +226,10 @@ class Recorder:
 
     def _track(self, number: int, episode: Episode) -> bool:
         self.pareto.add(number, episode, self.metric)
-        improved = episode["within_budget"] and (self.best is None or better(episode, self.best, self.metric))
+        scored = math.isfinite(episode["reward"]) and math.isfinite(episode["proxy"])  # NaN is never a result
+        improved = (
+            scored and episode["within_budget"] and (self.best is None or better(episode, self.best, self.metric))
+        )
         if improved:
             self.best, self.best_number = episode, number
         return bool(improved)

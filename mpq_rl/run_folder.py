@@ -15,9 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, read_json
 
+CONFIG_FILE = "config.yaml"
+"""The run's resolved config (written by :func:`mpq_rl.trainer.write_config`), after a first line of
+:data:`CONFIG_HEADER`."""
+CONFIG_HEADER = "# mpq_rl run configuration"
 CHECKPOINT_DIR = "checkpoint"
 """The run folder's subfolder for the RL agents' checkpoint (:mod:`mpq_rl.agents.checkpoint`)."""
 MANIFEST_FILE = "mpq_rl_run.json"
@@ -34,6 +39,28 @@ def is_run_folder(folder: Path) -> bool:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not an mpq_rl run manifest ({FORMAT}): pick another --output folder")
     return True
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a search's run: its manifest, or (a run of an mpq_rl from before manifests) a
+    config.yaml that a search wrote."""
+    config = Path(folder) / CONFIG_FILE
+    if is_run_folder(folder):
+        return config.is_file()
+    try:
+        with config.open(encoding="utf-8") as handle:
+            return handle.readline().startswith(CONFIG_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def run_config(folder: str | Path) -> RunConfig:
+    """The config of the run in ``folder`` (a user error if ``folder`` is not a run folder)."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise UserError(f"{folder} is not a run folder (no {CONFIG_FILE}): pass the --output folder of a search")
+    config = load_config(folder / CONFIG_FILE)
+    return config.with_overrides(output=str(folder))
 
 
 def check_new_run_folder(folder: Path) -> None:

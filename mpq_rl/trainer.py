@@ -28,7 +28,7 @@ from typing import Any
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext, Searcher
-from mpq_rl.config import RunConfig, load_config
+from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
@@ -46,14 +46,26 @@ from mpq_rl.recorder import (
     truncate_episodes,
 )
 from mpq_rl.rewards import proxy_value
-from mpq_rl.run_folder import CHECKPOINT_DIR, check_new_run_folder, exclusive, is_run_folder, write_manifest
+from mpq_rl.run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    CONFIG_HEADER,
+    check_new_run_folder,
+    exclusive,
+    is_run_folder,
+    run_config,
+    write_manifest,
+)
 from mpq_rl.text_table import render_table
 from mpq_rl.workload import load_workload
 
-CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_EVERY = 50
 """Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
+PROGRESS_STEP = 0.1
+"""Away from a terminal, a progress line each time this fraction of the episodes is done ..."""
+PROGRESS_SECONDS = 60.0
+"""... or when this long has passed since the last line."""
 RESUMABLE_CHANGES = ("agent.episodes",)
 """What a resumed run may change in the saved config."""
 
@@ -151,19 +163,10 @@ def versions() -> dict[str, str]:
 
 def write_config(folder: Path, config: RunConfig) -> None:
     """``config.yaml``: the resolved config, preceded by comments naming the versions and the command."""
-    header = ["# mpq_rl run configuration (resolved); load it with `mpq-rl search --config` or resume the run"]
+    header = [f"{CONFIG_HEADER} (resolved); load it with `mpq-rl search --config` or resume the run"]
     header += [f"# {name} {version}" for name, version in versions().items()]
     header.append("# command: " + shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     atomic_write_text(folder / CONFIG_FILE, "\n".join(header) + "\n" + config.to_yaml())
-
-
-def run_config(folder: str | Path) -> RunConfig:
-    """The config of the run in ``folder`` (a user error if ``folder`` is not a run folder)."""
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file():
-        raise UserError(f"{folder} is not a run folder (no {CONFIG_FILE}): pass the --output folder of a search")
-    config = load_config(folder / CONFIG_FILE)
-    return config.with_overrides(output=str(folder))
 
 
 def _check_resumable(saved: RunConfig, asked: RunConfig) -> RunConfig:
@@ -211,15 +214,47 @@ def _prepare_folder(folder: Path) -> None:
 
 
 class _Progress:
-    """The tqdm bar: episodes done, best reward, its proxy accuracy and cost ratio."""
+    """Episodes done, best reward, its proxy accuracy and cost ratio: a tqdm bar on a terminal; elsewhere (a log
+    file, a pipe, a batch job) a short line on stderr every :data:`PROGRESS_STEP` of the run or
+    :data:`PROGRESS_SECONDS`, whichever comes first, so a log gets tens of lines per run, not one per update."""
 
     def __init__(self, total: int, initial: int, enabled: bool, proxy: str, metric: str) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="ep", desc="search", leave=False)
+        self.terminal = enabled and (sys.stderr.isatty() or "ipykernel" in sys.modules)  # a notebook shows a bar
+        self.bar = tqdm(total=total, initial=initial, disable=not self.terminal, unit="ep", desc="search", leave=False)
+        self.lines = enabled and not self.terminal
         self.proxy, self.metric = proxy, metric
+        self.total, self.done = total, initial
+        self.started = self.last_line = time.monotonic()
+        self.last_step = self._step(initial)
+
+    def _step(self, done: int) -> int:
+        return int(done / max(self.total, 1) / PROGRESS_STEP)
+
+    def _best(self, recorder: Recorder) -> str:
+        best = recorder.best
+        if best is None:
+            return "none within the budget yet"
+        return (
+            f"best reward {best['reward']:.3f}, {self.proxy} {best['proxy']:.4f}, "
+            f"{self.metric} {best['cost_ratio'][self.metric]:.3f} of W8A8"
+        )
 
     def __call__(self, number: int, episode: Episode, recorder: Recorder, improved: bool) -> None:
+        self.done = number
+        if self.lines:
+            now = time.monotonic()
+            step = self._step(number)
+            if step > self.last_step or now - self.last_line >= PROGRESS_SECONDS or number == self.total:
+                self.last_step, self.last_line = step, now
+                print(
+                    f"search: {number}/{self.total} episodes ({100 * number / max(self.total, 1):.0f}%), "
+                    f"{self._best(recorder)}, {now - self.started:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
         best = recorder.best
         if best is not None:
             self.bar.set_postfix(

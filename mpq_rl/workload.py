@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 from mpq_rl.config import REFERENCE_BITS, RunConfig
 from mpq_rl.data import Batches, Splits, check_proxy_data, load_data, make_batches
 from mpq_rl.errors import UserError
-from mpq_rl.layers import LayerTable, discover_layers
+from mpq_rl.layers import LayerTable, call_model, discover_layers
+from mpq_rl.metrics import output_tensor
 from mpq_rl.models import build_model
 from mpq_rl.policy import Policy
 
@@ -56,6 +57,96 @@ def resolve_layer_name(name: str, layers: LayerTable) -> str:
     return name
 
 
+def resolve_pins(pin: dict[str, list[int]], layers: LayerTable) -> Policy:
+    """``quantization.pin`` by layer name; a layer pinned twice (by ``first``/``last`` and by name) is refused."""
+    pinned: Policy = {}
+    given: dict[str, str] = {}
+    for key, bits in pin.items():
+        name = resolve_layer_name(key, layers)
+        if name in pinned:
+            raise UserError(
+                f"quantization.pin gives layer {name!r} twice (as {given[name]!r} and as {key!r}): keep one of them"
+            )
+        pinned[name], given[name] = (bits[0], bits[1]), key
+    return pinned
+
+
+def check_data(model: nn.Module, calibration: Batches, test: Batches | None) -> None:
+    """Refuse data the search would score as nonsense, before the search: inputs that are not finite, labels that
+    are not class ids of the model's output, and splits the model cannot run (one forward pass on the first
+    batch of each split, so a test split of the wrong shape fails now, not after the search)."""
+    splits = {"calibration": calibration} if test is None else {"calibration": calibration, "test": test}
+    shapes = {}
+    for split, batches in splits.items():
+        for number, (inputs, targets) in enumerate(batches, start=1):
+            if not _finite(inputs):
+                raise UserError(
+                    f"the {split} split has NaN or infinite inputs (batch {number}): clean or drop those samples"
+                )
+            if targets is not None:
+                _check_label_type(targets, split)
+        outputs = _first_outputs(model, batches, split)
+        shapes[split] = tuple(outputs.shape[1:])
+        if not torch.isfinite(outputs).all():
+            raise UserError(
+                f"the model's FP32 output on the {split} split's first batch is NaN or infinite: check the model's "
+                "weights (model.weights) and its inputs"
+            )
+        if batches.has_targets:
+            classes = outputs[0].numel()
+            low, high = min(int(t.min()) for _, t in batches), max(int(t.max()) for _, t in batches)
+            if low < 0 or high >= classes:
+                raise UserError(
+                    f"the {split} split has labels from {low} to {high}, but the model has {classes} output classes:"
+                    f" labels must be class ids 0 to {classes - 1}"
+                )
+    if test is not None and shapes["test"] != shapes["calibration"]:
+        raise UserError(
+            f"the model's output is {list(shapes['calibration'])} per sample on the calibration split but "
+            f"{list(shapes['test'])} on the test split: give both splits inputs of the same shape"
+        )
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _check_label_type(targets: object, split: str) -> None:
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+        shape = list(targets.shape[1:]) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise UserError(
+            f"the {split} split's labels must be one class id per sample, got {shape} per sample: "
+            "give each item an integer label"
+        )
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise UserError(
+            f"the {split} split's labels are {str(targets.dtype).removeprefix('torch.')}, not integer class ids: "
+            "convert them (e.g. labels.long()), or drop them and use proxy.metric: fidelity"
+        )
+
+
+def _first_outputs(model: nn.Module, batches: Batches, split: str) -> torch.Tensor:
+    """The model's FP32 output on the first batch of a split; a model that cannot run it is a user error."""
+    inputs = batches.example()
+    try:
+        with torch.no_grad():
+            return output_tensor(call_model(model, inputs)).float()
+    except UserError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise UserError(
+            f"the model cannot run the {split} split's first batch ({type(exc).__name__}: {reason}): "
+            "give inputs of the shape and type the model takes"
+        ) from None
+
+
 def example_input(config: RunConfig, calibration: Batches | None) -> object:
     """A batch for layer discovery: the first calibration batch, or zeros of ``model.input_shape``."""
     if calibration is not None:
@@ -86,11 +177,12 @@ def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Wo
         )
         if "test" in splits:
             test = make_batches(splits["test"], config.data.batch_size)
+        check_data(model, calibration, test)
     layers = discover_layers(model, example_input(config, calibration), model_name=config.model.source)
 
     quant = config.quantization
     a_fixed = REFERENCE_BITS[1] if quant.activation_bits else quant.activation_candidates[0]
-    pinned = {resolve_layer_name(name, layers): (bits[0], bits[1]) for name, bits in quant.pin.items()}
+    pinned = resolve_pins(quant.pin, layers)
     candidates = [name for name in layers.select(quant.include, quant.exclude) if name not in pinned]
     if not candidates:
         raise UserError("every selected layer is pinned: un-pin a layer or widen quantization.include")

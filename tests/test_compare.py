@@ -72,8 +72,10 @@ def test_a_comparison_cut_short_continues_where_it_stopped(tmp_path, digits_mode
     seed0, seed1 = tmp_path / "random-seed0", tmp_path / "random-seed1"
     episodes0 = (seed0 / "episodes.csv").stat().st_mtime_ns
     (seed1 / "summary.json").unlink()  # seed 1 was cut short after its search: resumed, no policy evaluated again
-    again = compare(parse_config(SMALL), ["random"], [0, 1], tmp_path)
-    assert "random-seed0 holds this run finished" in capsys.readouterr().err
+    again = compare(parse_config(SMALL), ["random"], [0, 1], tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "random-seed0 holds this run finished" in err
+    assert "mpq-rl: run 1 of 2: agent random, seed 0\n" in err and "mpq-rl: run 2 of 2: agent random, seed 1\n" in err
     assert (seed0 / "episodes.csv").stat().st_mtime_ns == episodes0
     assert [r["evaluations"] for r in again["runs"]] == [first["runs"][0]["evaluations"], 0]
     strip = ("evaluations", "wall_seconds")

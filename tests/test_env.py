@@ -175,3 +175,41 @@ def test_registered_and_made_from_a_yaml_path(tmp_path, digits_model):
         assert info["cost_ratio"]["bops"] <= 0.4 * (1 + 1e-9)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    ("discrete", "action", "message"),
+    [
+        (True, np.array([-1, 0]), "is not a candidate index"),
+        (True, np.array([0, 99]), "is not a candidate index"),
+        (True, np.array([1.5, 0.0]), "is not a candidate index"),
+        (True, np.array([0, 0, 0]), "has shape (3,)"),
+        (True, np.array([[0, 0]]), "has shape (1, 2)"),
+        (True, [float("nan"), 0], "is not finite"),
+        (True, None, "is not an array of numbers"),
+        (True, "0 0", "is not an array of numbers"),
+        (True, [None, 0], "is not an array of numbers"),
+        (False, np.array([np.nan, 0.0], dtype=np.float32), "is not finite"),
+        (False, np.array([0.5]), "has shape (1,)"),
+        (False, ["a", "b"], "is not an array of numbers"),
+    ],
+)
+def test_an_action_outside_the_space_is_a_value_error_naming_it(make_env, discrete, action, message):
+    env = make_env(discrete=discrete)
+    env.reset(seed=0)
+    space = re.escape(str(env.action_space))
+    with pytest.raises(ValueError, match=re.escape(message) + f".*the action space {space} takes"):
+        env.step(action)
+    assert env.step(env.action_space.sample())[0] in env.observation_space
+
+
+def test_step_needs_reset_and_a_closed_environment_refuses_to_step(make_env):
+    env = make_env(discrete=True)
+    with pytest.raises(RuntimeError, match=r"step\(\) called before reset\(\)"):
+        env.step(np.array([0, 0]))
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(RuntimeError, match=r"step\(\) called on a closed environment"):
+        env.step(np.array([0, 0]))
+    with pytest.raises(RuntimeError, match=r"reset\(\) called on a closed environment"):
+        env.reset(seed=0)

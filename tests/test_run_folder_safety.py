@@ -400,3 +400,275 @@ def test_atomic_writes_respect_the_umask(tmp_path):
         with umask(mask):
             atomic_write_text(tmp_path / f"{mask:o}.txt", "x")
         assert (tmp_path / f"{mask:o}.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# -- bad configs, policies, weights and data: one line, exit 2, before anything is written -------------------------
+
+QUICK = {"hardware": {"preset": "bops", "metric": "bops"}, "budget": 0.3, "agent": {"name": "random", "episodes": 2}}
+LAYERS = ["stem", "block.conv1", "block.conv2", "down", "dw", "pw", "down2", "fc", "classifier"]
+
+
+def yaml_file(tmp_path: Path, content: str | bytes | dict) -> Path:
+    path = tmp_path / "config.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("seed: 1\nbudget: 0.3\nseed: 2\n", "line 3: key 'seed' is given twice in one mapping"),
+        ("agent:\n  name: random\n  name: ddpg\n", "key 'name' is given twice"),
+        ("budget: .inf\n", "key 'budget': input should be a finite number, got inf"),
+        ("budget:\n  fraction: .nan\n", "key 'budget.fraction': input should be a finite number, got nan"),
+        (b"seed: 1\n# caf\xe9\n", "is not UTF-8 text"),
+        ({"seed": 2**32}, "key 'seed': input should be less than 4294967296"),
+        ({"hardware": {"preset": "bitfusion", "overrides": {"clock_hz": 0.0}}}, "gives infinite latency"),
+        (
+            "hardware:\n  overrides:\n    clock_hz: .nan\n",
+            "key 'hardware.overrides.clock_hz': input should be a finite number, got nan",
+        ),
+        (
+            "hardware:\n  overrides:\n    dram_pj_per_bit: .inf\n",
+            "key 'hardware.overrides.dram_pj_per_bit': input should be a finite number, got inf",
+        ),
+        ({"quantization": {"pin": {"first": [8, 8], "stem": [4, 4]}}}, "gives layer 'stem' twice (as 'first'"),
+        ({"quantization": {"pin": {"classifier": [8, 8], "last": [4, 4]}}}, "as 'classifier' and as 'last'"),
+    ],
+    ids=[
+        "duplicate key",
+        "duplicate nested key",
+        "budget inf",
+        "budget nan",
+        "not utf-8",
+        "seed 2^32",
+        "clock 0",
+        "clock nan",
+        "energy inf",
+        "pin first and by name",
+        "pin last and by name",
+    ],
+)
+def test_a_bad_config_is_one_line(digits_model, tmp_path, capsys, content, message):
+    config = yaml_file(tmp_path, content)
+    assert_one_line_error(main(["cost", "--config", str(config)]), capsys.readouterr().err, message)
+    folder = tmp_path / "run"
+    code = main(["search", "--config", str(config), "--output", str(folder), "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, message)
+    assert not folder.exists()
+
+
+def test_an_unreadable_config_or_policy_is_one_line(digits_model, tmp_path, capsys, monkeypatch):
+    config, policy = yaml_file(tmp_path, "seed: 1\n"), tmp_path / "policy.json"
+    policy.write_text("{}")
+    read_text = Path.read_text
+
+    def refuse(self, *args, **kwargs):  # chmod 000 does not stop root, so refuse the read the way the OS would
+        if self in (config, policy):
+            raise PermissionError(13, "Permission denied")
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    assert_one_line_error(main(["cost", "--config", str(config)]), capsys.readouterr().err, "Permission denied")
+    assert_one_line_error(main(["cost", "--policy", str(policy)]), capsys.readouterr().err, "Permission denied")
+    assert_one_line_error(main(["cost", "--config", str(tmp_path)]), capsys.readouterr().err, "is a folder")
+
+
+def _policy_text(**change) -> str:
+    layers = [{"name": name, "w_bits": 8, "a_bits": 8} for name in LAYERS]
+    layers[7].update(change)
+    return json.dumps({"format": "mpq_rl.policy/1", "layers": layers})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"format": "mpq_rl.policy/1", "layers": [{"name": "st\xe9m"}]}', "is not UTF-8 text"),
+        (_policy_text(w_bits=8).replace('"w_bits": 8', '"w_bits": Infinity', 1), "Infinity is not a JSON number"),
+        (_policy_text(w_bits=8).replace('"w_bits": 8', '"w_bits": NaN', 1), "NaN is not a JSON number"),
+        (_policy_text(w_bits=8).replace('"w_bits": 8', '"w_bits": 1e400', 1), "layer 'stem' has w_bits inf"),
+        ('{"format": "mpq_rl.policy/1", "layers": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        (_policy_text(name="stem"), "layer 'stem' is listed twice"),
+        (_policy_text()[:-1] + ', "format": "mpq_rl.policy/1"}', "key 'format' is given twice in one object"),
+        (_policy_text(w_bits=4.7), "layer 'fc' has w_bits 4.7: bit-widths are whole numbers"),
+        (_policy_text(a_bits="4"), "layer 'fc' has a_bits '4'"),
+        (_policy_text(w_bits=True), "layer 'fc' has w_bits True"),
+        (_policy_text(name=7), "layer names must be strings, got 7"),
+        ('{"format": "mpq_rl.policy/1", "layers": {"stem": [8, 8]}}', 'expected a list of layers under "layers"'),
+    ],
+    ids=[
+        "not utf-8",
+        "Infinity",
+        "NaN",
+        "1e400",
+        "nested 100000 deep",
+        "layer twice",
+        "key twice",
+        "w_bits 4.7",
+        "a_bits as text",
+        "w_bits true",
+        "name a number",
+        "layers a mapping",
+    ],
+)
+def test_a_bad_policy_is_one_line(digits_model, tmp_path, capsys, content, message):
+    policy = tmp_path / "policy.json"
+    if isinstance(content, bytes):
+        policy.write_bytes(content)
+    else:
+        policy.write_text(content)
+    assert_one_line_error(main(["cost", "--policy", str(policy)]), capsys.readouterr().err, message)
+
+
+def test_a_whole_float_is_a_bit_width(digits_model, tmp_path, capsys):
+    policy = tmp_path / "policy.json"
+    policy.write_text(_policy_text(w_bits=4.0))
+    assert main(["cost", "--policy", str(policy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][7]["w_bits"] == 4
+
+
+BAD_DATA = """
+import torch
+from torch.utils.data import TensorDataset
+from mpq_rl.workloads.digits import load_digits
+
+
+def digits(change):
+    splits = load_digits()
+    (cx, cy), (tx, ty) = ([t.clone() for t in splits[name].tensors] for name in ("calibration", "test"))
+    if change == "nan input":
+        cx[3, 0, 2, 2] = float("nan")
+    elif change == "inf test input":
+        tx[5, 0, 1, 1] = float("inf")
+    elif change == "label 10":
+        ty[7] = 10
+    elif change == "label -1":
+        cy[1] = -1
+    elif change == "float labels":
+        cy, ty = cy.float(), ty.float()
+    elif change == "labels [n, 1]":
+        cy = cy[:, None]
+    elif change == "test 3 channels":
+        tx = torch.zeros(len(tx), 3, 8, 8)
+    elif change == "calibration 3 channels":
+        cx = torch.zeros(len(cx), 3, 8, 8)
+    return {"calibration": TensorDataset(cx, cy), "test": TensorDataset(tx, ty)}
+"""
+
+
+@pytest.fixture
+def bad_data(tmp_path, monkeypatch):
+    """A user module ``mpq_bad_data`` whose factory ``digits(change)`` returns the digits splits with one flaw."""
+    (tmp_path / "mpq_bad_data.py").write_text(BAD_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mpq_bad_data", raising=False)
+    return "mpq_bad_data:digits"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("nan input", "the calibration split has NaN or infinite inputs (batch 1)"),
+        ("inf test input", "the test split has NaN or infinite inputs (batch 1)"),
+        ("label 10", "the test split has labels from 0 to 10, but the model has 10 output classes"),
+        ("label -1", "the calibration split has labels from -1 to 9"),
+        ("float labels", "the calibration split's labels are float32, not integer class ids"),
+        ("labels [n, 1]", "labels must be one class id per sample, got [1] per sample"),
+        ("test 3 channels", "the model cannot run the test split's first batch (RuntimeError: Given groups=1"),
+        ("calibration 3 channels", "the model cannot run the calibration split's first batch"),
+    ],
+)
+def test_bad_data_is_refused_before_the_search(digits_model, bad_data, tmp_path, capsys, change, message):
+    config = yaml_file(tmp_path, {**QUICK, "data": {"factory": bad_data, "kwargs": {"change": change}}})
+    folder = tmp_path / "run"
+    code = main(["search", "--config", str(config), "--output", str(folder), "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, message)
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("fc.weight", float("nan"), "'fc.weight' holds NaN or infinite values"),
+        ("stem_bn.running_var", float("inf"), "'stem_bn.running_var' holds NaN or infinite values"),
+        ("fc.bias", [1.0, 2.0], "'fc.bias' is a list, not a tensor"),
+    ],
+    ids=["nan weight", "inf batch-norm statistic", "a list in the state dict"],
+)
+def test_bad_weights_are_refused_at_load(digits_model, tmp_path, capsys, key, value, message):
+    state = {name: tensor.clone() for name, tensor in digits_model.state_dict().items()}
+    if isinstance(value, float):
+        state[key].view(-1)[0] = value
+    else:
+        state[key] = value
+    torch.save(state, tmp_path / "weights.pt")
+    config = yaml_file(tmp_path, {**QUICK, "model": {"name": "digits_cnn", "weights": str(tmp_path / "weights.pt")}})
+    folder = tmp_path / "run"
+    code = main(["search", "--config", str(config), "--output", str(folder), "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, "model.weights", message)
+    assert not folder.exists()
+
+
+def _no_constants(name: str):
+    raise AssertionError(f"{name} in a JSON file")
+
+
+def test_a_nan_reward_is_never_the_best_and_never_in_a_file(digits_model, tmp_path, monkeypatch):
+    from mpq_rl.problem import SearchProblem
+
+    score = SearchProblem.score
+
+    def nan_for_the_first_two(self, choices, projected_layers=0):
+        episode = score(self, choices, projected_layers)
+        self.scored = getattr(self, "scored", 0) + 1
+        if self.scored <= 2:
+            episode = {**episode, "reward": float("nan"), "proxy": float("nan"), "within_budget": True}
+            episode["metrics"] = dict.fromkeys(episode["metrics"], float("nan"))
+        return episode
+
+    monkeypatch.setattr(SearchProblem, "score", nan_for_the_first_two)
+    config = parse_quick(tmp_path / "run", episodes=5)
+    result = run_search(config, progress=False)
+    assert result.best is not None and result.best["episode"] > 2
+    for name in ("summary.json", "policy.json", "pareto.json", "evaluations.json"):
+        data = json.loads((tmp_path / "run" / name).read_text(), parse_constant=_no_constants)
+        assert data
+    pareto = json.loads((tmp_path / "run" / "pareto.json").read_text())
+    assert all(point["episode"] > 2 for point in pareto["points"])
+
+
+def parse_quick(folder: Path, episodes: int):
+    from mpq_rl.config import parse_config
+
+    return parse_config({**QUICK, "agent": {"name": "random", "episodes": episodes}, "output": str(folder)})
+
+
+# -- cost, evaluate and export read a run folder ------------------------------------------------------------------
+
+
+def test_cost_evaluate_and_export_read_a_run_folder(run, tmp_path, capsys):
+    policy = run / "policy.json"
+    assert main(["cost", "--config", str(run / "config.yaml"), "--policy", str(policy), "--json"]) == 0
+    expected = capsys.readouterr().out
+    assert main(["cost", "--run", str(run), "--json"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["cost", "--policy", str(policy), "--json"]) == 0  # the folder's config, not the default one
+    out, err = capsys.readouterr()
+    assert out == expected and f"using {run / 'config.yaml'}, the config of the run that holds {policy}" in err
+
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert f"policy {policy}, " in capsys.readouterr().out
+    assert main(["export", "--run", str(run), "--output", str(tmp_path / "model.onnx")]) == 0
+    assert (tmp_path / "model.onnx").is_file()
+
+    both = ["cost", "--run", str(run), "--config", str(run / "config.yaml")]
+    assert_one_line_error(main(both), capsys.readouterr().err, "give --run DIR or --config FILE, not both")
+    assert_one_line_error(main(["evaluate"]), capsys.readouterr().err, "give --policy FILE, or --run DIR")
+    assert_one_line_error(main(["cost", "--run", str(tmp_path)]), capsys.readouterr().err, "is not a run folder")
+    policy.unlink()
+    assert_one_line_error(
+        main(["export", "--run", str(run), "--output", "x.onnx"]), capsys.readouterr().err, "no policy.json"
+    )

@@ -255,3 +255,16 @@ def test_budget_conditioned_search_reports_the_best_policy_of_every_budget(digit
     assert summary["search"]["sensitivity_seconds"] > 0
     assert 0 < summary["search"]["evaluation_seconds"] < summary["wall_seconds"]
     assert "best within 0.5" in result.report()
+
+
+def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, capsys, monkeypatch):
+    from mpq_rl import trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_SECONDS", 3600.0)
+    config = small_config(tmp_path / "run", episodes=40, name="random", kwargs={})
+    run_search(config, progress=True)  # stderr is captured here, not a terminal
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10, lines  # one per 10% of the run, no bar redrawn
+    assert all(line.startswith("search: ") and "episodes (" in line for line in lines)
+    assert lines[0].startswith("search: 4/40 episodes (10%), best reward ")
+    assert lines[-1].startswith("search: 40/40 episodes (100%), best reward ") and " of W8A8, " in lines[-1]

@@ -67,7 +67,9 @@ class BitWidthEnv(gym.Env):
     ## Action Space
     ``Box(-1, 1, (2,))``: weight and activation bits, each mapped linearly onto its candidate list (rounded to
     the nearest). ``Box(-1, 1, (1,))`` for weight-only searches (``quantization.activation_bits: []``). With
-    ``discrete=True``: ``MultiDiscrete([n_weight_candidates, n_activation_candidates])`` (or one entry).
+    ``discrete=True``: ``MultiDiscrete([n_weight_candidates, n_activation_candidates])`` (or one entry). An action
+    outside its space (an index out of range or not whole, another shape, NaN, ``None`` or text) is a
+    ``ValueError`` naming the space; only continuous values beyond [-1, 1] are clipped.
 
     ## Observation Space
     ``Box`` of shape ``(15,)``, every component normalized over the model:
@@ -112,7 +114,8 @@ class BitWidthEnv(gym.Env):
     The first searched layer, nothing spent but the fixed (pinned or excluded) layers' cost, previous bits 0.
 
     ## Episode End
-    Terminates after the last searched layer; never truncated. The final ``info`` holds ``policy`` (layer name
+    Terminates after the last searched layer; never truncated. ``step()`` before ``reset()``, after the last
+    step, or after ``close()`` is a ``RuntimeError``. The final ``info`` holds ``policy`` (layer name
     -> [w_bits, a_bits], every layer), ``metrics`` (proxy metrics on the calibration split), ``proxy`` and
     ``proxy_fp32``, ``cost`` and ``cost_ratio`` (latency, energy, size, bops; absolute and as fractions of
     W8A8), ``within_budget``, ``projected`` (whether the budget changed any choice) and ``projected_layers``.
@@ -190,6 +193,7 @@ class BitWidthEnv(gym.Env):
         self._choices: list[Choice] = []
         self._spent = self.budget.fixed_cost
         self._projected_layers = 0
+        self._started = self._closed = False
 
     def _static_features(self) -> np.ndarray:
         """Per searched layer, the first 11 observation components (they do not change during an episode)."""
@@ -240,8 +244,19 @@ class BitWidthEnv(gym.Env):
         return np.array(row[:11] + dynamic + row[11:] + tail, dtype=np.float32)
 
     def _to_choice(self, action: np.ndarray) -> Choice:
-        values = np.asarray(action).reshape(-1).tolist()
+        """The candidate indices of an action; an action outside the action space is a ValueError naming it (an
+        index is never wrapped around, a non-finite value never clipped)."""
+        array = np.asarray(action) if isinstance(action, np.ndarray | list | tuple) else None
+        if array is None or array.dtype.kind not in "iuf":
+            raise ValueError(f"action {action!r} is not an array of numbers: {self._expected()}")
+        if array.shape != self.action_space.shape:
+            raise ValueError(f"action {action!r} has shape {array.shape}: {self._expected()}")
+        values = array.tolist()
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"action {action!r} is not finite: {self._expected()}")
         if self.discrete:
+            if not all(v == int(v) and 0 <= v < n for v, n in zip(values, self._sizes, strict=False)):
+                raise ValueError(f"action {action!r} is not a candidate index: {self._expected()}")
             indices = [int(v) for v in values]
         else:
             clipped = [min(max(v, -1.0), 1.0) for v in values]
@@ -249,6 +264,12 @@ class BitWidthEnv(gym.Env):
         if self.weight_only:
             indices.append(0)
         return indices[0], indices[1]
+
+    def _expected(self) -> str:
+        if self.discrete:
+            ranges = ", ".join(f"0..{n - 1}" for n in self._sizes[: self.action_space.shape[0]])
+            return f"the action space {self.action_space} takes one whole index per entry ({ranges})"
+        return f"the action space {self.action_space} takes {self.action_space.shape[0]} finite numbers in [-1, 1]"
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -260,12 +281,19 @@ class BitWidthEnv(gym.Env):
             if asked not in self.budgets:
                 raise ValueError(f"budget {asked!r} is not one of this environment's budgets {list(self.budgets)}")
             self.budget = self.budgets[asked]
+        if self._closed:
+            raise RuntimeError("reset() called on a closed environment: make a new one")
         self._choices = []
         self._spent = self.budget.fixed_cost
         self._projected_layers = 0
+        self._started = True
         return self._observation(), {}
 
     def step(self, action: np.ndarray):
+        if self._closed:
+            raise RuntimeError("step() called on a closed environment: make a new one")
+        if not self._started:
+            raise RuntimeError("step() called before reset(): call reset() to start an episode")
         if len(self._choices) >= self.n_steps:
             raise RuntimeError("step() called after the episode ended: call reset() first")
         step = len(self._choices)
@@ -286,6 +314,9 @@ class BitWidthEnv(gym.Env):
         return self._observation(), info["reward"], True, False, info
 
     def close(self) -> None:
-        """Release the model (restored to FP32) if this environment built its evaluator."""
-        self.problem.close()
+        """Release the model (restored to FP32) if this environment built its evaluator; a closed environment
+        refuses to step (its model may no longer be the quantized one it scored with)."""
+        if not self._closed:
+            self.problem.close()
+        self._closed = True
         super().close()

@@ -8,6 +8,7 @@ memory-boundness. A preset is such a dataclass with its default values; ``hardwa
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,8 +67,11 @@ def apply_overrides(model: Any, overrides: dict[str, Any], preset: str) -> Any:
             raise UserError(
                 f"hardware.overrides.{key} must be of type {annotation} for preset {preset!r}, got {value!r}"
             )
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise UserError(f"hardware.overrides.{key} must not be negative, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"hardware.overrides.{key} must be a finite number, got {value!r}")
+            if value < 0:
+                raise UserError(f"hardware.overrides.{key} must not be negative, got {value!r}")
         if "Path" in annotation and isinstance(value, str):
             value = Path(value)
         elif annotation == "float":

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from mpq_rl.config import HardwareConfig
 from mpq_rl.errors import UserError
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
@@ -70,7 +72,15 @@ def build_cost_table(layers: LayerTable, hardware: HardwareConfig, bits: tuple[i
     model = resolve_model(hardware)
     shapes = LayerShapes.from_table(layers)
     w_bits, a_bits = bit_grid(bits)
-    costs = model.cost(shapes, w_bits, a_bits)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        costs = model.cost(shapes, w_bits, a_bits)
+    for metric, table in (("latency", costs.latency), ("energy", costs.energy)):
+        if np.isinf(table).any() or (table < 0).any():
+            raise UserError(
+                f"hardware preset {hardware.preset!r} gives {'infinite' if np.isinf(table).any() else 'negative'} "
+                f"{metric} with hardware.overrides {dict(hardware.overrides)}: an override is zero or out of range "
+                "(e.g. clock_hz: 0); give every rate and size a positive value"
+            )
     fields = {f.name for f in dataclasses.fields(model)}
     return CostTable(
         layer_names=shapes.names,
