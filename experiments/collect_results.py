@@ -44,10 +44,14 @@ def overview(comparisons: list[dict]) -> list[str]:
     metric, proxy = comparisons[0]["metric"], comparisons[0]["proxy"]
     header = "| searcher | " + " | ".join(f"{b} of W8A8 {metric}" for b in budgets) + " |"
     lines = [header, "|---|" + "---:|" * len(budgets)]
-    for agent in comparisons[0]["agents"]:
+    agents = list(dict.fromkeys(a for c in comparisons for a in c["agents"]))
+    for agent in agents:
         cells = []
         for comparison in comparisons:
-            row = next(r for r in comparison["summary"] if r["agent"] == agent)
+            row = next((r for r in comparison["summary"] if r["agent"] == agent), None)
+            if row is None:
+                cells.append("not run")
+                continue
             cells.append(f"{format_metric(row['test_mean'], proxy)} ± {format_metric(row['test_std'], proxy)}")
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     best_uniform = []
