@@ -23,6 +23,8 @@ real evaluations go only to the policies the agent and the model agree are promi
    agent trains ``model_episodes`` more episodes on it.
    In the model environment each step's reward is minus the layer's predicted proxy loss (the surrogate is
    additive over layers, so the rewards of an episode sum to its predicted loss): dense rewards, exact credit.
+   The agent also observes the surrogate's predicted loss of each of the layer's candidates (the environment's
+   model features), so what it learns carries over as the surrogate is refitted.
 4. **Budget conditioning** (``budgets``): with a list of budgets, one agent learns all of them (the budget is an
    observation; each episode draws one), proposals are spread over the budgets, and ``summary.json`` reports the
    best policy found for each (``best_per_budget``) with its held-out metrics: the Pareto front from one search.
