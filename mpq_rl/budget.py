@@ -23,6 +23,13 @@ _SLACK = 1e-9
 """Relative tolerance on the budget, so a policy exactly at the budget is not refused for rounding."""
 
 Choice = tuple[int, int]
+
+
+def within_fraction(ratio: float, fraction: float) -> bool:
+    """Whether a cost of ``ratio`` x W8A8 fits a budget of ``fraction`` x W8A8 (with the rounding slack)."""
+    return ratio <= fraction * (1.0 + _SLACK)
+
+
 """Indices into the weight and activation candidate lists."""
 
 

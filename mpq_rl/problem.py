@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.budget import Budget, Choice
+from mpq_rl.budget import Budget, Choice, within_fraction
 from mpq_rl.config import METRICS, RunConfig, load_config
 from mpq_rl.evaluator import Evaluator
 from mpq_rl.hardware import CostTable, build_cost_table
@@ -97,7 +97,7 @@ class SearchProblem:
         metrics = self.evaluator.evaluate(policy)
         self.evaluation_seconds += time.perf_counter() - started
         totals, ratios = self._totals_and_ratios(policy)
-        within = ratios[self.metric] <= self.budget.fraction * (1.0 + 1e-9)
+        within = within_fraction(ratios[self.metric], self.budget.fraction)
         proxy = proxy_value(metrics, self.config.proxy)
         reward = float(self.reward_fn(Outcome(proxy, self.proxy_fp32, ratios[self.metric], self.budget.fraction)))
         if self.enforcement == "penalty" and not within:

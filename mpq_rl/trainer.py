@@ -28,6 +28,7 @@ from typing import Any
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext, Searcher
+from mpq_rl.budget import within_fraction
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
@@ -405,7 +406,7 @@ def best_per_budget(front: list[dict[str, Any]], budgets: list[float]) -> list[d
     evaluated policy fits are left out. ``front`` is :attr:`Recorder.pareto`'s points."""
     found = []
     for fraction in budgets:
-        fitting = [p for p in front if p["cost_ratio"] <= fraction * (1.0 + 1e-9)]
+        fitting = [p for p in front if within_fraction(p["cost_ratio"], fraction)]
         if not fitting:
             continue
         point = max(fitting, key=lambda p: (p["proxy"], -p["cost_ratio"]))
@@ -431,7 +432,7 @@ def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
         for a in budget.activation_bits:
             policy = workload.uniform(w, a)
             ratios = costs.ratios(policy)
-            if not ratios[problem.metric] <= budget.fraction * (1.0 + 1e-9):
+            if not within_fraction(ratios[problem.metric], budget.fraction):
                 continue
             metrics = problem.evaluator.measure(policy)
             test = evaluate_on_test(workload, policy, problem.evaluator.simulator)

@@ -92,7 +92,7 @@ class SurrogateReward:
 
     def __init__(self, surrogate: Surrogate) -> None:
         self.surrogate = surrogate
-        self.n_features = sum(surrogate.sensitivity.weight.shape[1:]) + sum(surrogate.sensitivity.activation.shape[1:])
+        self.n_features = surrogate.sensitivity.weight.shape[1] + surrogate.sensitivity.activation.shape[1]
         self.update()
 
     def update(self) -> None:
@@ -207,11 +207,7 @@ class ModelBasedPPO:
         rng = context.rng()
         evaluated: dict[tuple[Choice, ...], float] = {}
         if o["probes"]:
-            probes = [c for c in _probes(problem.budget) if c not in evaluated]
-            for choices, episode in zip(probes, context.score_many([list(c) for c in probes]), strict=False):
-                evaluated[choices] = float(episode["proxy"])
-            surrogate.fit(list(evaluated), list(evaluated.values()))
-            reward.update()
+            _evaluate(context, _probes(problem.budget), evaluated, reward)
         if o["prior"] and o["prior_episodes"]:
             agent.learn(o["prior_episodes"] * steps)
         round_size = o["evaluations_per_round"] or min(max(context.episodes // ROUNDS, 1), MAX_ROUND)
@@ -223,7 +219,7 @@ class ModelBasedPPO:
                 if first and not o["prior"]:
                     found = _random_policies(budgets[fraction], rng, per_budget, {*evaluated, *batch})
                 else:
-                    found = self._propose(agent, samplers, surrogate, fraction, per_budget, evaluated, batch)
+                    found = self._propose(agent, samplers, surrogate, budgets[fraction], per_budget, evaluated, batch)
                     if len(found) < per_budget:  # the agent has converged: explore around it at random
                         taken = {*evaluated, *batch, *found}
                         found += _random_policies(budgets[fraction], rng, per_budget - len(found), taken)
@@ -231,10 +227,7 @@ class ModelBasedPPO:
             first = False
             if not batch:  # every policy of the space has been evaluated
                 break
-            for choices, episode in zip(batch, context.score_many([list(c) for c in batch]), strict=False):
-                evaluated[choices] = float(episode["proxy"])
-            surrogate.fit(list(evaluated), list(evaluated.values()))
-            reward.update()
+            _evaluate(context, batch, evaluated, reward)
             if not context.done and o["model_episodes"]:
                 agent.learn(o["model_episodes"] * steps, reset_num_timesteps=False)
         context.notes["surrogate_samples"] = surrogate.samples
@@ -244,15 +237,15 @@ class ModelBasedPPO:
         agent: PPO,
         samplers: list[BitWidthEnv],
         surrogate: Surrogate,
-        fraction: float,
+        budget: Budget,
         count: int,
         evaluated: dict[tuple[Choice, ...], float],
         taken: list[tuple[Choice, ...]],
     ) -> list[tuple[Choice, ...]]:
-        """The ``count`` best new policies for ``fraction`` among the agent's samples, by the surrogate's UCB."""
-        sampled = _rollout(agent, samplers, fraction, deterministic=False)
-        sampled += _rollout(agent, samplers[:1], fraction, deterministic=True)
-        budget = samplers[0].budgets.get(fraction, samplers[0].problem.budget)
+        """The ``count`` best new policies within ``budget`` among the agent's samples, the surrogate's Lagrangian
+        optima and the incumbents' neighbours, by the surrogate's UCB."""
+        sampled = _rollout(agent, samplers, budget.fraction, deterministic=False)
+        sampled += _rollout(agent, samplers[:1], budget.fraction, deterministic=True)
         if self.options["relaxation"]:
             sampled += _relaxation_optima(budget, surrogate)
         if self.options["neighbours"]:
@@ -274,6 +267,19 @@ class ModelBasedPPO:
         env.seed(context.seed)
         agent = self._agent(env, steps, context.seed)
         agent.learn((context.remaining + 1) * steps, callback=RecordEpisodes(context))
+
+
+def _evaluate(
+    context: SearchContext,
+    batch: list[tuple[Choice, ...]],
+    evaluated: dict[tuple[Choice, ...], float],
+    reward: SurrogateReward,
+) -> None:
+    """Score ``batch`` for real (recorded, counted), add the proxies to ``evaluated``, refit the surrogate."""
+    for choices, episode in zip(batch, context.score_many([list(c) for c in batch]), strict=False):
+        evaluated[choices] = float(episode["proxy"])
+    reward.surrogate.fit(list(evaluated), list(evaluated.values()))
+    reward.update()
 
 
 def _rollout(agent: PPO, envs: list[BitWidthEnv], fraction: float, deterministic: bool) -> list[tuple[Choice, ...]]:
