@@ -287,11 +287,22 @@ def test_a_foreign_folder_is_refused_and_untouched(digits_model, tmp_path, capsy
     assert_one_line_error(code, capsys.readouterr().err, "is not an mpq_rl run folder", MANIFEST_FILE)
     assert snapshot(folder) == before
 
+    code = main(["compare", "--agents", "random", "--episodes", "2", "--output", str(folder), "--no-progress"])
+    assert_one_line_error(
+        code, capsys.readouterr().err, "holds 'checkpoint', which is not part of an mpq-rl comparison"
+    )
+    assert snapshot(folder) == before
+
     a_file = tmp_path / "results.txt"
     a_file.write_text("mine\n")
     code = main(["search", "--output", str(a_file), "--agent", "random", "--episodes", "2", "--no-progress"])
     assert_one_line_error(code, capsys.readouterr().err, "is a file, not a folder")
     assert a_file.read_text() == "mine\n"
+    code = main(["export", "--policy", str(tmp_path / "policy.json"), "--output", str(folder)])
+    assert_one_line_error(code, capsys.readouterr().err, "is a folder: give the path of the file to write")
+    code = main(["export", "--policy", str(tmp_path / "policy.json"), "--output", str(a_file / "model.onnx")])
+    assert_one_line_error(code, capsys.readouterr().err, "results.txt is a file, not a folder")
+    assert snapshot(folder) == before and a_file.read_text() == "mine\n"
 
 
 @pytest.mark.parametrize(
