@@ -211,6 +211,7 @@ def test_adapt_bad_input_one_line(tmp_path, capsys, args, message):
     assert main(["adapt", "--output", str(tmp_path / "run"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_adapt_refuses_a_folder_of_other_files(tmp_path, capsys):

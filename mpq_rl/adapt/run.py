@@ -34,7 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings
 from mpq_rl.adapt.speedup import OpsCounter
-from mpq_rl.adapt.training import TrainingResult, train
+from mpq_rl.adapt.training import TrainingResult, checked_loader, train
 from mpq_rl.config import ALLOWED_BITS, REFERENCE_BITS, RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -132,13 +132,12 @@ def run_adapt(
     started = time.perf_counter()
     folder = Path(output)
     _check_folder(folder)
-    if epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {epochs}")
     quant = config.quantization
     a_bits = activation_bits if activation_bits is not None else REFERENCE_BITS[1] if quant.activation_bits else 32
     if a_bits not in ALLOWED_BITS:
         raise UserError(f"--activation-bits must be among {list(ALLOWED_BITS)} (16/32 = floating point), got {a_bits}")
     workload = load_workload(config)
+    checked_loader(workload, epochs, lr, batch_size, config.seed)
     if fresh:
         reinitialize(workload.model, config.seed)
     float_model = copy.deepcopy(workload.model)

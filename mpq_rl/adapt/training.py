@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader
 
 from mpq_rl.adapt.fixed_point import fixed_point, stochastic_round
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
@@ -72,13 +73,7 @@ def train(
     The trained model keeps its final fixed-point weights (the parametrizations are removed, leaving the
     quantized values), so its state dict is what the forward pass used.
     """
-    if epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {epochs}")
-    if lr <= 0:
-        raise UserError(f"--lr must be positive, got {lr}")
-    if workload.test is None or workload.test.targets() is None:
-        raise UserError("adaptive-precision training reports held-out top-1: give a labelled test split")
-    loader = train_loader(workload, batch_size, seed)
+    loader = checked_loader(workload, epochs, lr, batch_size, seed)
     model = workload.model
     names = workload.layers.names
     modules = {name: model.get_submodule(name) for name in names}
@@ -101,10 +96,24 @@ def train(
     return result
 
 
+def checked_loader(workload: Workload, epochs: int, lr: float, batch_size: int, seed: int) -> DataLoader:
+    """The train split's loader, once the settings and the splits are known to make a training run (user errors
+    otherwise)."""
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    if lr <= 0:
+        raise UserError(f"--lr must be positive, got {lr}")
+    if workload.test is None or workload.test.targets() is None:
+        raise UserError(
+            "adaptive-precision training reports held-out top-1: give a labelled test split (a classifier's data)"
+        )
+    return train_loader(workload, batch_size, seed)
+
+
 def _loop(
     model: nn.Module,
     modules: dict[str, nn.Module],
-    loader,
+    loader: DataLoader,
     epochs: int,
     lr: float,
     rule: AdaptRule | None,
