@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -219,3 +220,21 @@ def test_adapt_refuses_a_folder_of_other_files(tmp_path, capsys):
     assert main(["adapt", "--epochs", "1", "--output", str(tmp_path)]) == 2
     assert "not an mpq_rl run folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_same_seed_same_training(digits_workload, one_thread):
+    """Two adaptive runs with one seed: the same formats, weights and scores (stochastic rounding is seeded)."""
+    from dataclasses import replace
+
+    from mpq_rl.adapt.training import train
+
+    runs = []
+    for _ in range(2):
+        workload = replace(digits_workload, model=copy.deepcopy(digits_workload.model))
+        result = train(workload, 1, 1e-3, 3, 20, True)  # 50 steps: every layer adapts at least once
+        runs.append((result, workload.model.state_dict()))
+    (first, weights), (second, again) = runs
+    assert first.precision == second.precision and first.losses == second.losses
+    assert first.test_top1 == second.test_top1 and first.ops.speedup == second.ops.speedup
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert any(p.wl != 8 for p in first.precision.values())
