@@ -199,15 +199,9 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     config = _config(args)
     if args.seed is not None:
         config = config.with_overrides(seed=args.seed)
-    summary = run_adapt(
-        config,
-        args.epochs,
-        Path(args.output),
-        lr=args.lr,
-        batch_size=args.batch_size,
-        fresh=args.fresh,
-        activation_bits=args.activation_bits,
-    )
+    options = {"lr": args.lr, "batch_size": args.batch_size, "activation_bits": args.activation_bits}
+    given = {key: value for key, value in options.items() if value is not None}
+    summary = run_adapt(config, args.epochs, Path(args.output), fresh=args.fresh, **given)
     top1 = summary["test_top1"]
     print(
         f"adapt: test top-1 {top1['adapt']:.4f} (float32 {top1['fp32']:.4f}), modelled training speed-up "
@@ -284,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapt = add("adapt", cmd_adapt)
     adapt.add_argument("--epochs", type=int, required=True, metavar="N", help="epochs over the train split")
     adapt.add_argument("--output", required=True, metavar="DIR", help="run folder to create")
-    adapt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    adapt.add_argument("--batch-size", type=int, default=50, metavar="N", help="training batch size (default 50)")
+    adapt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    adapt.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default 50)")
     adapt.add_argument("--seed", type=int, metavar="S", help="seed of both trainings (default: the config's)")
     adapt.add_argument("--fresh", action="store_true", help="start from fresh weights instead of the configured ones")
     adapt.add_argument(
