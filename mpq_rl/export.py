@@ -31,6 +31,7 @@ from torch import nn
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import calibrated_simulator
 from mpq_rl.finetune import load_finetuned
+from mpq_rl.formats import is_integer_code, label
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.policy import BitPair
 from mpq_rl.qat import LayerScales, calibrated_scales
@@ -263,6 +264,12 @@ def export_policy(
     Finetuned weights come with their learned LSQ scales when ``lsq_scales.safetensors`` lies beside them; any
     other weights are quantized with ranges calibrated here on the calibration split, as the simulator would.
     """
+    for name, pair in policy.items():
+        if not all(is_integer_code(code) for code in pair):
+            raise UserError(
+                f"layer {name!r} uses {'/'.join(label(code) for code in pair)}: ONNX export writes integer Q/DQ only; "
+                "export a policy in integers (quantization.formats: [int])"
+            )
     learned = load_finetuned(workload.model, weights) if weights is not None else None
     if learned is not None:
         for name, bits in policy.items():

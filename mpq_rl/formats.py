@@ -15,6 +15,7 @@ one more mantissa bit. ``fp`` and ``flint`` start at 3 bits (1 sign bit and at l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -163,6 +164,15 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, table: torch.Ten
     return torch.where(inside, quantized + (x - x.detach()), quantized.detach())
 
 
+def _clip_ratio(error_of_ratio, top: float) -> torch.Tensor:
+    """The integers' coarse-then-fine search (:func:`mpq_rl.quant.mse_ratio_search`) for the ratio of clipping
+    value to the observed maximum, on a log scale from 0.02 up to ``top`` (the table's largest value): above 1 the
+    observed maximum lands below the table's top, which pays off for flint, whose sparse top octaves hold two
+    values whatever the bits."""
+    log_ratio = mse_ratio_search(lambda t: error_of_ratio(torch.exp(t)), math.log(0.02), math.log(max(top, 1.0)))
+    return torch.exp(log_ratio)
+
+
 def weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
     """Per-output-channel scales (shape ``[C, 1, ...]``) mapping ``code``'s largest value onto each channel's
     clipping value, chosen by ``method`` as for integers (:func:`mpq_rl.quant.weight_scale`)."""
@@ -184,7 +194,7 @@ def weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentil
             scale = scale_of(abs_max * ratio)
             return (_nearest(rows / scale, table) * scale - rows).pow(2).sum(dim=1)
 
-        clip = abs_max * mse_ratio_search(error)
+        clip = abs_max * _clip_ratio(error, top)
     return scale_of(clip).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
@@ -230,7 +240,7 @@ def activation_quantizer(
             scale = reach * float(ratio) / top
             return (_nearest(sample / scale, table) * scale - sample).pow(2).sum().reshape(1)
 
-        clip = reach * float(mse_ratio_search(error)[0])
+        clip = reach * float(_clip_ratio(error, top)[0])
     return TableQuantizer(max(clip, 1e-12) / top, table, code)
 
 
