@@ -44,7 +44,8 @@ def table(config_path: str) -> str:
             has = name == "int" or bits >= formats.FORMATS[name].min_bits
             cells.append(f"{weight_sqnr(weights, code, config.quantization.weight_range):.2f}" if has else "-")
         rows.append(f"| {name} | {' | '.join(cells)} |")
-    title = f"Weight SQNR (dB), {config.model.source}: {len(weights)} layers, per-channel {config.quantization.weight_range}"
+    method = config.quantization.weight_range
+    title = f"Weight SQNR (dB), {config.model.source}: {len(weights)} layers, per-channel {method}"
     return "\n".join([title, "", *rows])
 
 

@@ -115,4 +115,5 @@ def build_cost_table(
         preset=hardware.preset,
         memory_bound_table=costs.memory_bound,
         batch_size=model.batch_size if "batch_size" in fields else 1,
+        table_units=costs.table_units,
     )
