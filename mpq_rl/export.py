@@ -216,13 +216,18 @@ def quantize_graph(graph_model, scales: Mapping[str, LayerScales]) -> list[dict[
                 "clip": clip,
             }
         described.append(record)
+    splice(graph, before)
+    return described
+
+
+def splice(graph, before: Mapping[int, list]) -> None:
+    """Insert ``before[i]`` ahead of node ``i`` of ``graph``, for every ``i`` (indices of the graph as it is)."""
     nodes = []
     for i, node in enumerate(graph.node):
         nodes.extend(before.get(i, []))
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    return described
 
 
 def export_onnx(
@@ -243,7 +248,7 @@ def export_onnx(
 
     graph_model = trace_onnx(model, example)
     layers = quantize_graph(graph_model, scales)
-    add_format_layers(graph_model, tables or {}, layers)
+    splice(graph_model.graph, add_format_layers(graph_model, tables or {}, layers))
     graph_model.producer_name = "mpq_rl"
     onnx.checker.check_model(graph_model, full_check=True)
     path = Path(path)

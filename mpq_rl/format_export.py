@@ -61,8 +61,9 @@ def integer_view(policy: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, 
     return {name: tuple(c if formats.is_integer_code(c) else 32 for c in pair) for name, pair in policy.items()}
 
 
-def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: list[dict[str, Any]]) -> None:
-    """Rewrite ``graph_model`` (in place) for every layer of ``layers``; fill in their sidecar ``records``."""
+def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: list[dict[str, Any]]) -> dict[int, list]:
+    """Rewire ``graph_model`` (in place) for every layer of ``layers`` and fill in their sidecar ``records``;
+    return the new nodes to insert ahead of each node index (the caller splices them in)."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = graph_model.graph
@@ -144,9 +145,4 @@ def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: l
             record["input"] = {**formats.table_record(quantizer.code, bool(table[0] < 0)), "scale": quantizer.scale}
             record["a_bits"] = formats.bits_of(quantizer.code)
             record["a_format"] = formats.format_of(quantizer.code)
-    nodes = []
-    for i, node in enumerate(graph.node):
-        nodes.extend(before.get(i, []))
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    return before

@@ -46,14 +46,15 @@ class MiniFloat:
     is a finite value (no infinities or NaN: a quantized tensor holds neither), so E4M3 reaches 480 where the
     OCP FP8 E4M3 reserves its top code for NaN and stops at 448.
 
-    Splits by magnitude bits (bits without the sign): 2 -> E2M0, 3 -> E2M1 (OCP FP4), 4 -> E2M2, 5 -> E3M2 (OCP
-    MX FP6 E3M2), 6 -> E3M3, 7 -> E4M3 (OCP FP8 E4M3), 8 -> E4M4 (unsigned 8-bit activations). Few exponent
-    bits at low widths because the per-channel scale already supplies the range; mantissa sets the precision.
+    Splits by magnitude bits (bits without the sign): 2 -> E2M0, 3 -> E2M1 (OCP FP4), 4 -> E2M2, 5 -> E2M3 (OCP
+    MX FP6 E2M3), 6 -> E3M3, 7 -> E4M3 (OCP FP8 E4M3), 8 -> E4M4 (unsigned 8-bit activations). Two exponent bits
+    up to 6 bits because the per-channel scale already supplies the range and the mantissa sets the precision; 7
+    and 8 bits spend their extra bits on the exponent (E3M3, then FP8 E4M3), which only helps small values.
     """
 
     name = "fp"
     min_bits = 3
-    EXPONENT_BITS = {2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4}
+    EXPONENT_BITS = {2: 2, 3: 2, 4: 2, 5: 2, 6: 3, 7: 4, 8: 4}
 
     def split(self, magnitude_bits: int) -> tuple[int, int]:
         """(exponent bits, mantissa bits) for ``magnitude_bits``."""

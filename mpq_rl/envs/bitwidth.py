@@ -32,7 +32,7 @@ OBSERVATION_FEATURES = (
     ("params", "log(1 + parameters), divided by the model's largest", 0.0, 1.0),
     ("macs", "log(1 + MACs), divided by the model's largest", 0.0, 1.0),
     ("cost_share", "the layer's share of the model's W8A8 cost in the budget metric", 0.0, 1.0),
-    ("prev_w_bits", "previous layer's weight bits actually used, 0 (lowest candidate) to 1 (highest)", 0.0, 1.0),
+    ("prev_w_bits", "previous layer's weight bits actually used, 0 (lowest bit-width) to 1 (highest)", 0.0, 1.0),
     ("prev_a_bits", "previous layer's activation bits actually used, 0 (lowest) to 1 (highest)", 0.0, 1.0),
     ("spent", "cost spent so far (fixed layers included), as a fraction of the budget", 0.0, 2.0),
     ("remaining_min", "least cost this and the later layers need, as a fraction of the budget", 0.0, 2.0),
@@ -119,7 +119,7 @@ class BitWidthEnv(gym.Env):
     | 8 | params | log(1 + parameters), divided by the model's largest | 0 | 1 |
     | 9 | macs | log(1 + MACs), divided by the model's largest | 0 | 1 |
     | 10 | cost_share | the layer's share of the model's W8A8 cost in the budget metric | 0 | 1 |
-    | 11 | prev_w_bits | previous layer's weight bits actually used, 0 (lowest candidate) to 1 (highest) | 0 | 1 |
+    | 11 | prev_w_bits | previous layer's weight bits actually used, 0 (lowest bit-width) to 1 (highest) | 0 | 1 |
     | 12 | prev_a_bits | previous layer's activation bits actually used, 0 (lowest) to 1 (highest) | 0 | 1 |
     | 13 | spent | cost spent so far (fixed layers included), as a fraction of the budget | 0 | 2 |
     | 14 | remaining_min | least cost this and the later layers need, as a fraction of the budget | 0 | 2 |
