@@ -203,6 +203,7 @@ def test_a_policy_mixing_formats_goes_through_search_cost_and_evaluate(digits_mo
     run = tmp_path / "run"
     argv = ["--config", str(config)]
     assert main(["search", *argv, "--agent", "random", "--episodes", "3", "--output", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
     policy_file = run / "policy.json"
     layers = json.loads(policy_file.read_text())["layers"]
     assert {layer["w_format"] for layer in layers} | {layer["a_format"] for layer in layers} > {"int"}

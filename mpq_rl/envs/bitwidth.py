@@ -166,7 +166,8 @@ class BitWidthEnv(gym.Env):
     ``model``: a learned stand-in for the evaluator (:class:`EpisodeModel`), for training on a surrogate.
 
     ## Version History
-    * v0: first version.
+    * v0: first version; the format components of the action came later, only with several
+      ``quantization.formats`` (integer-only spaces unchanged).
     """
 
     metadata = {"render_modes": []}
