@@ -28,11 +28,18 @@ def row(folder: Path) -> str:
             usage.update([layer.get("w_format", "int"), layer.get("a_format", "int")])
     total = sum(usage.values())
     shares = ", ".join(f"{name} {count / total:.0%}" for name, count in usage.most_common())
-    return (
-        f"| {model} | {comparison['budget']:g} | {VARIANTS[variant]} | {summary['test_mean']:.2%} ± "
-        f"{summary['test_std']:.2%} | {summary['cost_ratio_mean']:.3f} | {summary['found']}/{summary['runs']} | "
-        f"{comparison['episodes']} | {shares} |"
-    )
+    cells = [
+        model,
+        f"{comparison['budget']:g}",
+        VARIANTS[variant],
+        f"{summary['test_mean']:.2%} ± {summary['test_std']:.2%}",
+        f"{summary['proxy_mean']:.2%}",
+        f"{summary['cost_ratio_mean']:.3f}",
+        f"{summary['found']}/{summary['runs']}",
+        str(comparison["episodes"]),
+        shares,
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -40,10 +47,10 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     args = parser.parse_args()
     print(
-        "| model | budget | formats | held-out (mean ± std, 3 seeds) | cost / W8A8 | in budget | evaluations "
-        "| formats used (layers x {w, a}) |"
+        "| model | budget | formats | held-out (mean ± std, 3 seeds) | proxy (calibration) | cost / W8A8 | in budget "
+        "| evaluations | formats used (layers x {w, a}) |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
     for folder in args.folders:
         print(row(folder))
 
