@@ -143,15 +143,15 @@ def value_table(code: int, signed: bool) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _nearest(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Each element of ``x`` replaced by the nearest value of the sorted ``table`` (ties to the smaller)."""
-    midpoints = (table[1:] + table[:-1]) * 0.5
-    return table[torch.bucketize(x, midpoints)]
-
-
 def codes_of(x: torch.Tensor, scale: torch.Tensor | float, table: torch.Tensor) -> torch.Tensor:
-    """Indices into ``table`` of ``x / scale`` rounded to the nearest value: what an exporter stores."""
+    """Indices into the sorted ``table`` of the values nearest to ``x / scale`` (ties to the smaller): the number
+    of midpoints between neighbouring values that lie below. What an exporter stores."""
     return torch.bucketize(x / scale, (table[1:] + table[:-1]) * 0.5)
+
+
+def _nearest(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Each element of ``x`` replaced by the nearest value of the sorted ``table``."""
+    return table[codes_of(x, 1.0, table)]
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, table: torch.Tensor) -> torch.Tensor:
