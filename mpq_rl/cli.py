@@ -100,7 +100,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
     config, policy_file = _config_and_policy(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
-    costs = build_cost_table(workload.layers, config.hardware)
+    costs = build_cost_table(workload.layers, config.hardware, formats=config.quantization.formats)
     if policy_file is None:
         policy = costs.reference_policy()
     else:

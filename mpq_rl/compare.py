@@ -18,6 +18,7 @@ from typing import Any
 
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
+from mpq_rl.formats import label
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.metrics import format_metric
 
@@ -156,7 +157,7 @@ def uniform_row(comparison: dict[str, Any]) -> tuple[str, float | None, float | 
     chosen = comparison["uniform_chosen"]
     if not chosen:
         return "none fits", None, None
-    settings = ", ".join(dict.fromkeys(f"W{c['w_bits']}A{c['a_bits']}" for c in chosen))
+    settings = ", ".join(dict.fromkeys(f"W{label(c['w_bits'])}A{label(c['a_bits'])}" for c in chosen))
     return settings, *_mean_std([c["test"] for c in chosen])
 
 

@@ -94,6 +94,15 @@ class QuantizationConfig(_Section):
     weight_range: Literal["mse", "minmax", "percentile"] = "mse"
     activation_range: Literal["mse", "minmax", "percentile"] = "mse"
     percentile: float = Field(99.99, gt=50.0, le=100.0, allow_inf_nan=False)
+    formats: list[Literal["int", "fp", "flint"]] = Field(default_factory=lambda: ["int"])
+    """Number formats each layer's weights and activations choose from (see :mod:`mpq_rl.formats`)."""
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"quantization.formats must list each format once, e.g. [int, fp, flint], got {v}")
+        return v
 
     @field_validator("weight_bits")
     @classmethod

@@ -13,7 +13,9 @@ so the graph computes what the simulator computes), converted to opset 21, and r
   range and inputs passing a ``Clip`` to the float range of their ``b``-bit levels, ``[(0 - z) * s, (2^b - 1 - z)
   * s]``, before ``QuantizeLinear``. Layers at 16/32 bits are left in floating point.
 
-A JSON sidecar (``<output>.json``) lists every layer's bits, types, levels, scales and zero points.
+A JSON sidecar (``<output>.json``) lists every layer's bits, types, levels, scales and zero points. Layers in fp or
+flint (:mod:`mpq_rl.formats`) have no ONNX type: :mod:`mpq_rl.format_export` stores their codes and value tables
+and decodes them inside the graph.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import calibrated_simulator
 from mpq_rl.finetune import load_finetuned
+from mpq_rl.format_export import FormatLayer, add_format_layers, format_layers, integer_view
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.policy import BitPair
 from mpq_rl.qat import LayerScales, calibrated_scales
@@ -213,26 +216,39 @@ def quantize_graph(graph_model, scales: Mapping[str, LayerScales]) -> list[dict[
                 "clip": clip,
             }
         described.append(record)
+    splice(graph, before)
+    return described
+
+
+def splice(graph, before: Mapping[int, list]) -> None:
+    """Insert ``before[i]`` ahead of node ``i`` of ``graph``, for every ``i`` (indices of the graph as it is)."""
     nodes = []
     for i, node in enumerate(graph.node):
         nodes.extend(before.get(i, []))
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    return described
 
 
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, scales: Mapping[str, LayerScales], path: str | Path, source: str
+    model: nn.Module,
+    example: torch.Tensor,
+    scales: Mapping[str, LayerScales],
+    path: str | Path,
+    source: str,
+    tables: Mapping[str, FormatLayer] | None = None,
 ) -> dict[str, Any]:
     """Write the quantized ONNX graph to ``path`` and its sidecar to ``path`` + ``.json``; return the sidecar.
 
     ``source`` says where the scales came from (``"calibrated"`` or ``"learned"``); it is recorded in the sidecar.
+    ``tables`` holds the fp / flint sides of layers (:mod:`mpq_rl.format_export`), whose ``scales`` leave those
+    sides in floating point.
     """
     import onnx
 
     graph_model = trace_onnx(model, example)
     layers = quantize_graph(graph_model, scales)
+    splice(graph_model.graph, add_format_layers(graph_model, tables or {}, layers))
     graph_model.producer_name = "mpq_rl"
     onnx.checker.check_model(graph_model, full_check=True)
     path = Path(path)
@@ -272,12 +288,13 @@ def export_policy(
                     f"layer {name!r}: the learned scales next to {str(weights)!r} are for bits {have}, the policy "
                     f"gives {tuple(bits)}: export with the policy the weights were finetuned with"
                 )
-        scales, source = {name: learned[name] for name in policy}, "learned"
+        scales, source, tables = {name: learned[name] for name in policy}, "learned", {}
     else:
         simulator = calibrated_simulator(workload)
         try:
-            scales, source = calibrated_scales(simulator, policy), "calibrated"
+            scales, source = calibrated_scales(simulator, integer_view(policy)), "calibrated"
+            tables = format_layers(simulator, policy)
         finally:
             simulator.detach()
     example = example_input(workload.config, workload.calibration)
-    return export_onnx(workload.model, example, scales, output, source)
+    return export_onnx(workload.model, example, scales, output, source, tables)

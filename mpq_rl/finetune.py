@@ -32,9 +32,11 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
+from mpq_rl import formats
 from mpq_rl.data import split_item
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import Metrics, calibrated_simulator
+from mpq_rl.formats import candidate_codes, is_integer_code
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.layers import call_model
 from mpq_rl.metrics import model_outputs, output_tensor, score
@@ -109,7 +111,7 @@ def _baseline(workload: Workload, policy: Mapping[str, BitPair]) -> _Baseline:
         targets = workload.test.targets()
         with simulator.applied(policy):
             quantized = model_outputs(workload.model, workload.test)
-        scales = calibrated_scales(simulator, policy)
+        scales = calibrated_scales(simulator, policy) if not _non_integer(policy) else {}
     finally:
         simulator.detach()
     return _Baseline(reference, score(reference, reference, targets), score(quantized, reference, targets), scales)
@@ -137,6 +139,13 @@ def finetune(
     if lr <= 0:
         raise UserError(f"finetune learning rate must be positive, got {lr}")
     policy = workload.full_policy(dict(policy))
+    non_integer = _non_integer(policy)
+    if epochs > 0 and non_integer:
+        name, code = non_integer
+        raise UserError(
+            f"LSQ finetuning learns integer step sizes, but layer {name!r} uses {formats.label(code)}: "
+            "finetune a policy in integers, or evaluate this one without --finetune-epochs"
+        )
     baseline = _baseline(workload, policy)
     result = FinetuneResult(policy, epochs, lr, seed, baseline.fp32, baseline.before)
     if epochs == 0:
@@ -156,6 +165,15 @@ def finetune(
         model.eval()
     result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return result
+
+
+def _non_integer(policy: Mapping[str, BitPair]) -> tuple[str, int] | None:
+    """The first layer (and its code) that uses a format other than integers, if any."""
+    for name, pair in policy.items():
+        for code in pair:
+            if not is_integer_code(code):
+                return name, code
+    return None
 
 
 def _collate(items: list[Any]) -> tuple[Any, torch.Tensor]:
@@ -284,8 +302,10 @@ def checked_policy(workload: Workload, path: str | Path) -> Policy:
     Allowed bits are the configured candidates plus the bits the configuration fixes for unsearched layers.
     """
     quant = workload.config.quantization
-    weight_bits = sorted({*quant.weight_bits, *(w for w, _ in workload.fixed.values())})
-    activation_bits = sorted({*quant.activation_candidates, *(a for _, a in workload.fixed.values())})
+    weight_bits = sorted({*candidate_codes(quant.formats, quant.weight_bits), *(w for w, _ in workload.fixed.values())})
+    activation_bits = sorted(
+        {*candidate_codes(quant.formats, quant.activation_candidates), *(a for _, a in workload.fixed.values())}
+    )
     return validate_policy(load_policy(path), workload.layers.names, weight_bits, activation_bits)
 
 

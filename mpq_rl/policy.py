@@ -1,4 +1,9 @@
-"""Policies: a mapping from layer name to its (weight bits, activation bits), stored as versioned JSON."""
+"""Policies: a mapping from layer name to its (weight bits, activation bits), stored as versioned JSON.
+
+Bits are precision codes (:mod:`mpq_rl.formats`): plain bit-widths for integers. A file gives a layer's
+non-integer formats as ``w_format`` / ``a_format``; a file without them (every ``mpq_rl.policy/1`` file written
+before formats existed) means integers.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.errors import UserError
+from mpq_rl.formats import (
+    FORMAT_CODE_STRIDE,
+    FORMAT_NAMES,
+    bits_of,
+    check_code,
+    format_of,
+    is_integer_code,
+    label,
+    precision_code,
+)
 from mpq_rl.io import atomic_write_json, read_json
 
 BitPair = tuple[int, int]
@@ -40,16 +55,31 @@ def validate_policy(
             raise UserError(f"policy bits for layer {name!r} must be a [w_bits, a_bits] pair, got {list(bits)}")
         w, a = bits
         if weight_bits is not None and w not in weight_bits:
-            raise UserError(f"layer {name!r}: weight bits {w} are not among the candidates {list(weight_bits)}")
+            raise UserError(
+                f"layer {name!r}: weight bits {label(w)} are not among the candidates {_labels(weight_bits)}"
+            )
         if activation_bits is not None and a not in activation_bits:
-            raise UserError(f"layer {name!r}: activation bits {a} are not among the candidates {list(activation_bits)}")
+            raise UserError(
+                f"layer {name!r}: activation bits {label(a)} are not among the candidates {_labels(activation_bits)}"
+            )
         result[name] = (w, a)
     return result
 
 
+def _labels(codes: Sequence[int]) -> str:
+    return "[" + ", ".join(label(c) for c in codes) + "]"
+
+
 def policy_to_json(policy: Mapping[str, BitPair], **sections: Any) -> dict[str, Any]:
-    """The file form: ``{"format", "layers": [{"name", "w_bits", "a_bits"}...], **sections}``."""
-    layers = [{"name": n, "w_bits": int(w), "a_bits": int(a)} for n, (w, a) in policy.items()]
+    """The file form: ``{"format", "layers": [{"name", "w_bits", "a_bits"}...], **sections}``, with
+    ``w_format`` and ``a_format`` on every layer when any layer uses a format other than integers."""
+    with_formats = not all(is_integer_code(w) and is_integer_code(a) for w, a in policy.values())
+    layers = []
+    for n, (w, a) in policy.items():
+        layer: dict[str, Any] = {"name": n, "w_bits": bits_of(w), "a_bits": bits_of(a)}
+        if with_formats:
+            layer |= {"w_format": format_of(w), "a_format": format_of(a)}
+        layers.append(layer)
     return {"format": POLICY_FORMAT, "layers": layers, **sections}
 
 
@@ -83,8 +113,23 @@ def load_policy(path: str | Path) -> Policy:
             raise UserError(f"policy file {path}: layer names must be strings, got {name!r}")
         if name in policy:
             raise UserError(f"policy file {path}: layer {name!r} is listed twice: keep one entry per layer")
-        policy[name] = (_whole(item["w_bits"], name, "w_bits", path), _whole(item["a_bits"], name, "a_bits", path))
+        policy[name] = (_code(item, "w", name, path), _code(item, "a", name, path))
     return policy
+
+
+def _code(item: dict[str, Any], side: str, name: str, path: Path) -> int:
+    """The precision code of one side (``w`` or ``a``) of a policy file's layer entry."""
+    bits = _whole(item[f"{side}_bits"], name, f"{side}_bits", path)
+    format_name = item.get(f"{side}_format", "int")
+    if format_name not in FORMAT_NAMES:
+        raise UserError(
+            f"policy file {path}: layer {name!r} has {side}_format {format_name!r}: choose one of {list(FORMAT_NAMES)}"
+        )
+    if not 0 < bits < FORMAT_CODE_STRIDE:
+        raise UserError(f"policy file {path}: layer {name!r} has {side}_bits {bits}: bit-widths run from 2 to 32")
+    code = precision_code(format_name, bits)
+    check_code(code, f"policy file {path}: layer {name!r}")
+    return code
 
 
 def _whole(value: Any, name: str, key: str, path: Path) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from mpq_rl.budget import Budget, Choice, within_fraction
 from mpq_rl.config import METRICS, RunConfig, load_config
 from mpq_rl.evaluator import Evaluator
+from mpq_rl.formats import candidate_codes
 from mpq_rl.hardware import CostTable, build_cost_table
 from mpq_rl.policy import Policy
 from mpq_rl.rewards import Outcome, build_reward, proxy_value
@@ -44,7 +45,11 @@ class SearchProblem:
     ) -> None:
         self.config = workload.config if workload is not None and config is None else load_config(config)
         self.workload = workload if workload is not None else load_workload(self.config)
-        self.costs = costs if costs is not None else build_cost_table(self.workload.layers, self.config.hardware)
+        self.costs = (
+            costs
+            if costs is not None
+            else build_cost_table(self.workload.layers, self.config.hardware, formats=self.config.quantization.formats)
+        )
         self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)
         self.reward_fn: Callable[[Outcome], float] = build_reward(self.config.reward)
@@ -57,8 +62,8 @@ class SearchProblem:
             layer_names=self.costs.layer_names,
             searched=self.workload.searched,
             fixed=self.workload.fixed,
-            weight_bits=quant.weight_bits,
-            activation_bits=quant.activation_candidates,
+            weight_bits=candidate_codes(quant.formats, quant.weight_bits),
+            activation_bits=candidate_codes(quant.formats, quant.activation_candidates),
             fraction=self.config.budget.fraction,
             metric=self.metric,
             reference=self.costs.reference(self.metric),

@@ -65,7 +65,7 @@ def _per_channel_error(values: torch.Tensor, clip: torch.Tensor, q_max: int) -> 
     return (quantized - values).pow(2).sum(dim=1)
 
 
-def _mse_ratio_search(error_of_ratio, lo: float = 0.02, hi: float = 1.0) -> torch.Tensor:
+def mse_ratio_search(error_of_ratio, lo: float = 0.02, hi: float = 1.0) -> torch.Tensor:
     """Per-row best clipping ratio in [lo, hi]: a coarse grid, then a fine grid around each row's best."""
     coarse = torch.linspace(lo, hi, _COARSE_GRID)
     errors = torch.stack([error_of_ratio(torch.full_like(coarse[:1], r)) for r in coarse.tolist()])
@@ -93,7 +93,7 @@ def weight_scale(
     elif method == "percentile":
         clip = torch.quantile(rows.abs(), percentile / 100.0, dim=1)
     else:
-        clip = abs_max * _mse_ratio_search(lambda r: _per_channel_error(rows, abs_max * r, q_max))
+        clip = abs_max * mse_ratio_search(lambda r: _per_channel_error(rows, abs_max * r, q_max))
     return (clip / q_max).clamp_min(torch.finfo(torch.float32).tiny)
 
 
@@ -144,7 +144,7 @@ def activation_quantizer(
         quantizer = _affine(lo * float(ratio), hi * float(ratio), bits, unsigned)
         return (quantizer.values(sample) - sample).pow(2).sum().reshape(1)
 
-    ratio = float(_mse_ratio_search(error)[0])
+    ratio = float(mse_ratio_search(error)[0])
     return _affine(lo * ratio, hi * ratio, bits, unsigned)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mpq_rl import formats
 from mpq_rl.errors import UserError
 from mpq_rl.kernels import fake_quantize
 from mpq_rl.layers import batch_size_of, call_model
@@ -61,11 +62,12 @@ class _InferenceFakeQuant:
         self._views: dict[torch.Size, torch.Tensor] = {}
         self._constants: dict[ActivationQuantizer, tuple[float, float, float, float]] = {}
 
-    def __call__(self, quantizer: ActivationQuantizer, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, quantizer: ActivationQuantizer | formats.TableQuantizer, x: torch.Tensor) -> torch.Tensor:
         # This runs once per quantized layer per batch: its overhead shows next to small layers, hence the cached
         # views and constants, and a kernel called on raw pointers (a third of the cost of passing arrays).
         if (
-            x.dtype is not torch.float32
+            not isinstance(quantizer, ActivationQuantizer)
+            or x.dtype is not torch.float32
             or not x.is_cpu
             or not x.is_contiguous()
             or (x.requires_grad and torch.is_grad_enabled())
@@ -136,9 +138,9 @@ class QuantSimulator:
         self.seed = seed
         self.fp32_weights = {name: module.weight.data for name, module in self.modules.items()}
         self._weights: dict[tuple[str, int], torch.Tensor] = {}
-        self._quantizers: dict[tuple[str, int], ActivationQuantizer] = {}
+        self._quantizers: dict[tuple[str, int], ActivationQuantizer | formats.TableQuantizer] = {}
         self._stats: dict[str, _ActivationStats] | None = None
-        self._active: dict[str, ActivationQuantizer | None] = dict.fromkeys(self.layer_names)
+        self._active: dict[str, ActivationQuantizer | formats.TableQuantizer | None] = dict.fromkeys(self.layer_names)
         self._current: dict[str, BitPair] = {}
         self._fake_quant = _InferenceFakeQuant()
         self._handles = [
@@ -201,12 +203,14 @@ class QuantSimulator:
         self._quantizers.clear()
 
     def weight(self, name: str, bits: int) -> torch.Tensor:
-        """The cached quantized weight of layer ``name`` at ``bits`` (computed on first use)."""
+        """The cached quantized weight of layer ``name`` at ``bits`` (a precision code of
+        :mod:`mpq_rl.formats`; computed on first use)."""
         if is_float_bits(bits):
             return self.fp32_weights[name]
         key = (name, bits)
         if key not in self._weights:
-            self._weights[key] = quantize_weight(self.fp32_weights[name], bits, self.weight_range, self.percentile)
+            quantize = quantize_weight if formats.is_integer_code(bits) else formats.quantize_weight
+            self._weights[key] = quantize(self.fp32_weights[name], bits, self.weight_range, self.percentile)
         return self._weights[key]
 
     def activation_sample(self, name: str) -> torch.Tensor:
@@ -218,8 +222,8 @@ class QuantSimulator:
             raise UserError(f"layer {name!r} did not run during calibration, so its input range is unknown")
         return torch.cat(record.samples)
 
-    def activation(self, name: str, bits: int) -> ActivationQuantizer | None:
-        """The cached input quantizer of layer ``name`` at ``bits`` (None for floating point)."""
+    def activation(self, name: str, bits: int) -> ActivationQuantizer | formats.TableQuantizer | None:
+        """The cached input quantizer of layer ``name`` at ``bits`` (a precision code; None for floating point)."""
         if is_float_bits(bits):
             return None
         key = (name, bits)
@@ -228,7 +232,8 @@ class QuantSimulator:
                 raise UserError("activation bits need calibration data: call calibrate() before apply()")
             record = self._stats[name]
             sample = self.activation_sample(name)
-            self._quantizers[key] = activation_quantizer(
+            quantizer = activation_quantizer if formats.is_integer_code(bits) else formats.activation_quantizer
+            self._quantizers[key] = quantizer(
                 sample, record.lo, record.hi, bits, self.activation_range, self.percentile
             )
         return self._quantizers[key]

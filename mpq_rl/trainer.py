@@ -35,6 +35,7 @@ from mpq_rl.budget import within_fraction
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
+from mpq_rl.formats import label
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
 from mpq_rl.logger import TB_DIR, TensorBoardLogger, logged_episodes
 from mpq_rl.metrics import format_metric
@@ -114,7 +115,7 @@ class SearchResult:
         if self.best is None:
             lines.append(f"no policy within the budget ({self.budget:g} of W8A8 {self.metric}) was found")
         else:
-            bits = "  ".join(f"{n}={w}/{a}" for n, (w, a) in self.best["policy"].items())
+            bits = "  ".join(f"{n}={label(w)}/{label(a)}" for n, (w, a) in self.best["policy"].items())
             lines.append(
                 f"best policy (episode {self.best['episode']} of {self.episodes}, reward {self.best['reward']:.4f}),"
                 f" w/a bits: {bits}"
@@ -133,7 +134,7 @@ class SearchResult:
             rows.append((name, test(item["test"]), _f(item["cost_ratio"]), "-"))
         for item in self.uniform:
             ratio = item["cost_ratio"]
-            name = f"uniform W{item['w_bits']}A{item['a_bits']}"
+            name = f"uniform W{label(item['w_bits'])}A{label(item['a_bits'])}"
             rows.append((name, test(item["test"]), _f(ratio[self.metric]), _f(ratio.get("size"))))
         lines.append(f"held-out test split, budget {self.budget:g} of W8A8 {self.metric}:")
         lines.append(render_table(rows, right=(1, 2, 3)))

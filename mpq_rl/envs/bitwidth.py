@@ -14,6 +14,7 @@ from gymnasium import spaces
 from mpq_rl.budget import Choice
 from mpq_rl.config import RunConfig
 from mpq_rl.evaluator import Evaluator
+from mpq_rl.formats import bits_of, format_of
 from mpq_rl.hardware import CostTable
 from mpq_rl.problem import SearchProblem
 from mpq_rl.sensitivity import Sensitivity
@@ -31,7 +32,7 @@ OBSERVATION_FEATURES = (
     ("params", "log(1 + parameters), divided by the model's largest", 0.0, 1.0),
     ("macs", "log(1 + MACs), divided by the model's largest", 0.0, 1.0),
     ("cost_share", "the layer's share of the model's W8A8 cost in the budget metric", 0.0, 1.0),
-    ("prev_w_bits", "previous layer's weight bits actually used, 0 (lowest candidate) to 1 (highest)", 0.0, 1.0),
+    ("prev_w_bits", "previous layer's weight bits actually used, 0 (lowest bit-width) to 1 (highest)", 0.0, 1.0),
     ("prev_a_bits", "previous layer's activation bits actually used, 0 (lowest) to 1 (highest)", 0.0, 1.0),
     ("spent", "cost spent so far (fixed layers included), as a fraction of the budget", 0.0, 2.0),
     ("remaining_min", "least cost this and the later layers need, as a fraction of the budget", 0.0, 2.0),
@@ -53,6 +54,23 @@ class EpisodeModel(Protocol):
         ...
 
 
+class _Axis:
+    """One side's candidates (precision codes) seen as bit-widths x formats, for actions that pick both."""
+
+    def __init__(self, codes: Sequence[int], formats: Sequence[str]) -> None:
+        self.bits = sorted({bits_of(c) for c in codes})
+        self.positions = [self.bits.index(bits_of(c)) / max(len(self.bits) - 1, 1) for c in codes]
+        """Per candidate, its bit-width's place among the bit-widths, 0 to 1 (the observed previous bits)."""
+        self._grid = []
+        for name in formats:
+            own = [i for i, c in enumerate(codes) if format_of(c) == name] or list(range(len(codes)))
+            self._grid.append([min(own, key=lambda i, b=b: (abs(bits_of(codes[i]) - b), i)) for b in self.bits])
+
+    def candidate(self, format_index: int, bits_index: int) -> int:
+        """The candidate of that format nearest to that bit-width."""
+        return self._grid[format_index][bits_index]
+
+
 class BitWidthEnv(gym.Env):
     """Choose the weight and activation bit-width of every quantizable layer of a network, under a budget.
 
@@ -71,6 +89,20 @@ class BitWidthEnv(gym.Env):
     outside its space (an index out of range or not whole, another shape, NaN, ``None`` or text) is a
     ``ValueError`` naming the space; only continuous values beyond [-1, 1] are clipped.
 
+    When ``quantization.formats`` lists more than one number format (:mod:`mpq_rl.formats`), the action gains a
+    format per side, and the bit components range over the bit-widths instead of the candidates:
+
+    | index | name | meaning | shown |
+    |---|---|---|---|
+    | 0 | w_bits | weight bit-width, onto the sorted bit-widths | always |
+    | 1 | a_bits | activation bit-width, onto the sorted bit-widths | unless weight-only |
+    | next | w_format | weight format, onto ``quantization.formats`` in order | with several formats |
+    | next | a_format | activation format, onto ``quantization.formats`` | with several formats, unless weight-only |
+
+    ``MultiDiscrete([n_bits, n_bits, n_formats, n_formats])`` with ``discrete=True``. A format without the chosen
+    bit-width (fp and flint start at 3 bits) takes its nearest one. Projection onto the budget may change a
+    layer's format as well as its bits (it searches the candidates below the asked one, formats in list order).
+
     ## Observation Space
     ``Box`` of shape ``(15,)``, every component normalized over the model:
 
@@ -87,7 +119,7 @@ class BitWidthEnv(gym.Env):
     | 8 | params | log(1 + parameters), divided by the model's largest | 0 | 1 |
     | 9 | macs | log(1 + MACs), divided by the model's largest | 0 | 1 |
     | 10 | cost_share | the layer's share of the model's W8A8 cost in the budget metric | 0 | 1 |
-    | 11 | prev_w_bits | previous layer's weight bits actually used, 0 (lowest candidate) to 1 (highest) | 0 | 1 |
+    | 11 | prev_w_bits | previous layer's weight bits actually used, 0 (lowest bit-width) to 1 (highest) | 0 | 1 |
     | 12 | prev_a_bits | previous layer's activation bits actually used, 0 (lowest) to 1 (highest) | 0 | 1 |
     | 13 | spent | cost spent so far (fixed layers included), as a fraction of the budget | 0 | 2 |
     | 14 | remaining_min | least cost this and the later layers need, as a fraction of the budget | 0 | 2 |
@@ -134,7 +166,8 @@ class BitWidthEnv(gym.Env):
     ``model``: a learned stand-in for the evaluator (:class:`EpisodeModel`), for training on a surrogate.
 
     ## Version History
-    * v0: first version.
+    * v0: first version; the format components of the action came later, only with several
+      ``quantization.formats`` (integer-only spaces unchanged).
     """
 
     metadata = {"render_modes": []}
@@ -163,7 +196,14 @@ class BitWidthEnv(gym.Env):
         self.n_steps = len(self.workload.searched)
         self.discrete = discrete
         n_w, n_a = len(self.budget.weight_bits), len(self.budget.activation_bits)
-        dims = [n_w] if self.weight_only else [n_w, n_a]
+        formats = self.config.quantization.formats
+        axes = [_Axis(self.budget.weight_bits, formats), _Axis(self.budget.activation_bits, formats)]
+        self._axes = axes[:1] if self.weight_only else axes
+        self._with_formats = len(formats) > 1
+        if self._with_formats:
+            dims = [len(axis.bits) for axis in self._axes] + [len(formats)] * len(self._axes)
+        else:
+            dims = [n_w] if self.weight_only else [n_w, n_a]
         if discrete:
             self.action_space = spaces.MultiDiscrete(dims)
         else:
@@ -189,7 +229,8 @@ class BitWidthEnv(gym.Env):
         # overhead on arrays of 2 to 15 values, which dominated the step time.
         self._feature_rows: list[list[float]] = self._features.tolist()
         self._suffix_min: list[float] = self.budget.suffix_min.tolist()
-        self._sizes = (n_w, n_a)
+        self._sizes = tuple(dims)
+        self._previous = (axes[0].positions, axes[1].positions)
         self._choices: list[Choice] = []
         self._spent = self.budget.fixed_cost
         self._projected_layers = 0
@@ -231,8 +272,7 @@ class BitWidthEnv(gym.Env):
         limit = self.budget.fraction * self.budget.reference
         if self._choices:
             w, a = self._choices[-1]
-            prev_w = w / max(len(self.budget.weight_bits) - 1, 1)
-            prev_a = a / max(len(self.budget.activation_bits) - 1, 1)
+            prev_w, prev_a = self._previous[0][w], self._previous[1][a]
         else:
             prev_w = prev_a = 0.0
         remaining = self._suffix_min[len(self._choices)]
@@ -261,6 +301,9 @@ class BitWidthEnv(gym.Env):
         else:
             clipped = [min(max(v, -1.0), 1.0) for v in values]
             indices = [int(round((v + 1.0) / 2.0 * (n - 1))) for v, n in zip(clipped, self._sizes, strict=False)]
+        if self._with_formats:
+            sides = len(self._axes)
+            indices = [axis.candidate(indices[i + sides], indices[i]) for i, axis in enumerate(self._axes)]
         if self.weight_only:
             indices.append(0)
         return indices[0], indices[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,13 @@ import numpy as np
 
 from mpq_rl.config import HardwareConfig
 from mpq_rl.errors import UserError
+from mpq_rl.formats import bits_of, candidate_codes
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
 from mpq_rl.hardware.bitfusion import BitFusion
 from mpq_rl.hardware.bitserial import BISMO_PYNQ, BISMO_ULTRA96, LOOM, STRIPES
 from mpq_rl.hardware.cost_table import CostTable
 from mpq_rl.hardware.counts import BopsCount, SizeCount, bops, size_bits
+from mpq_rl.hardware.flexible import FormatFlexible
 from mpq_rl.hardware.gpu import A100, T4
 from mpq_rl.hardware.lut import LookupTable
 from mpq_rl.hardware.shapes import BITS, LayerShapes, bit_grid
@@ -44,6 +47,11 @@ PRESETS: dict[str, Preset] = {
         Preset("loom", LOOM, "Loom (DAC 2018): convs ~ w_bits * a_bits / 256, fully connected ~ w_bits / 16"),
         Preset("t4", T4, "NVIDIA T4 tensor cores: INT4 / INT8 / FP16 modes with a 320 GB/s roofline, batch 16"),
         Preset("a100", A100, "NVIDIA A100 tensor cores: INT4 / INT8 / FP16 modes with a 1555 GB/s roofline, batch 16"),
+        Preset(
+            "flexible",
+            FormatFlexible(),
+            "Bit Fusion 16x32 with fp and flint operand decoders (ANT-style), prices int, fp and flint",
+        ),
         Preset("bops", BopsCount(), "bit operations, MACs * w_bits * a_bits (HAWQ-V3)"),
         Preset("size", SizeCount(), "model size, parameters * w_bits"),
         Preset("lut", LookupTable(), "a measured table from hardware.table (HAQ .npy, or .csv / .json rows)"),
@@ -67,13 +75,28 @@ def resolve_model(hardware: HardwareConfig) -> CostModel:
     return apply_overrides(preset.model, overrides, hardware.preset)
 
 
-def build_cost_table(layers: LayerTable, hardware: HardwareConfig, bits: tuple[int, ...] = BITS) -> CostTable:
-    """Compile ``layers`` on the hardware of ``hardware`` into a :class:`CostTable` over ``bits`` x ``bits``."""
+FORMAT_BLIND_PRESETS = ("bops", "size")
+"""Presets that count bits whatever their format, so they price fp and flint codes at their bit-width."""
+
+
+def build_cost_table(
+    layers: LayerTable, hardware: HardwareConfig, bits: tuple[int, ...] = BITS, formats: Sequence[str] = ("int",)
+) -> CostTable:
+    """Compile ``layers`` on the hardware of ``hardware`` into a :class:`CostTable` over ``bits`` x ``bits``,
+    extended by the precision codes of ``formats`` (:mod:`mpq_rl.formats`) beyond integers."""
     model = resolve_model(hardware)
     shapes = LayerShapes.from_table(layers)
-    w_bits, a_bits = bit_grid(bits)
+    bits = (*bits, *(c for c in candidate_codes(list(formats), [b for b in bits if b <= 8]) if c not in bits))
+    widths = tuple(bits_of(b) for b in bits)
+    reads_formats = getattr(model, "reads_formats", False)
+    if widths != bits and not reads_formats and hardware.preset not in FORMAT_BLIND_PRESETS:
+        raise UserError(
+            f"hardware preset {hardware.preset!r} runs integers only, so it cannot price quantization.formats "
+            f"{list(formats)}: choose hardware.preset: flexible (or bops / size), or formats: [int]"
+        )
+    w_bits, a_bits = bit_grid(widths)
     with np.errstate(divide="ignore", invalid="ignore"):
-        costs = model.cost(shapes, w_bits, a_bits)
+        costs = model.cost(shapes, *bit_grid(bits if reads_formats else widths))
     for metric, table in (("latency", costs.latency), ("energy", costs.energy)):
         if np.isinf(table).any() or (table < 0).any():
             raise UserError(

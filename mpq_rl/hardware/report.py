@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mpq_rl.config import METRICS
+from mpq_rl.formats import label
 from mpq_rl.hardware.cost_table import CostTable
 from mpq_rl.layers import LayerTable
 
@@ -111,7 +112,7 @@ def render_cost_report(report: Mapping[str, Any], metric: str = "latency") -> st
         share = r[key] / total_metric if r[key] is not None and total_metric else None
         lines.append(
             f"{name:<{name_width}} {r['kind']:<10}"
-            + f"{r['macs'] / 1e6:>9.2f}{r['params'] / 1e3:>10.1f}{str(r['w_bits']) + '/' + str(r['a_bits']):>6}"
+            + f"{r['macs'] / 1e6:>9.2f}{r['params'] / 1e3:>10.1f}{label(r['w_bits']) + '/' + label(r['a_bits']):>6}"
             + _cost_cells(r, scale)
             + _fmt(share, 100, 6, 1)
             + "%"
