@@ -30,7 +30,7 @@ from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import parse_config
 from mpq_rl.evaluator import evaluate_on_test
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import Episode, build_problem
 from mpq_rl.recorder import better
 
 NAME = "ablation"
@@ -53,7 +53,7 @@ def one_run(searcher: str, kwargs: dict[str, Any], metric: str, fraction: float,
     """One search from a fresh problem: best proxy, its held-out top-1, wall and evaluation seconds."""
     config = parse_config({"seed": seed, "budget": fraction, "hardware": {"preset": "bitfusion", "metric": metric}})
     started = time.perf_counter()
-    problem = SearchProblem(config)
+    problem = build_problem(config)
     built = time.perf_counter() - started
     best: Episode | None = None
     recorded: list[Episode] = []

@@ -30,7 +30,7 @@ from benchmarks.harness import Writer, machine, machine_lines, publish, table, w
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import parse_config
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import Episode, SearchProblem, build_problem
 
 NAME = "search_quality"
 PROXIES = {"top1": {"metric": "top1"}, "kl": {"metric": "fidelity", "fidelity": "kl"}}
@@ -82,7 +82,7 @@ def run(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     info = machine()
-    problem = SearchProblem(parse_config({**SEARCH_SPACE, "proxy": PROXIES[proxy]}))
+    problem = build_problem(parse_config({**SEARCH_SPACE, "proxy": PROXIES[proxy]}))
     try:
         with tempfile.TemporaryDirectory() as scratch:
             space = 3 ** len(problem.searched)

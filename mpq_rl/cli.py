@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, policy_file)
+    policy = checked_policy(workload, config.quantization, policy_file)
     epochs = args.finetune_epochs or 0
     result = finetune(workload, policy, epochs, lr=DEFAULT_LR if args.lr is None else args.lr, seed=config.seed)
     print(f"model {config.model.source}, policy {policy_file}, {workload.test.num_samples} test samples")
@@ -143,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, policy_file)
+    policy = checked_policy(workload, config.quantization, policy_file)
     sidecar = export_policy(workload, policy, args.output, weights=args.weights)
     print(f"wrote {args.output} (opset {sidecar['opset']}, {sidecar['scales']} scales) and {sidecar_path(args.output)}")
 

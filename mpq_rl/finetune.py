@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
+from mpq_rl.config import QuantizationConfig
 from mpq_rl.data import split_item
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import Metrics, calibrated_simulator
@@ -244,14 +245,13 @@ def load_finetuned(model: nn.Module, path: str | Path) -> dict[str, LayerScales]
     return load_scales(scales) if scales.is_file() else None
 
 
-def checked_policy(workload: Workload, path: str | Path) -> Policy:
+def checked_policy(workload: Workload, quantization: QuantizationConfig, path: str | Path) -> Policy:
     """Load a policy file and check it against the workload: every layer, no unknown layer, allowed bits.
 
     Allowed bits are the configured candidates plus the bits the configuration fixes for unsearched layers.
     """
-    quant = workload.config.quantization
-    weight_bits = sorted({*quant.weight_bits, *(w for w, _ in workload.fixed.values())})
-    activation_bits = sorted({*quant.activation_candidates, *(a for _, a in workload.fixed.values())})
+    weight_bits = sorted({*quantization.weight_bits, *(w for w, _ in workload.fixed.values())})
+    activation_bits = sorted({*quantization.activation_candidates, *(a for _, a in workload.fixed.values())})
     return validate_policy(load_policy(path), workload.layers.names, weight_bits, activation_bits)
 
 

@@ -10,12 +10,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mpq_rl.budget import Budget, Choice, within_fraction
-from mpq_rl.config import METRICS, RunConfig, load_config
-from mpq_rl.evaluator import Evaluator
+from mpq_rl.config import (
+    METRICS,
+    BudgetConfig,
+    ProxyConfig,
+    QuantizationConfig,
+    RewardConfig,
+    RunConfig,
+    load_config,
+    parse_config,
+)
+from mpq_rl.evaluator import EvaluationCache, Evaluator
 from mpq_rl.hardware import CostTable, build_cost_table
 from mpq_rl.policy import Policy
 from mpq_rl.rewards import Outcome, build_reward, proxy_value
@@ -27,44 +37,89 @@ PENALTY_PER_EXCESS = 10.0
 """Reward lost per unit of relative budget excess under ``penalty`` enforcement."""
 
 
-class SearchProblem:
-    """Workload, costs, budget, evaluator and reward of one run; built from a config or from pieces in hand.
+@dataclass(frozen=True)
+class ProblemSpec:
+    """What another process needs to build the same problem as the driver: the resolved config, as JSON data
+    (small and picklable). :meth:`build` goes through :func:`build_problem`, as the driver did."""
 
-    With both a workload and a config, the workload decides which layers are searched and the config everything
-    else (bit candidates, budget, hardware metric, proxy, reward).
-    """
+    config: dict[str, Any]
+
+    def build(self, cache: EvaluationCache | None = None) -> SearchProblem:
+        """The problem, its evaluator starting from ``cache`` (e.g. the driver's, so no policy is scored twice)."""
+        problem = build_problem(parse_config(self.config))
+        if cache is not None:
+            problem.evaluator.cache = cache
+        return problem
+
+
+def build_problem(
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    *,
+    workload: Workload | None = None,
+    costs: CostTable | None = None,
+    evaluator: Evaluator | None = None,
+) -> SearchProblem:
+    """The search problem a config describes: the one place a config becomes a problem (the CLI, ``gym.make``
+    and the Python API all come here). Pieces already in hand (a workload from Python, a shared evaluator) are
+    used as given; with a workload in hand, it decides which layers are searched and the config everything else.
+    Only a problem whose workload this function loaded can be rebuilt in worker processes."""
+    config = load_config(config)
+    spec = ProblemSpec(config.model_dump(mode="json")) if workload is None else None
+    workload = workload if workload is not None else load_workload(config)
+    return SearchProblem(
+        workload,
+        costs if costs is not None else build_cost_table(workload.layers, config.hardware),
+        evaluator,
+        quantization=config.quantization,
+        metric=config.hardware.metric,
+        budget=config.budget,
+        proxy=config.proxy,
+        reward=config.reward,
+        spec=spec,
+    )
+
+
+class SearchProblem:
+    """Workload, costs, budget, evaluator and reward of one run, from typed pieces (see :func:`build_problem`)."""
 
     def __init__(
         self,
-        config: str | Path | dict[str, Any] | RunConfig | None = None,
-        *,
-        workload: Workload | None = None,
-        costs: CostTable | None = None,
+        workload: Workload,
+        costs: CostTable,
         evaluator: Evaluator | None = None,
+        *,
+        quantization: QuantizationConfig,
+        metric: str,
+        budget: BudgetConfig,
+        proxy: ProxyConfig,
+        reward: RewardConfig,
+        spec: ProblemSpec | None = None,
     ) -> None:
-        self.config = workload.config if workload is not None and config is None else load_config(config)
-        self.workload = workload if workload is not None else load_workload(self.config)
-        self.costs = costs if costs is not None else build_cost_table(self.workload.layers, self.config.hardware)
+        self.workload = workload
+        self.costs = costs
         self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)
-        self.reward_fn: Callable[[Outcome], float] = build_reward(self.config.reward)
-        self.metric = self.config.hardware.metric
-        self.enforcement = self.config.budget.enforcement
-        quant = self.config.quantization
+        self.reward_fn: Callable[[Outcome], float] = build_reward(reward)
+        self.proxy = proxy
+        self.weight_only = quantization.weight_only
+        self.spec = spec
+        """How a worker process builds this problem; None for a problem assembled from pieces in hand."""
+        self.metric = metric
+        self.enforcement = budget.enforcement
         self.budget = Budget.from_costs(
             metric_table=self.costs.metric(self.metric),
             table_bits=self.costs.bits,
             layer_names=self.costs.layer_names,
             searched=self.workload.searched,
             fixed=self.workload.fixed,
-            weight_bits=quant.weight_bits,
-            activation_bits=quant.activation_candidates,
-            fraction=self.config.budget.fraction,
+            weight_bits=quantization.weight_bits,
+            activation_bits=quantization.activation_candidates,
+            fraction=budget.fraction,
             metric=self.metric,
             reference=self.costs.reference(self.metric),
         )
         self.budget.check_feasible()
-        self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.config.proxy)
+        self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.proxy)
         self._defined = tuple(m for m in METRICS if self.costs.defines(m))
         self._tables = {m: self.costs.metric(m).tolist() for m in self._defined}
         self._references = {m: self.costs.reference(m) for m in self._defined}
@@ -98,7 +153,7 @@ class SearchProblem:
         self.evaluation_seconds += time.perf_counter() - started
         totals, ratios = self._totals_and_ratios(policy)
         within = within_fraction(ratios[self.metric], self.budget.fraction)
-        proxy = proxy_value(metrics, self.config.proxy)
+        proxy = proxy_value(metrics, self.proxy)
         reward = float(self.reward_fn(Outcome(proxy, self.proxy_fp32, ratios[self.metric], self.budget.fraction)))
         if self.enforcement == "penalty" and not within:
             reward -= PENALTY_PER_EXCESS * (ratios[self.metric] / self.budget.fraction - 1.0)

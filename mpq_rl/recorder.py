@@ -280,5 +280,5 @@ def _as_pairs(policy: dict[str, Sequence[int]]) -> dict[str, tuple[int, int]]:
 
 
 def _proxy_name(problem: SearchProblem) -> str:
-    proxy = problem.config.proxy
+    proxy = problem.proxy
     return proxy.metric if proxy.metric == "top1" else proxy.fidelity

@@ -31,11 +31,11 @@ from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.budget import within_fraction
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
-from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
+from mpq_rl.evaluator import EvaluationCache, Metrics, evaluate_on_test
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
 from mpq_rl.logger import TB_DIR, TensorBoardLogger
 from mpq_rl.metrics import format_metric
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import Episode, SearchProblem, build_problem
 from mpq_rl.recorder import (
     EPISODES_FILE,
     EVALUATIONS_FILE,
@@ -58,7 +58,6 @@ from mpq_rl.run_folder import (
     write_manifest,
 )
 from mpq_rl.text_table import render_table
-from mpq_rl.workload import load_workload
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_EVERY = 50
@@ -289,8 +288,7 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
         check_new_run_folder(folder)
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
-    workload = load_workload(config)
-    problem = SearchProblem(config, workload=workload, evaluator=Evaluator(workload))
+    problem = build_problem(config)
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)
@@ -436,7 +434,7 @@ def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
                 continue
             metrics = problem.evaluator.measure(policy)
             test = evaluate_on_test(workload, policy, problem.evaluator.simulator)
-            proxy = proxy_value(metrics, problem.config.proxy)
+            proxy = proxy_value(metrics, problem.proxy)
             found.append(
                 {"w_bits": w, "a_bits": a, "test": test, "metrics": metrics, "proxy": proxy, "cost_ratio": ratios}
             )

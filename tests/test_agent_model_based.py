@@ -14,7 +14,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.quant import quantize_weight
 from mpq_rl.recorder import Recorder
 from mpq_rl.sensitivity import Sensitivity, measure_sensitivity
@@ -26,7 +26,7 @@ SMALL = {"prior_episodes": 32, "model_episodes": 32, "candidates": 16, "evaluati
 @pytest.fixture
 def problem(digits_workload, digits_evaluator, one_thread):
     config = parse_config({"budget": 0.35})
-    return SearchProblem(config, workload=digits_workload, evaluator=digits_evaluator)
+    return build_problem(config, workload=digits_workload, evaluator=digits_evaluator)
 
 
 @pytest.fixture

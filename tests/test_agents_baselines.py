@@ -17,7 +17,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
 from mpq_rl.hessian import calibration_loss, hessian_traces
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 
 SEARCHED = ("block.conv1", "down", "pw", "down2")
 
@@ -28,11 +28,10 @@ def small_problem(digits_workload, digits_costs, digits_evaluator):
     config = parse_config({"quantization": {"weight_bits": [2, 4, 8], "activation_bits": [8]}, "budget": 0.8})
     workload = dataclasses.replace(
         digits_workload,
-        config=config,
         searched=SEARCHED,
         fixed={name: (8, 8) for name in digits_workload.layers.names if name not in SEARCHED},
     )
-    return SearchProblem(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator)
+    return build_problem(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator)
 
 
 def run(problem, name, episodes, seed=0, **kwargs):
@@ -100,7 +99,7 @@ def test_every_searcher_stops_at_the_evaluation_budget(small_problem, name):
 
 
 def test_exhaustive_refuses_a_space_over_a_million(digits_workload, digits_costs, digits_evaluator):
-    problem = SearchProblem(parse_config({}), workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator)
+    problem = build_problem(parse_config({}), workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator)
     with pytest.raises(UserError, match=f"enumerate {49**9:,} policies, more than 1,000,000"):
         run(problem, "exhaustive", episodes=5)
 

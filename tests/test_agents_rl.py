@@ -15,7 +15,7 @@ from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.run_folder import CHECKPOINT_DIR
 
 SMALL_OFF_POLICY = {"warmup_episodes": 2, "buffer_size": 200, "batch_size": 16}
@@ -31,7 +31,7 @@ SMALL = {
 @pytest.fixture
 def problem(digits_workload, digits_evaluator):
     config = parse_config({"hardware": {"preset": "bops", "metric": "bops"}, "budget": 0.3})
-    return SearchProblem(config, workload=digits_workload, evaluator=digits_evaluator)
+    return build_problem(config, workload=digits_workload, evaluator=digits_evaluator)
 
 
 def make_context(problem, tmp_path, episodes: int, seed: int = 0) -> tuple[SearchContext, list]:

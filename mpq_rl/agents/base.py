@@ -17,20 +17,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from mpq_rl.budget import Choice
-from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import policy_key
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import Episode, ProblemSpec, SearchProblem
 
 _WORKER_PROBLEM: SearchProblem | None = None
 
 
-def _init_worker(config: RunConfig) -> None:
+def _init_worker(spec: ProblemSpec) -> None:
     global _WORKER_PROBLEM
     import torch
 
     torch.set_num_threads(1)
-    _WORKER_PROBLEM = SearchProblem(config)
+    _WORKER_PROBLEM = spec.build()
 
 
 def _score_in_worker(choices: list[Choice]) -> Episode:
@@ -92,7 +91,7 @@ class SearchContext:
     def _workers(self):
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self.n_envs, initializer=_init_worker, initargs=(self.problem.config,))
+            self._pool = context.Pool(self.n_envs, initializer=_init_worker, initargs=(self.problem.spec,))
         return self._pool
 
     def add(self, episode: Episode) -> None:

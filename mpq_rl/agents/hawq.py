@@ -48,7 +48,7 @@ ILP_MARGIN = 1e-6
 
 def loss_kind(problem: SearchProblem) -> str:
     """The calibration loss whose curvature matches the configured proxy."""
-    proxy = problem.config.proxy
+    proxy = problem.proxy
     if proxy.metric == "top1":
         return "cross_entropy"
     return "kl" if proxy.fidelity != "cosine" and problem.evaluator.reference.dim() == 2 else "mse"

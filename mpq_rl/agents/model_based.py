@@ -194,7 +194,7 @@ class ModelBasedPPO:
         if not o["surrogate"]:
             self._model_free(context, sensitivity, fractions, steps)
             return
-        proxy = problem.config.proxy
+        proxy = problem.proxy
         link = "noise" if proxy.metric == "fidelity" and proxy.fidelity == "cosine" else "linear"
         surrogate = Surrogate(sensitivity, problem.proxy_fp32, members=o["members"], seed=context.seed, link=link)
         reward = SurrogateReward(surrogate)

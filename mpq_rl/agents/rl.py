@@ -3,7 +3,7 @@
 Each episode of :class:`~mpq_rl.envs.BitWidthEnv` walks the searched layers and ends with one scored policy; a
 callback hands every finished episode to the run's recorder and stops training once ``agent.episodes`` are
 recorded. ``agent.n_envs > 1`` runs the environments in spawned processes, each building its own problem from the
-picklable :class:`~mpq_rl.config.RunConfig` and starting from the run's evaluator cache.
+picklable :class:`~mpq_rl.problem.ProblemSpec` and starting from the run's evaluator cache.
 
 Defaults (every one can be overridden from ``agent.kwargs``; names are stable-baselines3's, plus the few below):
 
@@ -42,12 +42,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from mpq_rl.config import RunConfig
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.evaluator import EvaluationCache, Evaluator, policy_key
+from mpq_rl.evaluator import EvaluationCache, policy_key
 from mpq_rl.logger import TB_DIR
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import Episode, ProblemSpec
 from mpq_rl.run_folder import CHECKPOINT_DIR
 
 HAQ_NET_ARCH = [300, 300]
@@ -207,15 +206,12 @@ def _check_kwargs(algorithm: str, kwargs: dict[str, Any]) -> None:
         )
 
 
-def _make_subprocess_env(config: RunConfig, discrete: bool, cache: dict[str, dict[str, float]]):
+def _make_subprocess_env(spec: ProblemSpec, discrete: bool, cache: dict[str, dict[str, float]]):
     """An environment factory for one spawned process: its own problem, starting from the run's cache."""
 
     def make() -> BitWidthEnv:
         torch.set_num_threads(1)
-        evaluator = Evaluator.from_config(config, EvaluationCache(cache))
-        return BitWidthEnv(
-            problem=SearchProblem(config, workload=evaluator.workload, evaluator=evaluator), discrete=discrete
-        )
+        return BitWidthEnv(problem=spec.build(EvaluationCache(cache)), discrete=discrete)
 
     return make
 
@@ -305,7 +301,7 @@ class RLSearcher:
         if context.n_envs <= 1:
             return DummyVecEnv([lambda: BitWidthEnv(problem=context.problem, discrete=discrete)])
         cache = dict(context.problem.evaluator.cache.entries)
-        factories = [_make_subprocess_env(context.problem.config, discrete, cache) for _ in range(context.n_envs)]
+        factories = [_make_subprocess_env(context.problem.spec, discrete, cache) for _ in range(context.n_envs)]
         return SubprocVecEnv(factories, start_method="spawn")
 
     # -- checkpoints --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from mpq_rl.budget import Choice
 from mpq_rl.config import RunConfig
 from mpq_rl.evaluator import Evaluator
 from mpq_rl.hardware import CostTable
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import SearchProblem, build_problem
 from mpq_rl.sensitivity import Sensitivity
 from mpq_rl.workload import Workload
 
@@ -154,12 +154,11 @@ class BitWidthEnv(gym.Env):
     ) -> None:
         super().__init__()
         if problem is None:
-            problem = SearchProblem(config, workload=workload, costs=costs, evaluator=evaluator)
+            problem = build_problem(config, workload=workload, costs=costs, evaluator=evaluator)
         self.problem = problem
-        self.config = problem.config
         self.workload = problem.workload
         self.budget = problem.budget
-        self.weight_only = self.config.quantization.weight_only
+        self.weight_only = problem.weight_only
         self.n_steps = len(self.workload.searched)
         self.discrete = discrete
         n_w, n_a = len(self.budget.weight_bits), len(self.budget.activation_bits)
