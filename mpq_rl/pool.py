@@ -7,8 +7,9 @@ the cache, so every searcher, the RL agents included, records exactly what a ser
 
 With ``agent.n_envs: 1`` the pool does nothing and the context scores one policy at a time. With ``agent.n_envs >
 1`` the evaluations run in a :class:`Backend`: :class:`Processes`, spawned worker processes, each building the
-driver's problem from its picklable :class:`~mpq_rl.problem.ProblemSpec`. Another backend (a Ray cluster, other machines) implements the same two
-methods: metrics for a list of policies, in order and deterministic, and ``close``.
+driver's problem from its picklable :class:`~mpq_rl.problem.ProblemSpec`. Another backend (a Ray cluster, other
+machines) implements the same two methods: metrics for a list of policies, in order and deterministic, and
+``close``.
 """
 
 from __future__ import annotations

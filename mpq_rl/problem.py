@@ -135,6 +135,15 @@ class SearchProblem:
         searched = {name: self.budget.bits(c) for name, c in zip(self.searched, choices, strict=True)}
         return self.workload.full_policy(searched)
 
+    def enforce(self, choices: Sequence[Choice], projected_layers: int = 0) -> tuple[list[Choice], int]:
+        """The choices :meth:`score` evaluates: under ``wall`` enforcement lowered to fit the budget (and the number
+        of layers that changed), otherwise as given."""
+        choices = list(choices)
+        if self.enforcement != "wall":
+            return choices, projected_layers
+        lowered = self.budget.lower_to_fit(choices)
+        return lowered, sum(a != b for a, b in zip(lowered, choices, strict=True))
+
     def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
         """Evaluate and cost the policy of ``choices``, applying ``wall`` enforcement if configured.
 
@@ -142,11 +151,7 @@ class SearchProblem:
         the calibration split), ``proxy`` and ``proxy_fp32``, ``cost`` and ``cost_ratio`` (latency, energy, size,
         bops; absolute and as fractions of W8A8), ``within_budget``, ``projected`` and ``projected_layers``.
         """
-        choices = list(choices)
-        if self.enforcement == "wall":
-            lowered = self.budget.lower_to_fit(choices)
-            projected_layers = sum(a != b for a, b in zip(lowered, choices, strict=True))
-            choices = lowered
+        choices, projected_layers = self.enforce(choices, projected_layers)
         policy = self.policy(choices)
         started = time.perf_counter()
         metrics = self.evaluator.evaluate(policy)

@@ -2,8 +2,8 @@
 
 Each episode of :class:`~mpq_rl.envs.BitWidthEnv` walks the searched layers and ends with one scored policy; a
 callback hands every finished episode to the run's recorder and stops training once ``agent.episodes`` are
-recorded. ``agent.n_envs > 1`` runs the environments in spawned processes, each building its own problem from the
-picklable :class:`~mpq_rl.problem.ProblemSpec` and starting from the run's evaluator cache.
+recorded. ``agent.n_envs > 1`` steps that many environments together, and the policies they complete in one step
+are evaluated in parallel by the search's evaluation pool (:mod:`mpq_rl.pool`).
 
 Defaults (every one can be overridden from ``agent.kwargs``; names are stable-baselines3's, plus the few below):
 
@@ -38,15 +38,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.evaluator import EvaluationCache, policy_key
 from mpq_rl.logger import TB_DIR
-from mpq_rl.problem import Episode, ProblemSpec
+from mpq_rl.problem import Episode
 from mpq_rl.run_folder import CHECKPOINT_DIR
 
 HAQ_NET_ARCH = [300, 300]
@@ -206,32 +205,36 @@ def _check_kwargs(algorithm: str, kwargs: dict[str, Any]) -> None:
         )
 
 
-def _make_subprocess_env(spec: ProblemSpec, discrete: bool, cache: dict[str, dict[str, float]]):
-    """An environment factory for one spawned process: its own problem, starting from the run's cache."""
+class PooledVecEnv(DummyVecEnv):
+    """``n_envs`` environments in this process, sharing the run's problem: before each step, the policies that
+    step completes are evaluated together through the search's evaluation pool, so the environments then score
+    from the cache."""
 
-    def make() -> BitWidthEnv:
-        torch.set_num_threads(1)
-        return BitWidthEnv(problem=spec.build(EvaluationCache(cache)), discrete=discrete)
+    def __init__(self, envs: list[BitWidthEnv], context: SearchContext) -> None:
+        super().__init__([lambda env=env: env for env in envs])
+        self.context = context
 
-    return make
+    def step_wait(self):
+        pending = [env.pending_choices(action) for env, action in zip(self.envs, self.actions, strict=True)]
+        finishing = [choices for choices in pending if choices is not None]
+        self.context.prefetch(finishing[: self.context.remaining])  # the callback records no more than these
+        return super().step_wait()
 
 
 class RecordEpisodes(BaseCallback):
     """Hands each finished episode to the run (in environment order) and stops training once the run is done.
 
-    ``merge_cache``: the environments score in other processes, so their results enter this process's cache.
     ``checkpoint``: called with the model every ``every`` recorded episodes.
     """
 
     def __init__(
         self,
         context: SearchContext,
-        merge_cache: bool = False,
         checkpoint: Callable[[BaseAlgorithm], None] | None = None,
         every: int = DEFAULT_CHECKPOINT_EVERY,
     ) -> None:
         super().__init__()
-        self.context, self.merge_cache, self.checkpoint, self.every = context, merge_cache, checkpoint, every
+        self.context, self.checkpoint, self.every = context, checkpoint, every
 
     def _on_step(self) -> bool:
         context = self.context
@@ -239,10 +242,6 @@ class RecordEpisodes(BaseCallback):
             if not done or context.done:
                 continue
             episode: Episode = {k: v for k, v in info.items() if k not in _INFO_EXTRAS}
-            if self.merge_cache:
-                problem = context.problem
-                policy = {name: tuple(bits) for name, bits in episode["policy"].items()}
-                problem.evaluator.cache.put(policy_key(policy, problem.evaluator.names), episode["metrics"])
             context.add(episode)
             exploration = getattr(self.model, "exploration", None)
             if exploration is not None:
@@ -300,9 +299,8 @@ class RLSearcher:
         discrete = self._discrete()
         if context.n_envs <= 1:
             return DummyVecEnv([lambda: BitWidthEnv(problem=context.problem, discrete=discrete)])
-        cache = dict(context.problem.evaluator.cache.entries)
-        factories = [_make_subprocess_env(context.problem.spec, discrete, cache) for _ in range(context.n_envs)]
-        return SubprocVecEnv(factories, start_method="spawn")
+        envs = [BitWidthEnv(problem=context.problem, discrete=discrete) for _ in range(context.n_envs)]
+        return PooledVecEnv(envs, context)
 
     # -- checkpoints --------------------------------------------------------------------------------------------
 
@@ -343,7 +341,6 @@ class RLSearcher:
         model.set_logger(configure(str(context.output / TB_DIR), ["tensorboard"]))
         callback = RecordEpisodes(
             context,
-            merge_cache=context.n_envs > 1,
             checkpoint=lambda model: self.save_checkpoint(model, context),
             every=self.checkpoint_every,
         )
@@ -359,6 +356,4 @@ class RLSearcher:
             raise
         finally:
             model.logger.close()
-            if isinstance(env, SubprocVecEnv):
-                env.close()
         self.save_checkpoint(model, context)

@@ -296,11 +296,8 @@ class BitWidthEnv(gym.Env):
         if len(self._choices) >= self.n_steps:
             raise RuntimeError("step() called after the episode ended: call reset() first")
         step = len(self._choices)
-        asked = self._to_choice(action)
-        choice = asked
-        if self.problem.enforcement == "project":
-            choice = self.budget.project(step, self._spent, asked)
-            self._projected_layers += choice != asked
+        choice, projected = self._choose(step, action)
+        self._projected_layers += projected
         self._choices.append(choice)
         self._spent += self.budget.cost(step, choice)
         reward = 0.0 if self.model is None else float(self.model.reward(step, choice))
@@ -311,6 +308,22 @@ class BitWidthEnv(gym.Env):
             return self._observation(), reward, True, False, info
         info = self.problem.score(self._choices, self._projected_layers)
         return self._observation(), info["reward"], True, False, info
+
+    def _choose(self, step: int, action: np.ndarray) -> tuple[Choice, bool]:
+        """The choice ``action`` makes at ``step`` (projected into the budget under ``project`` enforcement) and
+        whether the projection changed it."""
+        asked = self._to_choice(action)
+        if self.problem.enforcement != "project":
+            return asked, False
+        choice = self.budget.project(step, self._spent, asked)
+        return choice, choice != asked
+
+    def pending_choices(self, action: np.ndarray) -> list[Choice] | None:
+        """The choices of the policy ``action`` completes if it is this episode's last scored step (None
+        otherwise), without taking the step: a vectorized environment evaluates these together first."""
+        if self.model is not None or not self._started or self._closed or len(self._choices) != self.n_steps - 1:
+            return None
+        return [*self._choices, self._choose(len(self._choices), action)[0]]
 
     def close(self) -> None:
         """Release the model (restored to FP32) if this environment built its evaluator; a closed environment
