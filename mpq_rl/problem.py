@@ -7,16 +7,14 @@ reward, and results are comparable at equal numbers of evaluations.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.budget import Budget, Choice, within_fraction
+from mpq_rl.budget import Budget, Choice
 from mpq_rl.config import (
-    METRICS,
     BudgetConfig,
     ProxyConfig,
     QuantizationConfig,
@@ -25,14 +23,13 @@ from mpq_rl.config import (
     load_config,
     parse_config,
 )
+from mpq_rl.episode import Episode
 from mpq_rl.evaluator import EvaluationCache, Evaluator
 from mpq_rl.hardware import CostTable, build_cost_table
 from mpq_rl.policy import Policy
 from mpq_rl.rewards import Outcome, build_reward, proxy_value
 from mpq_rl.workload import Workload, load_workload
 
-Episode = dict[str, Any]
-"""What scoring a policy gives: ``reward`` plus the keys listed in :meth:`SearchProblem.score`."""
 PENALTY_PER_EXCESS = 10.0
 """Reward lost per unit of relative budget excess under ``penalty`` enforcement."""
 
@@ -120,9 +117,6 @@ class SearchProblem:
         )
         self.budget.check_feasible()
         self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.proxy)
-        self._defined = tuple(m for m in METRICS if self.costs.defines(m))
-        self._tables = {m: self.costs.metric(m).tolist() for m in self._defined}
-        self._references = {m: self.costs.reference(m) for m in self._defined}
         self.evaluation_seconds = 0.0
         """Wall time spent in the evaluator (evaluations and cache lookups) by :meth:`score` in this process."""
 
@@ -145,53 +139,30 @@ class SearchProblem:
         return lowered, sum(a != b for a, b in zip(lowered, choices, strict=True))
 
     def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
-        """Evaluate and cost the policy of ``choices``, applying ``wall`` enforcement if configured.
-
-        Returns ``reward``, ``policy`` (layer -> [w_bits, a_bits], every layer), ``metrics`` (proxy metrics on
-        the calibration split), ``proxy`` and ``proxy_fp32``, ``cost`` and ``cost_ratio`` (latency, energy, size,
-        bops; absolute and as fractions of W8A8), ``within_budget``, ``projected`` and ``projected_layers``.
-        """
+        """Evaluate and cost the policy of ``choices`` (every layer's bits, reward, proxy, costs: see
+        :class:`~mpq_rl.episode.Episode`), applying ``wall`` enforcement if configured."""
         choices, projected_layers = self.enforce(choices, projected_layers)
         policy = self.policy(choices)
         started = time.perf_counter()
         metrics = self.evaluator.evaluate(policy)
         self.evaluation_seconds += time.perf_counter() - started
-        totals, ratios = self._totals_and_ratios(policy)
-        within = within_fraction(ratios[self.metric], self.budget.fraction)
+        totals, ratios = self.costs.totals_and_ratios(policy)
+        within = self.budget.within(ratios[self.metric])
         proxy = proxy_value(metrics, self.proxy)
         reward = float(self.reward_fn(Outcome(proxy, self.proxy_fp32, ratios[self.metric], self.budget.fraction)))
         if self.enforcement == "penalty" and not within:
             reward -= PENALTY_PER_EXCESS * (ratios[self.metric] / self.budget.fraction - 1.0)
-        return {
-            "reward": reward,
-            "policy": {name: [int(w), int(a)] for name, (w, a) in policy.items()},
-            "metrics": metrics,
-            "proxy": proxy,
-            "proxy_fp32": self.proxy_fp32,
-            "cost": totals,
-            "cost_ratio": ratios,
-            "within_budget": bool(within),
-            "projected": projected_layers > 0,
-            "projected_layers": int(projected_layers),
-        }
-
-    def _totals_and_ratios(self, policy: Policy) -> tuple[dict[str, float], dict[str, float]]:
-        """``costs.totals(policy)`` and ``costs.ratios(policy)``: the same numbers (both are exactly rounded sums),
-        from plain lists looked up once per layer and references computed once per problem. An episode calls this
-        once; NumPy calls here cost more than the lookups they replace."""
-        bit_index = self.costs.bit_index
-        positions = [(bit_index(w), bit_index(a)) for w, a in (policy[name] for name in self.costs.layer_names)]
-        totals, ratios = {}, {}
-        for m in METRICS:
-            table = self._tables.get(m)
-            if table is None:
-                totals[m] = ratios[m] = math.nan
-                continue
-            total = math.fsum(table[i][w][a] for i, (w, a) in enumerate(positions))
-            if not math.isfinite(total):
-                self.costs.per_layer(policy, m)  # raises the table's explanation of the missing value
-            totals[m], ratios[m] = total, total / self._references[m]
-        return totals, ratios
+        return Episode(
+            reward=reward,
+            policy={name: (int(w), int(a)) for name, (w, a) in policy.items()},
+            metrics=metrics,
+            proxy=proxy,
+            proxy_fp32=self.proxy_fp32,
+            cost=totals,
+            cost_ratio=ratios,
+            within_budget=bool(within),
+            projected_layers=int(projected_layers),
+        )
 
     def close(self) -> None:
         """Give the model back in FP32 if this problem built its evaluator."""

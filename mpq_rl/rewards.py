@@ -30,7 +30,7 @@ class Outcome:
 
 def proxy_value(metrics: dict[str, float], proxy: ProxyConfig) -> float:
     """The configured proxy as a higher-is-better score: top-1, agreement, cosine, or minus the KL divergence."""
-    key = "top1" if proxy.metric == "top1" else proxy.fidelity
+    key = proxy.key
     if key not in metrics:
         raise UserError(f"proxy {key!r} cannot be scored on this model's outputs: choose another proxy.fidelity")
     return -metrics[key] if key == "kl" else metrics[key]

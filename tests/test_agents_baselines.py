@@ -42,21 +42,21 @@ def run(problem, name, episodes, seed=0, **kwargs):
 
 
 def best_in_budget(episodes):
-    return max(e["proxy"] for e in episodes if e["within_budget"])
+    return max(e.proxy for e in episodes if e.within_budget)
 
 
 @pytest.fixture(scope="module")
 def optimum(small_problem):
     budget = small_problem.budget
     fitting = [list(p) for p in itertools.product([(0, 0), (1, 0), (2, 0)], repeat=len(SEARCHED)) if budget.fits(p)]
-    return max(small_problem.score(p)["proxy"] for p in fitting), len(fitting)
+    return max(small_problem.score(p).proxy for p in fitting), len(fitting)
 
 
 def test_exhaustive_scores_every_in_budget_policy_and_finds_the_optimum(small_problem, optimum):
     best, count = optimum
     episodes = run(small_problem, "exhaustive", episodes=1000)
     assert len(episodes) == count < 81
-    assert all(e["within_budget"] for e in episodes)
+    assert all(e.within_budget for e in episodes)
     assert best_in_budget(episodes) == best
 
 
@@ -64,7 +64,7 @@ def test_exhaustive_scores_every_in_budget_policy_and_finds_the_optimum(small_pr
 def test_model_based_searchers_get_close_to_the_optimum_and_beat_random(small_problem, optimum, name):
     kwargs = {"samples": 2} if name == "hawq" else {}
     episodes = run(small_problem, name, episodes=20, **kwargs)
-    random_proxies = [e["proxy"] for e in run(small_problem, "random", episodes=20, seed=3)]
+    random_proxies = [e.proxy for e in run(small_problem, "random", episodes=20, seed=3)]
     found = best_in_budget(episodes)
     assert found >= optimum[0] - 0.01
     assert found >= statistics.median(random_proxies)
@@ -72,10 +72,10 @@ def test_model_based_searchers_get_close_to_the_optimum_and_beat_random(small_pr
 
 def test_uniform_proposes_in_budget_uniform_settings_highest_first(small_problem):
     episodes = run(small_problem, "uniform", episodes=50)
-    assert episodes and all(e["within_budget"] for e in episodes)
-    searched = [[tuple(e["policy"][n]) for n in SEARCHED] for e in episodes]
+    assert episodes and all(e.within_budget for e in episodes)
+    searched = [[tuple(e.policy[n]) for n in SEARCHED] for e in episodes]
     assert all(len(set(bits)) == 1 for bits in searched)
-    costs = [e["cost_ratio"]["latency"] for e in episodes]
+    costs = [e.cost_ratio["latency"] for e in episodes]
     assert costs == sorted(costs, reverse=True)
     fitting = [w for w in (2, 4, 8) if small_problem.budget.fits([(small_problem.budget.weight_bits.index(w), 0)] * 4)]
     assert [bits[0][0] for bits in searched] == sorted(fitting, reverse=True)
@@ -85,9 +85,9 @@ def test_random_is_in_budget_and_seeded(small_problem):
     first = run(small_problem, "random", episodes=12, seed=5)
     again = run(small_problem, "random", episodes=12, seed=5)
     other = run(small_problem, "random", episodes=12, seed=6)
-    assert all(e["within_budget"] for e in first)
-    assert [e["policy"] for e in first] == [e["policy"] for e in again]
-    assert [e["policy"] for e in first] != [e["policy"] for e in other]
+    assert all(e.within_budget for e in first)
+    assert [e.policy for e in first] == [e.policy for e in again]
+    assert [e.policy for e in first] != [e.policy for e in other]
 
 
 @pytest.mark.parametrize("name", ["random", "greedy", "hawq", "exhaustive", "uniform"])

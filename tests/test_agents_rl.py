@@ -93,7 +93,7 @@ def test_every_algorithm_searches(problem, tmp_path, name, cls, discrete):
     searcher.search(context)
     assert isinstance(searcher.model, cls)
     assert len(recorded) == 5 and context.done
-    assert all(e["within_budget"] and set(e["policy"]) == set(problem.workload.layers.names) for e in recorded)
+    assert all(e.within_budget and set(e.policy) == set(problem.workload.layers.names) for e in recorded)
     assert (searcher.model.action_space.__class__.__name__ == "MultiDiscrete") == discrete
     assert searcher.resume_point(tmp_path) == 5
     if name == "ddpg":

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from mpq_rl.budget import Choice
+from mpq_rl.episode import Episode
 from mpq_rl.errors import UserError
 from mpq_rl.pool import EvaluationPool
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import SearchProblem
 
 
 @dataclass

@@ -165,7 +165,7 @@ class Hawq:
         first = solve_ilp(omega, budget.costs, capacity)
         if first is None or not budget.fits(first):
             # only when the budget is within the solver's tolerance of the cheapest policy
-            first = budget.projected([(len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)] * len(omega))
+            first = budget.projected([budget.top_choice()] * len(omega))
         found.append(first)
         context.score(first)
         while not context.done and len(found) <= extra:

@@ -277,7 +277,7 @@ def _evaluate(
 ) -> None:
     """Score ``batch`` for real (recorded, counted), add the proxies to ``evaluated``, refit the surrogate."""
     for choices, episode in zip(batch, context.score_many([list(c) for c in batch]), strict=False):
-        evaluated[choices] = float(episode["proxy"])
+        evaluated[choices] = float(episode.proxy)
     reward.surrogate.fit(list(evaluated), list(evaluated.values()))
     reward.update()
 

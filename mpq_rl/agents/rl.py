@@ -43,9 +43,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mpq_rl.envs import BitWidthEnv
+from mpq_rl.episode import Episode
 from mpq_rl.errors import UserError
 from mpq_rl.logger import TB_DIR
-from mpq_rl.problem import Episode
 from mpq_rl.run_folder import CHECKPOINT_DIR
 
 HAQ_NET_ARCH = [300, 300]
@@ -62,7 +62,6 @@ DEFAULT_CHECKPOINT_EVERY = 50
 PPO_EPISODES_PER_UPDATE = 8
 
 _OWN_KEYS = ("warmup_episodes", "noise_sigma", "noise_decay", "critic_learning_rate", "discrete", "checkpoint_every")
-_INFO_EXTRAS = ("terminal_observation", "TimeLimit.truncated", "episode")
 
 
 class TruncatedNormalNoise(ActionNoise):
@@ -241,7 +240,7 @@ class RecordEpisodes(BaseCallback):
         for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
             if not done or context.done:
                 continue
-            episode: Episode = {k: v for k, v in info.items() if k not in _INFO_EXTRAS}
+            episode = Episode.from_json(info)
             context.add(episode)
             exploration = getattr(self.model, "exploration", None)
             if exploration is not None:

@@ -306,8 +306,8 @@ class BitWidthEnv(gym.Env):
         if self.model is not None:
             info = {"choices": list(self._choices), "budget": self.fraction, "projected_layers": self._projected_layers}
             return self._observation(), reward, True, False, info
-        info = self.problem.score(self._choices, self._projected_layers)
-        return self._observation(), info["reward"], True, False, info
+        episode = self.problem.score(self._choices, self._projected_layers)
+        return self._observation(), episode.reward, True, False, episode.to_json()
 
     def _choose(self, step: int, action: np.ndarray) -> tuple[Choice, bool]:
         """The choice ``action`` makes at ``step`` (projected into the budget under ``project`` enforcement) and
