@@ -33,6 +33,8 @@ class CostTable:
     preset: str
     memory_bound_table: np.ndarray | None = None
     batch_size: int = 1
+    table_units: bool = False
+    """Latency and energy are a measured table's own numbers (its unit, not seconds and joules)."""
     _layer_pos: dict[str, int] = field(init=False, repr=False)
     _bit_pos: dict[int, int] = field(init=False, repr=False)
     _plain_cache: tuple[dict[str, list], dict[str, float]] | None = field(init=False, repr=False, default=None)

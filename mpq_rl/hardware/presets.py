@@ -92,4 +92,5 @@ def build_cost_table(layers: LayerTable, hardware: HardwareConfig, bits: tuple[i
         preset=hardware.preset,
         memory_bound_table=costs.memory_bound,
         batch_size=model.batch_size if "batch_size" in fields else 1,
+        table_units=costs.table_units,
     )
