@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
     search.add_argument("--seed", type=int, metavar="S", help="seed of the search (data split, agent, evaluator)")
     search.add_argument("--output", metavar="DIR", help="run folder (default: output in the config, runs/default)")
-    search.add_argument("--n-envs", type=int, metavar="N", help="environments in parallel processes")
+    search.add_argument("--n-envs", type=int, metavar="N", help="policies evaluated in parallel processes")
     search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in the run folder DIR")
     search.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare = add("compare", cmd_compare)

@@ -340,7 +340,7 @@ def _search(
     evaluator.cache.merge(EvaluationCache.load(folder / EVALUATIONS_FILE, metrics=evaluator.fp32))
     cached_at_start = len(evaluator.cache)
     previous = read_episodes(folder / EPISODES_FILE, problem) if resuming else []
-    point = searcher.resume_point(folder) if previous and hasattr(searcher, "resume_point") else None
+    point = searcher.resume_point(folder) if previous else None
     kept = len(previous) if point is None else min(point, len(previous))
     logged = min(logged_episodes(folder), kept) if resuming else None
     write_config(folder, config)

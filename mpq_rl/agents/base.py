@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +96,14 @@ def check_options(searcher: str, given: Mapping[str, Any], defaults: Mapping[str
     return {**defaults, **given}
 
 
-class Searcher(Protocol):
-    """A search method: propose policies and score them through the context until it is done."""
+class Searcher:
+    """A search method: propose policies and score them through the context until it is done. Subclass it and
+    implement :meth:`search`; the optional methods have defaults that do nothing."""
 
-    def search(self, context: SearchContext) -> None: ...
+    def search(self, context: SearchContext) -> None:
+        raise NotImplementedError
+
+    def resume_point(self, output: Path) -> int | None:
+        """Optional: the episodes a resumed run can continue from (e.g. a checkpoint in ``output``), checked
+        before the run writes anything; None (the default) re-runs the searcher from its seed."""
+        return None

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Budget, Choice
 from mpq_rl.errors import UserError
 
@@ -35,7 +35,7 @@ def in_budget_policies(budget: Budget) -> Iterator[list[Choice]]:
             yield list(policy)
 
 
-class Exhaustive:
+class Exhaustive(Searcher):
     """Score every in-budget policy (spaces up to 10^6 policies). Takes no ``agent.kwargs``."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Budget, Choice
 from mpq_rl.errors import UserError
 
@@ -137,7 +137,7 @@ def neighbours(budget: Budget, losses: Losses, state: list[Choice]) -> list[list
     return sorted(found, key=rank) + sorted(unmeasured, key=budget.total, reverse=True)
 
 
-class Greedy:
+class Greedy(Searcher):
     """AIMET-AMP-style sensitivity measurement, greedy Pareto walk into the budget, then local refinement."""
 
     def __init__(self, **kwargs: Any) -> None:

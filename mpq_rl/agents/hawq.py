@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Choice
 from mpq_rl.errors import UserError
 from mpq_rl.hessian import calibration_loss, hessian_traces
@@ -141,7 +141,7 @@ def solve_ilp(
     return [(w, a) for _, w, a in sorted(chosen)]
 
 
-class Hawq:
+class Hawq(Searcher):
     """Hessian-trace sensitivities, an exact ILP under the budget, then the next-best ILP solutions."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -50,7 +50,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Budget, Choice
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
@@ -113,7 +113,7 @@ class SurrogateReward:
         return self._features[step]
 
 
-class ModelBasedPPO:
+class ModelBasedPPO(Searcher):
     """PPO trained on a learned surrogate of the proxy, spending real evaluations on its best proposals."""
 
     def __init__(self, **kwargs: Any) -> None:

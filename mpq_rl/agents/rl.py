@@ -39,7 +39,7 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from mpq_rl.agents.base import SearchContext
+from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.episode import Episode
@@ -249,7 +249,7 @@ class RecordEpisodes(BaseCallback):
         return not context.done
 
 
-class RLSearcher:
+class RLSearcher(Searcher):
     """A stable-baselines3 algorithm searching bit-widths in :class:`~mpq_rl.envs.BitWidthEnv`."""
 
     def __init__(self, algorithm: str, kwargs: dict[str, Any] | None = None) -> None:
@@ -355,3 +355,16 @@ class RLSearcher:
         finally:
             model.logger.close()
         self.save_checkpoint(model, context)
+
+
+def _searcher(algorithm: str) -> Callable[..., RLSearcher]:
+    def build(**kwargs: Any) -> RLSearcher:
+        return RLSearcher(algorithm, kwargs)
+
+    build.__name__ = build.__qualname__ = algorithm
+    build.__doc__ = f"The {algorithm} searcher with ``agent.kwargs``."
+    return build
+
+
+ddpg, td3, sac, ppo, a2c = (_searcher(name) for name in ("ddpg", "td3", "sac", "ppo", "a2c"))
+"""The registered RL searchers (:data:`mpq_rl.agents.SEARCHERS`)."""

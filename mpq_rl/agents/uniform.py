@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 
 
-class Uniform:
+class Uniform(Searcher):
     """Every in-budget uniform setting, highest cost first. Takes no ``agent.kwargs``."""
 
     def __init__(self, **kwargs: Any) -> None:
