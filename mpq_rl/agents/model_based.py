@@ -261,7 +261,7 @@ class ModelBasedPPO(Searcher):
     def _model_free(self, context: SearchContext, sensitivity: Sensitivity, fractions: list[float], steps: int):
         """The ``surrogate: false`` ablation: PPO on the real environment, every episode an evaluation (with no
         model there are no model features, no prior training and no probes)."""
-        from mpq_rl.agents.rl import RecordEpisodes
+        from mpq_rl.agents.sb3 import RecordEpisodes
 
         env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, None)])
         env.seed(context.seed)

@@ -34,15 +34,14 @@ import numpy as np
 import torch
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes
 from mpq_rl.envs import BitWidthEnv
-from mpq_rl.episode import Episode
 from mpq_rl.errors import UserError
 from mpq_rl.logger import agent_logger
 from mpq_rl.run_folder import CHECKPOINT_DIR
@@ -57,7 +56,6 @@ HAQ_WARMUP_EPISODES = 20
 HAQ_NOISE_SIGMA = 0.5
 HAQ_NOISE_DECAY = 0.99
 HAQ_BUFFER_EPISODES = 128
-DEFAULT_CHECKPOINT_EVERY = 50
 PPO_EPISODES_PER_UPDATE = 8
 
 _OWN_KEYS = ("warmup_episodes", "noise_sigma", "noise_decay", "critic_learning_rate", "discrete", "checkpoint_every")
@@ -201,52 +199,6 @@ def _check_kwargs(algorithm: str, kwargs: dict[str, Any]) -> None:
         raise UserError(
             f"agent.kwargs: unknown key {unknown[0]!r} for {algorithm}; allowed: {', '.join(sorted(allowed))}"
         )
-
-
-class PooledVecEnv(DummyVecEnv):
-    """``n_envs`` environments in this process, sharing the run's problem: before each step, the policies that
-    step completes are evaluated together through the search's evaluation pool, so the environments then score
-    from the cache."""
-
-    def __init__(self, envs: list[BitWidthEnv], context: SearchContext) -> None:
-        super().__init__([lambda env=env: env for env in envs])
-        self.context = context
-
-    def step_wait(self):
-        pending = [env.pending_choices(action) for env, action in zip(self.envs, self.actions, strict=True)]
-        finishing = [choices for choices in pending if choices is not None]
-        self.context.prefetch(finishing[: self.context.remaining])  # the callback records no more than these
-        return super().step_wait()
-
-
-class RecordEpisodes(BaseCallback):
-    """Hands each finished episode to the run (in environment order) and stops training once the run is done.
-
-    ``checkpoint``: called with the model every ``every`` recorded episodes.
-    """
-
-    def __init__(
-        self,
-        context: SearchContext,
-        checkpoint: Callable[[BaseAlgorithm], None] | None = None,
-        every: int = DEFAULT_CHECKPOINT_EVERY,
-    ) -> None:
-        super().__init__()
-        self.context, self.checkpoint, self.every = context, checkpoint, every
-
-    def _on_step(self) -> bool:
-        context = self.context
-        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
-            if not done or context.done:
-                continue
-            episode = Episode.from_json(info)
-            context.add(episode)
-            exploration = getattr(self.model, "exploration", None)
-            if exploration is not None:
-                exploration.episode = context.recorded
-            if self.checkpoint is not None and context.recorded % self.every == 0:
-                self.checkpoint(self.model)
-        return not context.done
 
 
 class RLSearcher(Searcher):
