@@ -62,8 +62,8 @@ _COLUMNS = (
     ("MACs(M)", 9),
     ("params(K)", 10),
     ("W/A", 6),
-    ("lat({})", 11),
-    ("energy({})", 11),
+    ("latency", 11),
+    ("energy", 11),
     ("size(KB)", 9),
     ("BOPs(M)", 10),
     ("share", 7),
@@ -96,14 +96,14 @@ def render_cost_report(report: Mapping[str, Any], metric: str = "latency") -> st
     """
     table = report.get("units") == "table"
     scale = 1.0 if table else 1e6
-    titles = ("table", "table") if table else ("us", "uJ")
+    titles = ("lat(table)", "en(table)") if table else ("lat(us)", "energy(uJ)")
     key = TOTAL_KEYS[metric]
     rows = report["layers"]
     name_width = min(max([len(r["name"]) for r in rows] + [5]), 40)
     total_metric = report["total"][key]
-    units = {"lat({})": titles[0], "energy({})": titles[1]}
+    units = {"latency": titles[0], "energy": titles[1]}
     header = f"{'layer':<{name_width}} {'kind':<10}" + "".join(
-        f"{title.format(units[title]) if title in units else title:>{width}}" for title, width in _COLUMNS
+        f"{units.get(title, title):>{width}}" for title, width in _COLUMNS
     )
     lines = [header, "-" * len(header)]
     for r in rows:
