@@ -29,8 +29,9 @@ from benchmarks.harness import Writer, machine, machine_lines, publish, table, w
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import parse_config
+from mpq_rl.episode import Episode
 from mpq_rl.evaluator import evaluate_on_test
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.recorder import better
 
 NAME = "ablation"
@@ -53,7 +54,7 @@ def one_run(searcher: str, kwargs: dict[str, Any], metric: str, fraction: float,
     """One search from a fresh problem: best proxy, its held-out top-1, wall and evaluation seconds."""
     config = parse_config({"seed": seed, "budget": fraction, "hardware": {"preset": "bitfusion", "metric": metric}})
     started = time.perf_counter()
-    problem = SearchProblem(config)
+    problem = build_problem(config)
     built = time.perf_counter() - started
     best: Episode | None = None
     recorded: list[Episode] = []
@@ -66,14 +67,14 @@ def one_run(searcher: str, kwargs: dict[str, Any], metric: str, fraction: float,
             context.close()
         wall = time.perf_counter() - started
     for episode in recorded:
-        if episode["within_budget"] and (best is None or better(episode, best, metric)):
+        if episode.within_budget and (best is None or better(episode, best, metric)):
             best = episode
     assert best is not None
-    policy = {name: (w, a) for name, (w, a) in best["policy"].items()}
+    policy = {name: (w, a) for name, (w, a) in best.policy.items()}
     test = evaluate_on_test(problem.workload, policy, problem.evaluator.simulator)["top1"]
     problem.close()
     return {
-        "proxy": best["proxy"],
+        "proxy": best.proxy,
         "test": test,
         "wall": wall,
         "build": built,

@@ -65,7 +65,7 @@ from mpq_rl.evaluator import EvaluationCache, Evaluator
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.metrics import model_outputs, score
 from mpq_rl.policy import Policy
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.simulator import QuantSimulator
 from mpq_rl.workload import Workload, load_workload
 
@@ -132,17 +132,17 @@ def naive_evaluate(
 ) -> dict[str, float]:
     """The metrics of ``policy`` with nothing reused but the FP32 outputs ``reference``: copy the model,
     calibrate, quantize, evaluate and score; the seconds of each part are appended to ``parts``."""
-    quant = workload.config.quantization
+    ranges = workload.ranges
     start = time.perf_counter()
     model = copy.deepcopy(fp32_model)
     copied = time.perf_counter()
     simulator = QuantSimulator(
         model,
         workload.layers.names,
-        weight_range=quant.weight_range,
-        activation_range=quant.activation_range,
-        percentile=quant.percentile,
-        seed=workload.config.seed,
+        weight_range=ranges.weight_range,
+        activation_range=ranges.activation_range,
+        percentile=ranges.percentile,
+        seed=ranges.seed,
     )
     simulator.calibrate((inputs for inputs, _ in workload.calibration), workload.calibration.num_samples)
     calibrated = time.perf_counter()
@@ -161,7 +161,7 @@ def naive_evaluate(
 
 
 def build_env(config: RunConfig, workload: Workload, costs) -> BitWidthEnv:
-    return BitWidthEnv(problem=SearchProblem(config, workload=workload, costs=costs, evaluator=Evaluator(workload)))
+    return BitWidthEnv(problem=build_problem(config, workload=workload, costs=costs, evaluator=Evaluator(workload)))
 
 
 def measure(setting: Setting, repeats: int | None = None, seed: int = 0) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from benchmarks.harness import Writer, machine, machine_lines, publish, table, w
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import parse_config
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.episode import Episode
+from mpq_rl.problem import SearchProblem, build_problem
 
 NAME = "search_quality"
 PROXIES = {"top1": {"metric": "top1"}, "kl": {"metric": "fidelity", "fidelity": "kl"}}
@@ -48,14 +49,14 @@ SEEDS = (0, 1, 2)
 
 def best_within(episodes: list[Episode], n: int) -> float | None:
     """The best in-budget proxy among the first ``n`` episodes."""
-    found = [e["proxy"] for e in episodes[:n] if e["within_budget"]]
+    found = [e.proxy for e in episodes[:n] if e.within_budget]
     return max(found) if found else None
 
 
 def evaluations_to_reach(episodes: list[Episode], target: float) -> int | None:
     """How many evaluations it took to find an in-budget policy with a proxy of at least ``target``."""
     for i, episode in enumerate(episodes, start=1):
-        if episode["within_budget"] and episode["proxy"] >= target:
+        if episode.within_budget and episode.proxy >= target:
             return i
     return None
 
@@ -82,7 +83,7 @@ def run(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     info = machine()
-    problem = SearchProblem(parse_config({**SEARCH_SPACE, "proxy": PROXIES[proxy]}))
+    problem = build_problem(parse_config({**SEARCH_SPACE, "proxy": PROXIES[proxy]}))
     try:
         with tempfile.TemporaryDirectory() as scratch:
             space = 3 ** len(problem.searched)

@@ -38,7 +38,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.evaluator import Evaluator
 from mpq_rl.hardware import build_cost_table
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.workload import assemble_workload
 
 NAME = "step_overhead"
@@ -74,7 +74,7 @@ def build_env(depth: int, seed: int = 0) -> BitWidthEnv:
     )
     workload = assemble_workload(config, model, splits)
     costs = build_cost_table(workload.layers, config.hardware)
-    problem = SearchProblem(config, workload=workload, costs=costs, evaluator=Evaluator(workload))
+    problem = build_problem(config, workload=workload, costs=costs, evaluator=Evaluator(workload))
     return BitWidthEnv(problem=problem)
 
 

@@ -23,14 +23,12 @@ _SLACK = 1e-9
 """Relative tolerance on the budget, so a policy exactly at the budget is not refused for rounding."""
 
 Choice = tuple[int, int]
+"""Indices into the weight and activation candidate lists."""
 
 
 def within_fraction(ratio: float, fraction: float) -> bool:
     """Whether a cost of ``ratio`` x W8A8 fits a budget of ``fraction`` x W8A8 (with the rounding slack)."""
     return ratio <= fraction * (1.0 + _SLACK)
-
-
-"""Indices into the weight and activation candidate lists."""
 
 
 @dataclass
@@ -115,6 +113,28 @@ class Budget:
                 f"budget {self.fraction:g} of W8A8 {self.metric} cannot be met: the lowest bits reach "
                 f"{self.min_fraction:.4f} at best; raise budget to at least {self.min_fraction:.4f} or allow lower bits"
             )
+
+    def within(self, ratio: float) -> bool:
+        """Whether a whole-model cost of ``ratio`` x W8A8 fits this budget."""
+        return within_fraction(ratio, self.fraction)
+
+    def top_choice(self) -> Choice:
+        """The highest candidate bits for weights and activations: where a search from the top starts."""
+        return len(self.weight_bits) - 1, len(self.activation_bits) - 1
+
+    def runnable_pairs(self, step: int) -> list[Choice]:
+        """The candidate pairs of searched layer ``step`` the hardware can run (cost not NaN)."""
+        w_idx, a_idx = np.nonzero(~np.isnan(self.costs[step]))
+        return [(int(w), int(a)) for w, a in zip(w_idx, a_idx, strict=True)]
+
+    def uniform_choices(self) -> list[list[Choice]]:
+        """Every uniform setting (one pair for all searched layers) that fits, costliest first; equal costs go to
+        more weight bits, then more activation bits. A pair the hardware cannot run costs NaN and never fits."""
+        layers = len(self.names)
+        settings = [[(w, a)] * layers for w in range(len(self.weight_bits)) for a in range(len(self.activation_bits))]
+        fitting = [s for s in settings if self.fits(s)]
+        fitting.sort(key=lambda s: (self.total(s), s[0]), reverse=True)
+        return fitting
 
     def bits(self, choice: Choice) -> BitPair:
         return self.weight_bits[choice[0]], self.activation_bits[choice[1]]

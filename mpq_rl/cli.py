@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, policy_file)
+    policy = checked_policy(workload, config.quantization, policy_file)
     epochs = args.finetune_epochs or 0
     lr = DEFAULT_LR if args.lr is None else args.lr
     result = finetune(workload, policy, epochs, lr=lr, seed=config.seed, progress=True)
@@ -145,7 +145,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, policy_file)
+    policy = checked_policy(workload, config.quantization, policy_file)
     sidecar = export_policy(workload, policy, args.output, weights=args.weights)
     print(f"wrote {args.output} (opset {sidecar['opset']}, {sidecar['scales']} scales) and {sidecar_path(args.output)}")
 
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
     search.add_argument("--seed", type=int, metavar="S", help="seed of the search (data split, agent, evaluator)")
     search.add_argument("--output", metavar="DIR", help="run folder (default: output in the config, runs/default)")
-    search.add_argument("--n-envs", type=int, metavar="N", help="environments in parallel processes")
+    search.add_argument("--n-envs", type=int, metavar="N", help="policies evaluated in parallel processes")
     search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in the run folder DIR")
     search.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare = add("compare", cmd_compare)

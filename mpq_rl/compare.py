@@ -65,9 +65,8 @@ def compare(
     from mpq_rl.agents import SEARCHERS
     from mpq_rl.trainer import CONFIG_FILE, finished_result, run_config, run_search
 
-    unknown = [name for name in agents if name not in SEARCHERS]
-    if unknown:
-        raise UserError(f"unknown agent {unknown[0]!r} in --agents: choose among {', '.join(SEARCHERS)}")
+    for name in agents:
+        SEARCHERS.resolve(name)  # an unknown name stops the comparison before any run
     if not agents or not seeds:
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)

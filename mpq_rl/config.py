@@ -174,6 +174,12 @@ class ProxyConfig(_Section):
     metric: Literal["top1", "fidelity"] = "top1"
     fidelity: Literal["agreement", "kl", "cosine"] = "agreement"
 
+    @property
+    def key(self) -> str:
+        """The name of the proxy among the evaluator's metrics (and in every report): top1, agreement, kl or
+        cosine."""
+        return self.metric if self.metric == "top1" else self.fidelity
+
 
 class RewardConfig(_Section):
     name: str = "haq"

@@ -138,11 +138,9 @@ def load_data(config: DataConfig) -> Splits:
         source = f"data.factory {config.factory!r}"
     elif config.name in NO_DATA:
         return {}
-    elif config.name in DATASETS:
-        fn = DATASETS[config.name]
-        source = f"dataset {config.name!r}"
     else:
-        raise UserError(f"unknown data.name {config.name!r}: use one of {sorted(DATASETS)}, 'none', or data.factory")
+        fn = DATASETS.resolve(config.name)
+        source = f"dataset {config.name!r}"
     return _check_splits(call_with_kwargs(fn, dict(config.kwargs), "data"), source)
 
 

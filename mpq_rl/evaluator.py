@@ -4,8 +4,8 @@
 quantized tensors into the live model, one forward pass runs over the pre-collated calibration batches, and the
 outputs are scored against the FP32 outputs (and labels, when there are any). A repeated policy costs a dict
 lookup. The cache persists to JSON (resuming a search relies on it) and can be merged from other processes.
-Everything an evaluator needs is built from a picklable :class:`~mpq_rl.config.RunConfig`, so every process of
-a parallel search builds its own with :meth:`Evaluator.from_config`.
+Everything an evaluator needs comes with its :class:`~mpq_rl.workload.Workload` (model, batches, layers, range
+settings); a worker process of a parallel search builds the same workload from the run's problem spec.
 
 The test split is never touched here: held-out scores come from :func:`evaluate_on_test`, which a search calls
 once, on its final answer.
@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from mpq_rl.config import RunConfig
 from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, read_json
 from mpq_rl.metrics import Scorer, model_outputs, score
 from mpq_rl.policy import BitPair, Policy
 from mpq_rl.simulator import QuantSimulator
-from mpq_rl.workload import Workload, load_workload
+from mpq_rl.workload import Workload
 
 Metrics = dict[str, float]
 CACHE_FORMAT = "mpq_rl.evaluations/1"
@@ -99,14 +98,14 @@ def _is_number(value: object) -> bool:
 
 def calibrated_simulator(workload: Workload) -> QuantSimulator:
     """A simulator over every layer of ``workload``, its activation ranges calibrated on the calibration split."""
-    quant = workload.config.quantization
+    ranges = workload.ranges
     simulator = QuantSimulator(
         workload.model,
         workload.layers.names,
-        weight_range=quant.weight_range,
-        activation_range=quant.activation_range,
-        percentile=quant.percentile,
-        seed=workload.config.seed,
+        weight_range=ranges.weight_range,
+        activation_range=ranges.activation_range,
+        percentile=ranges.percentile,
+        seed=ranges.seed,
     )
     if workload.calibration is not None:
         simulator.calibrate((inputs for inputs, _ in workload.calibration), workload.calibration.num_samples)
@@ -128,11 +127,6 @@ class Evaluator:
         self.scorer = Scorer(self.reference, self.targets)
         self.fp32 = self.scorer(self.reference)
         self.cache = cache if cache is not None else EvaluationCache()
-
-    @classmethod
-    def from_config(cls, config: RunConfig, cache: EvaluationCache | None = None) -> Evaluator:
-        """Build the workload and its evaluator in this process (what parallel workers call)."""
-        return cls(load_workload(config), cache)
 
     def evaluate(self, policy: Mapping[str, BitPair]) -> Metrics:
         """Proxy metrics of ``policy`` (every layer named) on the calibration split; cached."""

@@ -37,7 +37,7 @@ from mpq_rl.format_export import FormatLayer, add_format_layers, format_layers, 
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.policy import BitPair
 from mpq_rl.qat import LayerScales, calibrated_scales
-from mpq_rl.workload import Workload, example_input
+from mpq_rl.workload import Workload
 
 OPSET = 21
 """The first opset with INT4/UINT4 tensors (and QuantizeLinear/DequantizeLinear on them)."""
@@ -296,5 +296,4 @@ def export_policy(
             tables = format_layers(simulator, policy)
         finally:
             simulator.detach()
-    example = example_input(workload.config, workload.calibration)
-    return export_onnx(workload.model, example, scales, output, source, tables)
+    return export_onnx(workload.model, workload.example, scales, output, source, tables)

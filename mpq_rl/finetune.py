@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
 from mpq_rl import formats
+from mpq_rl.config import QuantizationConfig
 from mpq_rl.data import split_item
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import Metrics, calibrated_simulator
@@ -296,15 +297,19 @@ def load_finetuned(model: nn.Module, path: str | Path) -> dict[str, LayerScales]
     return load_scales(scales) if scales.is_file() else None
 
 
-def checked_policy(workload: Workload, path: str | Path) -> Policy:
+def checked_policy(workload: Workload, quantization: QuantizationConfig, path: str | Path) -> Policy:
     """Load a policy file and check it against the workload: every layer, no unknown layer, allowed bits.
 
     Allowed bits are the configured candidates plus the bits the configuration fixes for unsearched layers.
     """
-    quant = workload.config.quantization
-    weight_bits = sorted({*candidate_codes(quant.formats, quant.weight_bits), *(w for w, _ in workload.fixed.values())})
+    weight_bits = sorted(
+        {*candidate_codes(quantization.formats, quantization.weight_bits), *(w for w, _ in workload.fixed.values())}
+    )
     activation_bits = sorted(
-        {*candidate_codes(quant.formats, quant.activation_candidates), *(a for _, a in workload.fixed.values())}
+        {
+            *candidate_codes(quantization.formats, quantization.activation_candidates),
+            *(a for _, a in workload.fixed.values()),
+        }
     )
     return validate_policy(load_policy(path), workload.layers.names, weight_bits, activation_bits)
 

@@ -24,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from mpq_rl.config import RunConfig
-from mpq_rl.problem import Episode
+from mpq_rl.episode import Episode
 
 TB_DIR = "tb"
 REWARD = "episode/reward"
@@ -69,7 +69,7 @@ def hyperparameters(config: RunConfig) -> dict[str, Any]:
         "hardware": config.hardware.preset,
         "metric": config.hardware.metric,
         "reward": config.reward.name,
-        "proxy": config.proxy.metric if config.proxy.metric == "top1" else config.proxy.fidelity,
+        "proxy": config.proxy.key,
         "weight_bits": str(config.quantization.weight_bits),
         "activation_bits": str(config.quantization.activation_bits),
     }
@@ -113,30 +113,30 @@ class TensorBoardLogger:
             self.writer.add_custom_scalars(layout())
 
     def __call__(self, number: int, episode: Episode, recorder: Any, improved: bool) -> None:
-        scalars = {REWARD: episode["reward"], PROJECTED_LAYERS: episode["projected_layers"]}
-        scalars.update({PROXY.format(k): v for k, v in episode["metrics"].items()})
-        scalars.update({COST.format(k): v for k, v in episode["cost"].items()})
-        scalars.update({COST_RATIO.format(k): v for k, v in episode["cost_ratio"].items()})
+        scalars = {REWARD: episode.reward, PROJECTED_LAYERS: episode.projected_layers}
+        scalars.update({PROXY.format(k): v for k, v in episode.metrics.items()})
+        scalars.update({COST.format(k): v for k, v in episode.cost.items()})
+        scalars.update({COST_RATIO.format(k): v for k, v in episode.cost_ratio.items()})
         best = recorder.best
         if best is not None:
             scalars.update(
                 {
-                    BEST_REWARD: best["reward"],
-                    BEST_PROXY: best["proxy"],
-                    BEST_COST_RATIO: best["cost_ratio"][recorder.metric],
+                    BEST_REWARD: best.reward,
+                    BEST_PROXY: best.proxy,
+                    BEST_COST_RATIO: best.cost_ratio[recorder.metric],
                 }
             )
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, float(value), number)
         if improved:
-            title = f"best policy, episode {number}: reward {episode['reward']:.4g}, proxy {episode['proxy']:.4f}"
-            self.writer.add_figure(BEST_BITS, bits_figure(episode["policy"], title), number)
+            title = f"best policy, episode {number}: reward {episode.reward:.4g}, proxy {episode.proxy:.4f}"
+            self.writer.add_figure(BEST_BITS, bits_figure(episode.policy, title), number)
         self._window.append(episode)
         if number % HISTOGRAM_WINDOW == 0:
             self._histograms(number)
 
     def _histograms(self, number: int) -> None:
-        chosen = [e["policy"][n] for e in self._window for n in self.searched]
+        chosen = [e.policy[n] for e in self._window for n in self.searched]
         self.writer.add_histogram(WEIGHT_BITS, np.array([b[0] for b in chosen]), number)
         self.writer.add_histogram(ACTIVATION_BITS, np.array([b[1] for b in chosen]), number)
         self._window = []
@@ -145,7 +145,7 @@ class TensorBoardLogger:
         """The held-out metrics of the best policy (``best/test_*``, at the last episode) and the hyper-parameters
         with them and the final best reward and proxy (read by the HParams plugin, whose table then compares runs by
         their held-out result)."""
-        metrics = {BEST_REWARD: best["reward"], BEST_PROXY: best["proxy"]} if best is not None else {}
+        metrics = {BEST_REWARD: best.reward, BEST_PROXY: best.proxy} if best is not None else {}
         for key, value in (test or {}).items():
             metrics[BEST_TEST.format(key)] = value
             self.writer.add_scalar(BEST_TEST.format(key), float(value), episodes)

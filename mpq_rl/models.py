@@ -20,11 +20,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.factory is not None:
         fn = import_callable(config.factory, "model.factory")
         source = f"model.factory {config.factory!r}"
-    elif config.name in MODELS:
-        fn = MODELS[config.name]
-        source = f"model {config.name!r}"
     else:
-        raise UserError(f"unknown model.name {config.name!r}: use one of {sorted(MODELS)}, or model.factory")
+        fn = MODELS.resolve(config.name)
+        source = f"model {config.name!r}"
     model = call_with_kwargs(fn, config.kwargs, "model")
     if not isinstance(model, nn.Module):
         raise UserError(f"{source} must return a torch.nn.Module, got {type(model).__name__}")

@@ -7,72 +7,121 @@ reward, and results are comparable at equal numbers of evaluations.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.budget import Budget, Choice, within_fraction
-from mpq_rl.config import METRICS, RunConfig, load_config
-from mpq_rl.evaluator import Evaluator
+from mpq_rl.budget import Budget, Choice
+from mpq_rl.config import (
+    BudgetConfig,
+    ProxyConfig,
+    QuantizationConfig,
+    RewardConfig,
+    RunConfig,
+    load_config,
+    parse_config,
+)
+from mpq_rl.episode import Episode
+from mpq_rl.evaluator import EvaluationCache, Evaluator
 from mpq_rl.formats import candidate_codes
 from mpq_rl.hardware import CostTable, build_cost_table
 from mpq_rl.policy import Policy
 from mpq_rl.rewards import Outcome, build_reward, proxy_value
 from mpq_rl.workload import Workload, load_workload
 
-Episode = dict[str, Any]
-"""What scoring a policy gives: ``reward`` plus the keys listed in :meth:`SearchProblem.score`."""
 PENALTY_PER_EXCESS = 10.0
 """Reward lost per unit of relative budget excess under ``penalty`` enforcement."""
 
 
-class SearchProblem:
-    """Workload, costs, budget, evaluator and reward of one run; built from a config or from pieces in hand.
+@dataclass(frozen=True)
+class ProblemSpec:
+    """What another process needs to build the same problem as the driver: the resolved config, as JSON data
+    (small and picklable). :meth:`build` goes through :func:`build_problem`, as the driver did."""
 
-    With both a workload and a config, the workload decides which layers are searched and the config everything
-    else (bit candidates, budget, hardware metric, proxy, reward).
-    """
+    config: dict[str, Any]
+
+    def build(self, cache: EvaluationCache | None = None) -> SearchProblem:
+        """The problem, its evaluator starting from ``cache`` (e.g. the driver's, so no policy is scored twice)."""
+        problem = build_problem(parse_config(self.config))
+        if cache is not None:
+            problem.evaluator.cache = cache
+        return problem
+
+
+def build_problem(
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    *,
+    workload: Workload | None = None,
+    costs: CostTable | None = None,
+    evaluator: Evaluator | None = None,
+) -> SearchProblem:
+    """The search problem a config describes: the one place a config becomes a problem (the CLI, ``gym.make``
+    and the Python API all come here). Pieces already in hand (a workload from Python, a shared evaluator) are
+    used as given; with a workload in hand, it decides which layers are searched and the config everything else.
+    Only a problem whose workload this function loaded can be rebuilt in worker processes."""
+    config = load_config(config)
+    spec = ProblemSpec(config.model_dump(mode="json")) if workload is None else None
+    workload = workload if workload is not None else load_workload(config)
+    return SearchProblem(
+        workload,
+        costs
+        if costs is not None
+        else build_cost_table(workload.layers, config.hardware, formats=config.quantization.formats),
+        evaluator,
+        quantization=config.quantization,
+        metric=config.hardware.metric,
+        budget=config.budget,
+        proxy=config.proxy,
+        reward=config.reward,
+        spec=spec,
+    )
+
+
+class SearchProblem:
+    """Workload, costs, budget, evaluator and reward of one run, from typed pieces (see :func:`build_problem`)."""
 
     def __init__(
         self,
-        config: str | Path | dict[str, Any] | RunConfig | None = None,
-        *,
-        workload: Workload | None = None,
-        costs: CostTable | None = None,
+        workload: Workload,
+        costs: CostTable,
         evaluator: Evaluator | None = None,
+        *,
+        quantization: QuantizationConfig,
+        metric: str,
+        budget: BudgetConfig,
+        proxy: ProxyConfig,
+        reward: RewardConfig,
+        spec: ProblemSpec | None = None,
     ) -> None:
-        self.config = workload.config if workload is not None and config is None else load_config(config)
-        self.workload = workload if workload is not None else load_workload(self.config)
-        self.costs = (
-            costs
-            if costs is not None
-            else build_cost_table(self.workload.layers, self.config.hardware, formats=self.config.quantization.formats)
-        )
+        self.workload = workload
+        self.costs = costs
         self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)
-        self.reward_fn: Callable[[Outcome], float] = build_reward(self.config.reward)
-        self.metric = self.config.hardware.metric
-        self.enforcement = self.config.budget.enforcement
-        quant = self.config.quantization
+        self.reward_fn: Callable[[Outcome], float] = build_reward(reward)
+        self.proxy = proxy
+        self.weight_only = quantization.weight_only
+        self.formats = quantization.formats
+        """The number formats a layer may take (:mod:`mpq_rl.formats`), in the order the action indexes them."""
+        self.spec = spec
+        """How a worker process builds this problem; None for a problem assembled from pieces in hand."""
+        self.metric = metric
+        self.enforcement = budget.enforcement
         self.budget = Budget.from_costs(
             metric_table=self.costs.metric(self.metric),
             table_bits=self.costs.bits,
             layer_names=self.costs.layer_names,
             searched=self.workload.searched,
             fixed=self.workload.fixed,
-            weight_bits=candidate_codes(quant.formats, quant.weight_bits),
-            activation_bits=candidate_codes(quant.formats, quant.activation_candidates),
-            fraction=self.config.budget.fraction,
+            weight_bits=candidate_codes(quantization.formats, quantization.weight_bits),
+            activation_bits=candidate_codes(quantization.formats, quantization.activation_candidates),
+            fraction=budget.fraction,
             metric=self.metric,
             reference=self.costs.reference(self.metric),
         )
         self.budget.check_feasible()
-        self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.config.proxy)
-        self._defined = tuple(m for m in METRICS if self.costs.defines(m))
-        self._tables = {m: self.costs.metric(m).tolist() for m in self._defined}
-        self._references = {m: self.costs.reference(m) for m in self._defined}
+        self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.proxy)
         self.evaluation_seconds = 0.0
         """Wall time spent in the evaluator (evaluations and cache lookups) by :meth:`score` in this process."""
 
@@ -85,58 +134,40 @@ class SearchProblem:
         searched = {name: self.budget.bits(c) for name, c in zip(self.searched, choices, strict=True)}
         return self.workload.full_policy(searched)
 
-    def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
-        """Evaluate and cost the policy of ``choices``, applying ``wall`` enforcement if configured.
-
-        Returns ``reward``, ``policy`` (layer -> [w_bits, a_bits], every layer), ``metrics`` (proxy metrics on
-        the calibration split), ``proxy`` and ``proxy_fp32``, ``cost`` and ``cost_ratio`` (latency, energy, size,
-        bops; absolute and as fractions of W8A8), ``within_budget``, ``projected`` and ``projected_layers``.
-        """
+    def enforce(self, choices: Sequence[Choice], projected_layers: int = 0) -> tuple[list[Choice], int]:
+        """The choices :meth:`score` evaluates: under ``wall`` enforcement lowered to fit the budget (and the number
+        of layers that changed), otherwise as given."""
         choices = list(choices)
-        if self.enforcement == "wall":
-            lowered = self.budget.lower_to_fit(choices)
-            projected_layers = sum(a != b for a, b in zip(lowered, choices, strict=True))
-            choices = lowered
+        if self.enforcement != "wall":
+            return choices, projected_layers
+        lowered = self.budget.lower_to_fit(choices)
+        return lowered, sum(a != b for a, b in zip(lowered, choices, strict=True))
+
+    def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
+        """Evaluate and cost the policy of ``choices`` (every layer's bits, reward, proxy, costs: see
+        :class:`~mpq_rl.episode.Episode`), applying ``wall`` enforcement if configured."""
+        choices, projected_layers = self.enforce(choices, projected_layers)
         policy = self.policy(choices)
         started = time.perf_counter()
         metrics = self.evaluator.evaluate(policy)
         self.evaluation_seconds += time.perf_counter() - started
-        totals, ratios = self._totals_and_ratios(policy)
-        within = within_fraction(ratios[self.metric], self.budget.fraction)
-        proxy = proxy_value(metrics, self.config.proxy)
+        totals, ratios = self.costs.totals_and_ratios(policy)
+        within = self.budget.within(ratios[self.metric])
+        proxy = proxy_value(metrics, self.proxy)
         reward = float(self.reward_fn(Outcome(proxy, self.proxy_fp32, ratios[self.metric], self.budget.fraction)))
         if self.enforcement == "penalty" and not within:
             reward -= PENALTY_PER_EXCESS * (ratios[self.metric] / self.budget.fraction - 1.0)
-        return {
-            "reward": reward,
-            "policy": {name: [int(w), int(a)] for name, (w, a) in policy.items()},
-            "metrics": metrics,
-            "proxy": proxy,
-            "proxy_fp32": self.proxy_fp32,
-            "cost": totals,
-            "cost_ratio": ratios,
-            "within_budget": bool(within),
-            "projected": projected_layers > 0,
-            "projected_layers": int(projected_layers),
-        }
-
-    def _totals_and_ratios(self, policy: Policy) -> tuple[dict[str, float], dict[str, float]]:
-        """``costs.totals(policy)`` and ``costs.ratios(policy)``: the same numbers (both are exactly rounded sums),
-        from plain lists looked up once per layer and references computed once per problem. An episode calls this
-        once; NumPy calls here cost more than the lookups they replace."""
-        bit_index = self.costs.bit_index
-        positions = [(bit_index(w), bit_index(a)) for w, a in (policy[name] for name in self.costs.layer_names)]
-        totals, ratios = {}, {}
-        for m in METRICS:
-            table = self._tables.get(m)
-            if table is None:
-                totals[m] = ratios[m] = math.nan
-                continue
-            total = math.fsum(table[i][w][a] for i, (w, a) in enumerate(positions))
-            if not math.isfinite(total):
-                self.costs.per_layer(policy, m)  # raises the table's explanation of the missing value
-            totals[m], ratios[m] = total, total / self._references[m]
-        return totals, ratios
+        return Episode(
+            reward=reward,
+            policy={name: (int(w), int(a)) for name, (w, a) in policy.items()},
+            metrics=metrics,
+            proxy=proxy,
+            proxy_fp32=self.proxy_fp32,
+            cost=totals,
+            cost_ratio=ratios,
+            within_budget=bool(within),
+            projected_layers=int(projected_layers),
+        )
 
     def close(self) -> None:
         """Give the model back in FP32 if this problem built its evaluator."""

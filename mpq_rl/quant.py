@@ -9,7 +9,6 @@ backward pass (STE, zero gradient where the value was clipped), using PyTorch's 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -152,9 +151,3 @@ def quantization_error(x: torch.Tensor, x_q: torch.Tensor) -> float:
     """Relative squared error ``||x_q - x||^2 / ||x||^2``."""
     denom = float(x.pow(2).sum())
     return float((x_q - x).pow(2).sum()) / denom if denom > 0 else 0.0
-
-
-def sqnr_db(x: torch.Tensor, x_q: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB."""
-    err = quantization_error(x, x_q)
-    return math.inf if err == 0 else -10.0 * math.log10(err)

@@ -16,75 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.config import METRICS
+from mpq_rl.episode import Episode, EpisodeTable
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.policy import save_policy
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import SearchProblem
 
 EPISODES_FILE = "episodes.csv"
 POLICY_FILE = "policy.json"
 PARETO_FILE = "pareto.json"
 EVALUATIONS_FILE = "evaluations.json"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _bool(text: str) -> bool:
-    if text not in ("true", "false"):
-        raise ValueError(f"not a boolean: {text!r}")
-    return text == "true"
-
-
-class EpisodeTable:
-    """The columns of ``episodes.csv`` for one problem, and the conversion of an episode to a row and back."""
-
-    def __init__(self, layer_names: Sequence[str], metrics: Sequence[str], costs: Sequence[str]) -> None:
-        self.layer_names, self.metrics, self.costs = tuple(layer_names), tuple(metrics), tuple(costs)
-        self.header = (
-            ["episode", "reward", "proxy"]
-            + [f"metric:{m}" for m in self.metrics]
-            + [f"cost:{c}" for c in self.costs]
-            + [f"cost_ratio:{c}" for c in self.costs]
-            + ["within_budget", "projected", "projected_layers"]
-            + [f"w:{n}" for n in self.layer_names]
-            + [f"a:{n}" for n in self.layer_names]
-        )
-
-    @classmethod
-    def for_episode(cls, episode: Episode) -> EpisodeTable:
-        return cls(list(episode["policy"]), sorted(episode["metrics"]), sorted(episode["cost"]))
-
-    def row(self, number: int, episode: Episode) -> list[str]:
-        values: list[Any] = [number, float(episode["reward"]), float(episode["proxy"])]
-        values += [float(episode["metrics"][m]) for m in self.metrics]
-        values += [float(episode["cost"][c]) for c in self.costs]
-        values += [float(episode["cost_ratio"][c]) for c in self.costs]
-        values += [bool(episode["within_budget"]), bool(episode["projected"]), int(episode["projected_layers"])]
-        values += [int(episode["policy"][n][0]) for n in self.layer_names]
-        values += [int(episode["policy"][n][1]) for n in self.layer_names]
-        return [_fmt(v) for v in values]
-
-    def episode(self, row: dict[str, str], proxy_fp32: float) -> tuple[int, Episode]:
-        """The episode number and the episode of a row read back (``csv.DictReader``)."""
-        episode: Episode = {
-            "reward": float(row["reward"]),
-            "policy": {n: [int(row[f"w:{n}"]), int(row[f"a:{n}"])] for n in self.layer_names},
-            "metrics": {m: float(row[f"metric:{m}"]) for m in self.metrics},
-            "proxy": float(row["proxy"]),
-            "proxy_fp32": proxy_fp32,
-            "cost": {c: float(row[f"cost:{c}"]) for c in self.costs},
-            "cost_ratio": {c: float(row[f"cost_ratio:{c}"]) for c in self.costs},
-            "within_budget": _bool(row["within_budget"]),
-            "projected": _bool(row["projected"]),
-            "projected_layers": int(row["projected_layers"]),
-        }
-        return int(row["episode"]), episode
 
 
 def read_episodes(path: Path, problem: SearchProblem) -> list[tuple[int, Episode]]:
@@ -141,7 +82,7 @@ class ParetoFront:
 
     def add(self, number: int, episode: Episode, metric: str) -> bool:
         """Offer an episode; True if it joined the front."""
-        proxy, cost = float(episode["proxy"]), float(episode["cost_ratio"][metric])
+        proxy, cost = float(episode.proxy), float(episode.cost_ratio[metric])
         if not (math.isfinite(cost) and math.isfinite(proxy)) or any(
             p["proxy"] >= proxy and p["cost_ratio"] <= cost for p in self.points
         ):
@@ -152,25 +93,13 @@ class ParetoFront:
                 "episode": number,
                 "proxy": proxy,
                 "cost_ratio": cost,
-                "reward": float(episode["reward"]),
-                "within_budget": bool(episode["within_budget"]),
-                "policy": episode["policy"],
+                "reward": float(episode.reward),
+                "within_budget": bool(episode.within_budget),
+                "policy": episode.to_json()["policy"],
             }
         )
         self.points.sort(key=lambda p: (p["cost_ratio"], -p["proxy"]))
         return True
-
-
-def policy_sections(number: int, episode: Episode) -> dict[str, Any]:
-    """What ``policy.json`` and ``summary.json`` say about a policy besides its bits."""
-    return {
-        "episode": number,
-        "reward": episode["reward"],
-        "proxy": episode["proxy"],
-        "metrics": episode["metrics"],
-        "cost": episode["cost"],
-        "cost_ratio": episode["cost_ratio"],
-    }
 
 
 def better(episode: Episode, than: Episode, metric: str) -> bool:
@@ -178,9 +107,9 @@ def better(episode: Episode, than: Episode, metric: str) -> bool:
 
     Every searcher's best is chosen this way, so of two equally accurate policies the cheaper one is reported.
     """
-    if episode["reward"] != than["reward"]:
-        return episode["reward"] > than["reward"]
-    return episode["cost_ratio"][metric] < than["cost_ratio"][metric]
+    if episode.reward != than.reward:
+        return episode.reward > than.reward
+    return episode.cost_ratio[metric] < than.cost_ratio[metric]
 
 
 Listener = Callable[[int, Episode, "Recorder", bool], None]
@@ -235,16 +164,12 @@ class Recorder:
         if self.best is None:
             (self.folder / POLICY_FILE).unlink(missing_ok=True)
             return
-        save_policy(
-            self.folder / POLICY_FILE, _as_pairs(self.best["policy"]), **policy_sections(self.best_number, self.best)
-        )
+        save_policy(self.folder / POLICY_FILE, self.best.policy, **self.best.sections(self.best_number))
 
     def _track(self, number: int, episode: Episode) -> bool:
         self.pareto.add(number, episode, self.metric)
-        scored = math.isfinite(episode["reward"]) and math.isfinite(episode["proxy"])  # NaN is never a result
-        improved = (
-            scored and episode["within_budget"] and (self.best is None or better(episode, self.best, self.metric))
-        )
+        scored = math.isfinite(episode.reward) and math.isfinite(episode.proxy)  # NaN is never a result
+        improved = scored and episode.within_budget and (self.best is None or better(episode, self.best, self.metric))
         if improved:
             self.best, self.best_number = episode, number
         return bool(improved)
@@ -281,7 +206,7 @@ class Recorder:
         self.problem.evaluator.cache.save(self.folder / EVALUATIONS_FILE)
         atomic_write_json(
             self.folder / PARETO_FILE,
-            {"metric": self.metric, "proxy": _proxy_name(self.problem), "points": self.pareto.points},
+            {"metric": self.metric, "proxy": self.problem.proxy.key, "points": self.pareto.points},
         )
         if self.on_save is not None:
             self.on_save()
@@ -290,12 +215,3 @@ class Recorder:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-def _as_pairs(policy: dict[str, Sequence[int]]) -> dict[str, tuple[int, int]]:
-    return {name: (int(bits[0]), int(bits[1])) for name, bits in policy.items()}
-
-
-def _proxy_name(problem: SearchProblem) -> str:
-    proxy = problem.config.proxy
-    return proxy.metric if proxy.metric == "top1" else proxy.fidelity

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mpq_rl.config import ProxyConfig, RewardConfig
 from mpq_rl.errors import UserError
-from mpq_rl.imports import import_callable
+from mpq_rl.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Outcome:
 
 def proxy_value(metrics: dict[str, float], proxy: ProxyConfig) -> float:
     """The configured proxy as a higher-is-better score: top-1, agreement, cosine, or minus the KL divergence."""
-    key = "top1" if proxy.metric == "top1" else proxy.fidelity
+    key = proxy.key
     if key not in metrics:
         raise UserError(f"proxy {key!r} cannot be scored on this model's outputs: choose another proxy.fidelity")
     return -metrics[key] if key == "kl" else metrics[key]
@@ -58,14 +58,14 @@ def releq(outcome: Outcome, threshold: float = 0.6) -> float:
     return 2.0 * ((1.0 - x**0.8) * y ** (1.0 / y) - 0.5)
 
 
-REWARDS: dict[str, Callable[..., float]] = {"haq": haq, "mnasnet": mnasnet, "releq": releq}
+REWARDS: Registry[Callable[..., float]] = Registry("reward.name", {"haq": haq, "mnasnet": mnasnet, "releq": releq})
 
 
 def build_reward(config: RewardConfig) -> Callable[[Outcome], float]:
     """The reward ``config`` names, with its kwargs bound; unknown names and kwargs are user errors."""
-    fn = REWARDS.get(config.name) if ":" not in config.name else import_callable(config.name, "reward.name")
-    if fn is None:
-        raise UserError(f"unknown reward.name {config.name!r}: use one of {sorted(REWARDS)} or 'pkg.module:function'")
+    fn = REWARDS.resolve(config.name)
+    if not callable(fn):
+        raise UserError(f"reward.name {config.name!r} is not a function (it is a {type(fn).__name__})")
     try:
         inspect.signature(fn).bind(None, **config.kwargs)
     except TypeError as exc:

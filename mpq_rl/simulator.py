@@ -103,6 +103,17 @@ def _float32_constants(quantizer: ActivationQuantizer) -> tuple[float, float, fl
     )
 
 
+@dataclass(frozen=True)
+class RangeSettings:
+    """How a simulator sets its clipping ranges (``quantization.weight_range`` etc.): resolved once from the config
+    and carried by the workload, so the search, the held-out scores, finetuning and export calibrate alike."""
+
+    weight_range: RangeMethod = "mse"
+    activation_range: RangeMethod = "mse"
+    percentile: float = 99.99
+    seed: int = 0
+
+
 class QuantSimulator:
     """Fake-quantize the named layers of ``model`` according to a policy, without copying the model.
 

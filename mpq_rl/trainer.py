@@ -33,20 +33,20 @@ from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.budget import within_fraction
 from mpq_rl.config import RunConfig
+from mpq_rl.episode import Episode
 from mpq_rl.errors import UserError
-from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
+from mpq_rl.evaluator import EvaluationCache, Metrics, evaluate_on_test
 from mpq_rl.formats import label
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
 from mpq_rl.logger import TB_DIR, TensorBoardLogger, logged_episodes
 from mpq_rl.metrics import format_metric
-from mpq_rl.problem import Episode, SearchProblem
+from mpq_rl.problem import SearchProblem, build_problem
 from mpq_rl.recorder import (
     EPISODES_FILE,
     EVALUATIONS_FILE,
     PARETO_FILE,
     POLICY_FILE,
     Recorder,
-    policy_sections,
     read_episodes,
     truncate_episodes,
 )
@@ -63,7 +63,6 @@ from mpq_rl.run_folder import (
     write_manifest,
 )
 from mpq_rl.text_table import render_table
-from mpq_rl.workload import load_workload
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_EVERY = 50
@@ -252,8 +251,8 @@ class _Progress:
         if best is None:
             return "none within the budget yet"
         return (
-            f"best reward {best['reward']:.3f}, {self.proxy} {best['proxy']:.4f}, "
-            f"{self.metric} {best['cost_ratio'][self.metric]:.3f} of W8A8"
+            f"best reward {best.reward:.3f}, {self.proxy} {best.proxy:.4f}, "
+            f"{self.metric} {best.cost_ratio[self.metric]:.3f} of W8A8"
         )
 
     def _left(self, number: int, now: float) -> str:
@@ -282,8 +281,8 @@ class _Progress:
         best = recorder.best
         if best is not None:
             self.bar.set_postfix(
-                best=f"{best['reward']:.3f}",
-                **{self.proxy: f"{best['proxy']:.4f}", self.metric: f"{best['cost_ratio'][self.metric]:.3f}"},
+                best=f"{best.reward:.3f}",
+                **{self.proxy: f"{best.proxy:.4f}", self.metric: f"{best.cost_ratio[self.metric]:.3f}"},
                 refresh=False,
             )
         self.bar.update(1)
@@ -316,8 +315,7 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
         check_new_run_folder(folder)
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
-    workload = load_workload(config)
-    problem = SearchProblem(config, workload=workload, evaluator=Evaluator(workload))
+    problem = build_problem(config)
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)
@@ -343,7 +341,7 @@ def _search(
     evaluator.cache.merge(EvaluationCache.load(folder / EVALUATIONS_FILE, metrics=evaluator.fp32))
     cached_at_start = len(evaluator.cache)
     previous = read_episodes(folder / EPISODES_FILE, problem) if resuming else []
-    point = searcher.resume_point(folder) if previous and hasattr(searcher, "resume_point") else None
+    point = searcher.resume_point(folder) if previous else None
     kept = len(previous) if point is None else min(point, len(previous))
     logged = min(logged_episodes(folder), kept) if resuming else None
     write_config(folder, config)
@@ -356,7 +354,7 @@ def _search(
         parts.update(time.perf_counter() - started, searched)
 
     # -- the recorder and its listeners ---------------------------------------------------------------------------
-    proxy_name = config.proxy.metric if config.proxy.metric == "top1" else config.proxy.fidelity
+    proxy_name = config.proxy.key
     logger = TensorBoardLogger(folder, config, problem.searched, keep=logged)
     bar = _Progress(config.agent.episodes, kept, progress, proxy_name, problem.metric)
     recorder = Recorder(folder, problem, listeners=[logger, bar], save_every=CHECKPOINT_EVERY, on_save=save_part)
@@ -398,8 +396,8 @@ def _search(
     fp32_test = evaluate_on_test(workload, {}, simulator)
     best, best_test = None, None
     if recorder.best is not None:
-        best = {**policy_sections(recorder.best_number, recorder.best), "policy": recorder.best["policy"]}
-        policy = _pairs(recorder.best["policy"])
+        best = {**recorder.best.sections(recorder.best_number), "policy": recorder.best.to_json()["policy"]}
+        policy = recorder.best.policy
         best_test = evaluate_on_test(workload, policy, simulator)
         best["test_metrics"] = best_test
     per_budget = []
@@ -460,24 +458,19 @@ def best_per_budget(front: list[dict[str, Any]], budgets: list[float]) -> list[d
 
 
 def uniform_baselines(problem: SearchProblem) -> list[dict[str, Any]]:
-    """Every uniform setting among the candidates that fits the budget, with its held-out test metrics and its
+    """Every uniform setting among the candidates that fits the budget (costliest first, as the ``uniform`` searcher
+    proposes them), with its held-out test metrics and its
     calibration ``metrics`` and ``proxy`` (higher is better): comparisons pick the best uniform setting on the
     calibration proxy, as a searcher would, not on the test split."""
-    budget, workload, costs = problem.budget, problem.workload, problem.costs
     found = []
-    for w in budget.weight_bits:
-        for a in budget.activation_bits:
-            policy = workload.uniform(w, a)
-            ratios = costs.ratios(policy)
-            if not within_fraction(ratios[problem.metric], budget.fraction):
-                continue
-            metrics = problem.evaluator.measure(policy)
-            test = evaluate_on_test(workload, policy, problem.evaluator.simulator)
-            proxy = proxy_value(metrics, problem.config.proxy)
-            found.append(
-                {"w_bits": w, "a_bits": a, "test": test, "metrics": metrics, "proxy": proxy, "cost_ratio": ratios}
-            )
-    found.sort(key=lambda item: -item["cost_ratio"][problem.metric])
+    for choices in problem.budget.uniform_choices():
+        policy = problem.policy(choices)
+        w, a = problem.budget.bits(choices[0])
+        ratios = problem.costs.ratios(policy)
+        metrics = problem.evaluator.measure(policy)
+        test = evaluate_on_test(problem.workload, policy, problem.evaluator.simulator)
+        proxy = proxy_value(metrics, problem.proxy)
+        found.append({"w_bits": w, "a_bits": a, "test": test, "metrics": metrics, "proxy": proxy, "cost_ratio": ratios})
     return found
 
 

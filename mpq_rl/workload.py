@@ -2,6 +2,8 @@
 
 This is the first stage of the data path (model -> layer table -> cost table -> environment -> agent ->
 evaluator -> logger): everything downstream receives a :class:`Workload` or pieces of it, never the config.
+:func:`load_workload` and :func:`assemble_workload` are where the config's model, data and quantization sections
+are resolved into it.
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ from mpq_rl.layers import LayerTable, call_model, discover_layers
 from mpq_rl.metrics import output_tensor
 from mpq_rl.models import build_model
 from mpq_rl.policy import Policy
+from mpq_rl.simulator import RangeSettings
 
 
 @dataclass
 class Workload:
-    """What a run quantizes: the model, its calibration/test batches, its layers, and which layers are searched."""
+    """What a run quantizes: the model, its calibration/test batches, its layers, which layers are searched, and
+    how the simulator calibrates its ranges."""
 
-    config: RunConfig
     model: nn.Module
     layers: LayerTable
     searched: tuple[str, ...]
     fixed: Policy
+    ranges: RangeSettings
+    example: object = field(default=None, repr=False)
+    """An input batch (layer discovery measured the layers on it; export traces it)."""
     calibration: Batches | None = None
     test: Batches | None = None
     train: Dataset | None = field(default=None, repr=False)
@@ -169,7 +175,7 @@ def load_workload(config: RunConfig, with_data: bool = True) -> Workload:
 def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Workload:
     """A workload from a model and data splits already in hand (``{"calibration", "test", "train"}``).
 
-    ``config`` still supplies the bit candidates, layer selection, batch size and seed.
+    ``config`` still supplies the bit candidates, layer selection, range calibration, batch size and seed.
     """
     model.eval()
     calibration = test = None
@@ -181,7 +187,8 @@ def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Wo
         if "test" in splits:
             test = make_batches(splits["test"], config.data.batch_size)
         check_data(model, calibration, test)
-    layers = discover_layers(model, example_input(config, calibration), model_name=config.model.source)
+    example = example_input(config, calibration)
+    layers = discover_layers(model, example, model_name=config.model.source)
 
     quant = config.quantization
     a_fixed = REFERENCE_BITS[1] if quant.activation_bits else quant.activation_candidates[0]
@@ -191,11 +198,12 @@ def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Wo
         raise UserError("every selected layer is pinned: un-pin a layer or widen quantization.include")
     fixed = {name: pinned.get(name, (REFERENCE_BITS[0], a_fixed)) for name in layers.names if name not in candidates}
     return Workload(
-        config=config,
         model=model,
         layers=layers,
         searched=tuple(candidates),
         fixed=fixed,
+        ranges=RangeSettings(quant.weight_range, quant.activation_range, quant.percentile, config.seed),
+        example=example,
         calibration=calibration,
         test=test,
         train=splits.get("train"),

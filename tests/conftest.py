@@ -82,6 +82,7 @@ def digits_evaluator(digits_workload):
 
 @pytest.fixture(scope="session")
 def digits_costs(digits_workload):
+    from mpq_rl.config import load_config
     from mpq_rl.hardware import build_cost_table
 
-    return build_cost_table(digits_workload.layers, digits_workload.config.hardware)
+    return build_cost_table(digits_workload.layers, load_config().hardware)

@@ -1,6 +1,7 @@
 """The default searcher, mbppo, and its pieces: sensitivity features, the surrogate, the budget-conditioned and
 model environments, tie-breaking, and whole searches (honest counting, determinism, budgets, ablations)."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -14,7 +15,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.quant import quantize_weight
 from mpq_rl.recorder import Recorder
 from mpq_rl.sensitivity import Sensitivity, measure_sensitivity
@@ -26,7 +27,7 @@ SMALL = {"prior_episodes": 32, "model_episodes": 32, "candidates": 16, "evaluati
 @pytest.fixture
 def problem(digits_workload, digits_evaluator, one_thread):
     config = parse_config({"budget": 0.35})
-    return SearchProblem(config, workload=digits_workload, evaluator=digits_evaluator)
+    return build_problem(config, workload=digits_workload, evaluator=digits_evaluator)
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def run(problem, tmp_path, episodes: int, seed: int = 0, **kwargs) -> tuple[list
 
 
 def key(episode) -> tuple:
-    return tuple(tuple(bits) for bits in episode["policy"].values())
+    return tuple(tuple(bits) for bits in episode.policy.values())
 
 
 # ---- sensitivity ------------------------------------------------------------------------------------------------
@@ -169,11 +170,11 @@ def test_equal_reward_goes_to_the_cheaper_policy(problem, tmp_path):
     recorder = Recorder(tmp_path, problem)
     expensive = problem.score([(6, 6)] * 2 + [(2, 2)] * (len(problem.searched) - 2))
     cheap = problem.score([(2, 2)] * len(problem.searched))
-    for episode, cost in ((expensive, 0.34), (cheap, 0.30), (dict(expensive), 0.32)):
-        episode.update(reward=-0.1, within_budget=True, cost_ratio={**episode["cost_ratio"], problem.metric: cost})
-        recorder(episode)
+    for episode, cost in ((expensive, 0.34), (cheap, 0.30), (expensive, 0.32)):
+        ratios = {**episode.cost_ratio, problem.metric: cost}
+        recorder(dataclasses.replace(episode, reward=-0.1, within_budget=True, cost_ratio=ratios))
     recorder.close()
-    assert recorder.best_number == 2 and recorder.best["cost_ratio"][problem.metric] == 0.30
+    assert recorder.best_number == 2 and recorder.best.cost_ratio[problem.metric] == 0.30
 
 
 # ---- the searcher -----------------------------------------------------------------------------------------------
@@ -185,13 +186,13 @@ def test_every_proposal_is_a_new_in_budget_evaluation_and_runs_repeat(problem, t
     assert len(episodes) == 40 and len({key(e) for e in episodes}) == 40
     # first the probes: one layer at its cheapest bits, every other at 8/8 (none for a layer whose cost does not
     # fall with bits); then only in-budget proposals
-    lowered = [[n for n, bits in e["policy"].items() if bits != [8, 8]] for e in episodes]
+    lowered = [[n for n, bits in e.policy.items() if bits != (8, 8)] for e in episodes]
     probes = 0
     while len(lowered[probes]) == 1:
         probes += 1
     assert [names[0] for names in lowered[:probes]] == [n for n in problem.searched if n in sum(lowered[:probes], [])]
     assert len(problem.searched) - 2 <= probes <= len(problem.searched)
-    assert all(e["within_budget"] for e in episodes[probes:])
+    assert all(e.within_budget for e in episodes[probes:])
     assert context.notes["sensitivity_seconds"] >= 0 and context.notes["budgets"] == [0.35]
     again, _ = run(problem, tmp_path, episodes=40)
     assert [key(e) for e in again] == [key(e) for e in episodes]
@@ -201,15 +202,15 @@ def test_beats_random_search_at_equal_evaluations(problem, tmp_path):
     mbppo, _ = run(problem, tmp_path, episodes=60, seed=3)
     recorded: list = []
     build_searcher("random").search(SearchContext(problem, 60, 3, recorded.append, tmp_path))
-    best = max(e["proxy"] for e in mbppo if e["within_budget"])
-    assert best >= max(e["proxy"] for e in recorded if e["within_budget"])
+    best = max(e.proxy for e in mbppo if e.within_budget)
+    assert best >= max(e.proxy for e in recorded if e.within_budget)
     assert best >= problem.proxy_fp32 - 0.01
 
 
 def test_budget_conditioned_search_finds_a_policy_for_every_budget(problem, tmp_path):
     episodes, context = run(problem, tmp_path, episodes=48, budgets=[0.25, 0.5])
     assert context.notes["budgets"] == [0.25, 0.35, 0.5]
-    ratios = [e["cost_ratio"][problem.metric] for e in episodes]
+    ratios = [e.cost_ratio[problem.metric] for e in episodes]
     for fraction in (0.25, 0.35, 0.5):
         assert sum(r <= fraction * (1 + 1e-9) for r in ratios) >= 10
     assert max(ratios) > 0.35  # proposals for the larger budget use it
@@ -218,7 +219,7 @@ def test_budget_conditioned_search_finds_a_policy_for_every_budget(problem, tmp_
 @pytest.mark.parametrize("switch", ["sensitivity", "surrogate", "prior", "relaxation", "neighbours"])
 def test_ablations_run_and_count_every_evaluation(problem, tmp_path, switch):
     episodes, _ = run(problem, tmp_path, episodes=20, probes=False, **{switch: 0 if switch == "neighbours" else False})
-    assert len(episodes) == 20 and all(e["within_budget"] for e in episodes)
+    assert len(episodes) == 20 and all(e.within_budget for e in episodes)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
 from mpq_rl.hessian import calibration_loss, hessian_traces
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 
 SEARCHED = ("block.conv1", "down", "pw", "down2")
 
@@ -28,11 +28,10 @@ def small_problem(digits_workload, digits_costs, digits_evaluator):
     config = parse_config({"quantization": {"weight_bits": [2, 4, 8], "activation_bits": [8]}, "budget": 0.8})
     workload = dataclasses.replace(
         digits_workload,
-        config=config,
         searched=SEARCHED,
         fixed={name: (8, 8) for name in digits_workload.layers.names if name not in SEARCHED},
     )
-    return SearchProblem(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator)
+    return build_problem(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator)
 
 
 def run(problem, name, episodes, seed=0, **kwargs):
@@ -43,21 +42,21 @@ def run(problem, name, episodes, seed=0, **kwargs):
 
 
 def best_in_budget(episodes):
-    return max(e["proxy"] for e in episodes if e["within_budget"])
+    return max(e.proxy for e in episodes if e.within_budget)
 
 
 @pytest.fixture(scope="module")
 def optimum(small_problem):
     budget = small_problem.budget
     fitting = [list(p) for p in itertools.product([(0, 0), (1, 0), (2, 0)], repeat=len(SEARCHED)) if budget.fits(p)]
-    return max(small_problem.score(p)["proxy"] for p in fitting), len(fitting)
+    return max(small_problem.score(p).proxy for p in fitting), len(fitting)
 
 
 def test_exhaustive_scores_every_in_budget_policy_and_finds_the_optimum(small_problem, optimum):
     best, count = optimum
     episodes = run(small_problem, "exhaustive", episodes=1000)
     assert len(episodes) == count < 81
-    assert all(e["within_budget"] for e in episodes)
+    assert all(e.within_budget for e in episodes)
     assert best_in_budget(episodes) == best
 
 
@@ -65,7 +64,7 @@ def test_exhaustive_scores_every_in_budget_policy_and_finds_the_optimum(small_pr
 def test_model_based_searchers_get_close_to_the_optimum_and_beat_random(small_problem, optimum, name):
     kwargs = {"samples": 2} if name == "hawq" else {}
     episodes = run(small_problem, name, episodes=20, **kwargs)
-    random_proxies = [e["proxy"] for e in run(small_problem, "random", episodes=20, seed=3)]
+    random_proxies = [e.proxy for e in run(small_problem, "random", episodes=20, seed=3)]
     found = best_in_budget(episodes)
     assert found >= optimum[0] - 0.01
     assert found >= statistics.median(random_proxies)
@@ -73,10 +72,10 @@ def test_model_based_searchers_get_close_to_the_optimum_and_beat_random(small_pr
 
 def test_uniform_proposes_in_budget_uniform_settings_highest_first(small_problem):
     episodes = run(small_problem, "uniform", episodes=50)
-    assert episodes and all(e["within_budget"] for e in episodes)
-    searched = [[tuple(e["policy"][n]) for n in SEARCHED] for e in episodes]
+    assert episodes and all(e.within_budget for e in episodes)
+    searched = [[tuple(e.policy[n]) for n in SEARCHED] for e in episodes]
     assert all(len(set(bits)) == 1 for bits in searched)
-    costs = [e["cost_ratio"]["latency"] for e in episodes]
+    costs = [e.cost_ratio["latency"] for e in episodes]
     assert costs == sorted(costs, reverse=True)
     fitting = [w for w in (2, 4, 8) if small_problem.budget.fits([(small_problem.budget.weight_bits.index(w), 0)] * 4)]
     assert [bits[0][0] for bits in searched] == sorted(fitting, reverse=True)
@@ -86,9 +85,9 @@ def test_random_is_in_budget_and_seeded(small_problem):
     first = run(small_problem, "random", episodes=12, seed=5)
     again = run(small_problem, "random", episodes=12, seed=5)
     other = run(small_problem, "random", episodes=12, seed=6)
-    assert all(e["within_budget"] for e in first)
-    assert [e["policy"] for e in first] == [e["policy"] for e in again]
-    assert [e["policy"] for e in first] != [e["policy"] for e in other]
+    assert all(e.within_budget for e in first)
+    assert [e.policy for e in first] == [e.policy for e in again]
+    assert [e.policy for e in first] != [e.policy for e in other]
 
 
 @pytest.mark.parametrize("name", ["random", "greedy", "hawq", "exhaustive", "uniform"])
@@ -100,7 +99,7 @@ def test_every_searcher_stops_at_the_evaluation_budget(small_problem, name):
 
 
 def test_exhaustive_refuses_a_space_over_a_million(digits_workload, digits_costs, digits_evaluator):
-    problem = SearchProblem(parse_config({}), workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator)
+    problem = build_problem(parse_config({}), workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator)
     with pytest.raises(UserError, match=f"enumerate {49**9:,} policies, more than 1,000,000"):
         run(problem, "exhaustive", episodes=5)
 

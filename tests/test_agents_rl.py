@@ -15,7 +15,7 @@ from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.run_folder import CHECKPOINT_DIR
 
 SMALL_OFF_POLICY = {"warmup_episodes": 2, "buffer_size": 200, "batch_size": 16}
@@ -31,7 +31,7 @@ SMALL = {
 @pytest.fixture
 def problem(digits_workload, digits_evaluator):
     config = parse_config({"hardware": {"preset": "bops", "metric": "bops"}, "budget": 0.3})
-    return SearchProblem(config, workload=digits_workload, evaluator=digits_evaluator)
+    return build_problem(config, workload=digits_workload, evaluator=digits_evaluator)
 
 
 def make_context(problem, tmp_path, episodes: int, seed: int = 0) -> tuple[SearchContext, list]:
@@ -93,7 +93,7 @@ def test_every_algorithm_searches(problem, tmp_path, name, cls, discrete):
     searcher.search(context)
     assert isinstance(searcher.model, cls)
     assert len(recorded) == 5 and context.done
-    assert all(e["within_budget"] and set(e["policy"]) == set(problem.workload.layers.names) for e in recorded)
+    assert all(e.within_budget and set(e.policy) == set(problem.workload.layers.names) for e in recorded)
     assert (searcher.model.action_space.__class__.__name__ == "MultiDiscrete") == discrete
     assert searcher.resume_point(tmp_path) == 5
     if name == "ddpg":

@@ -9,6 +9,7 @@ import pytest
 from mpq_rl.config import load_config
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, evaluate_on_test, policy_key
+from mpq_rl.problem import ProblemSpec
 from mpq_rl.workload import load_workload
 
 
@@ -44,18 +45,17 @@ def test_cache_persists_and_rejects_foreign_files(tmp_path, digits_workload, dig
         EvaluationCache.load(tmp_path / "bad.json")
 
 
-def _evaluate_in_child(config, policy):
-    evaluator = Evaluator.from_config(config)
-    return evaluator.evaluate(policy)
+def _evaluate_in_child(spec, policy):
+    return spec.build().evaluator.evaluate(policy)
 
 
 def test_an_evaluator_built_in_another_process_agrees(digits_workload, digits_evaluator, model_cache):
-    config = load_config()
+    spec = ProblemSpec(load_config().model_dump(mode="json"))
     policy = digits_workload.uniform(4, 3)
-    pickle.dumps((config, policy))
+    assert len(pickle.dumps((spec, policy))) < 4096  # a small spec, not a model
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        remote = pool.apply(_evaluate_in_child, (config, policy))
+        remote = pool.apply(_evaluate_in_child, (spec, policy))
     assert remote == pytest.approx(digits_evaluator.evaluate(policy), abs=1e-6)
 
 

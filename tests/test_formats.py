@@ -20,7 +20,7 @@ from mpq_rl.export import export_policy
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.metrics import model_outputs
 from mpq_rl.policy import load_policy, save_policy
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import build_problem
 from mpq_rl.workload import load_workload
 
 FP, FLINT = formats.precision_code("fp", 0), formats.precision_code("flint", 0)
@@ -160,11 +160,10 @@ def formats_problem(digits_workload, digits_evaluator):
     searched = ("block.conv1", "down")
     workload = dataclasses.replace(
         digits_workload,
-        config=config,
         searched=searched,
         fixed={name: (8, 8) for name in digits_workload.layers.names if name not in searched},
     )
-    return SearchProblem(config, workload=workload, evaluator=digits_evaluator)
+    return build_problem(config, workload=workload, evaluator=digits_evaluator)
 
 
 def test_environment_action_gains_the_format_choice(formats_problem):
@@ -188,9 +187,9 @@ def test_every_baseline_searches_formats_within_budget(formats_problem, name):
     context = SearchContext(problem=formats_problem, episodes=episodes, seed=0, record=seen.append, output=None)
     build_searcher(name, {}).search(context)
     # Greedy and mbppo also score probes over the budget; every searcher must find policies within it.
-    fitting = [e for e in seen if e["within_budget"]]
+    fitting = [e for e in seen if e.within_budget]
     assert fitting
-    used = {c for e in fitting for pair in e["policy"].values() for c in pair}
+    used = {c for e in fitting for pair in e.policy.values() for c in pair}
     assert any(not formats.is_integer_code(c) for c in used)
 
 

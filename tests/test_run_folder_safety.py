@@ -4,6 +4,7 @@ permissions, and files that are not what the run wrote stop a resume with one li
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -732,8 +733,9 @@ def test_a_nan_reward_is_never_the_best_and_never_in_a_file(digits_model, tmp_pa
         episode = score(self, choices, projected_layers)
         self.scored = getattr(self, "scored", 0) + 1
         if self.scored <= 2:
-            episode = {**episode, "reward": float("nan"), "proxy": float("nan"), "within_budget": True}
-            episode["metrics"] = dict.fromkeys(episode["metrics"], float("nan"))
+            nan = float("nan")
+            metrics = dict.fromkeys(episode.metrics, nan)
+            episode = dataclasses.replace(episode, reward=nan, proxy=nan, within_budget=True, metrics=metrics)
         return episode
 
     monkeypatch.setattr(SearchProblem, "score", nan_for_the_first_two)

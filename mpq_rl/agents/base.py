@@ -8,34 +8,18 @@ search ends when :attr:`SearchContext.done` says the evaluation budget (``agent.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from mpq_rl.budget import Choice
-from mpq_rl.config import RunConfig
+from mpq_rl.episode import Episode
 from mpq_rl.errors import UserError
-from mpq_rl.evaluator import policy_key
-from mpq_rl.problem import Episode, SearchProblem
-
-_WORKER_PROBLEM: SearchProblem | None = None
-
-
-def _init_worker(config: RunConfig) -> None:
-    global _WORKER_PROBLEM
-    import torch
-
-    torch.set_num_threads(1)
-    _WORKER_PROBLEM = SearchProblem(config)
-
-
-def _score_in_worker(choices: list[Choice]) -> Episode:
-    assert _WORKER_PROBLEM is not None
-    return _WORKER_PROBLEM.score(choices)
+from mpq_rl.pool import EvaluationPool
+from mpq_rl.problem import SearchProblem
 
 
 @dataclass
@@ -53,7 +37,7 @@ class SearchContext:
     """What a searcher reports about its own work besides episodes (e.g. pre-pass wall times); summary.json."""
     recorded: int = 0
     """Episodes recorded so far in this run (including those of an interrupted run being resumed)."""
-    _pool: Any = field(default=None, repr=False)
+    _pool: EvaluationPool | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
@@ -73,27 +57,24 @@ class SearchContext:
         return episode
 
     def score_many(self, batch: Sequence[Sequence[Choice]]) -> list[Episode]:
-        """Score several policies (in ``n_envs`` worker processes when > 1) and record them in order.
-
-        Stops early once the evaluation budget is spent; policies already in the cache are never sent to workers.
-        """
+        """Score several policies and record them in order; with ``n_envs > 1`` the evaluation :attr:`pool`
+        evaluates the ones not in the cache in parallel first. Stops early once the evaluation budget is spent."""
         batch = [list(c) for c in batch[: self.remaining]]
-        if self.n_envs <= 1 or len(batch) <= 1:
-            return [self.score(c) for c in batch]
-        cache = self.problem.evaluator.cache
-        names = self.problem.evaluator.names
-        fresh = [c for c in batch if policy_key(self.problem.policy(c), names) not in cache]
-        if fresh:
-            for episode in self._workers().map(_score_in_worker, fresh):
-                key = policy_key({n: tuple(b) for n, b in episode["policy"].items()}, names)
-                cache.put(key, episode["metrics"])
+        self.prefetch(batch)
         return [self.score(c) for c in batch]
 
-    def _workers(self):
+    @property
+    def pool(self) -> EvaluationPool:
+        """The search's one evaluation pool (``n_envs`` workers), started on first use and closed with the run."""
         if self._pool is None:
-            context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self.n_envs, initializer=_init_worker, initargs=(self.problem.config,))
+            self._pool = EvaluationPool(self.problem, self.n_envs)
         return self._pool
+
+    def prefetch(self, batch: Sequence[Sequence[Choice]]) -> None:
+        """Evaluate the policies of ``batch`` (as :meth:`score` would enforce them) through the pool, without
+        recording them: the RL environments' last steps come here before they score."""
+        if self.n_envs > 1 and len(batch) > 1:
+            self.pool.prefetch([self.problem.policy(self.problem.enforce(c)[0]) for c in batch])
 
     def add(self, episode: Episode) -> None:
         """Record an episode scored elsewhere (e.g. by an environment in a worker process)."""
@@ -103,7 +84,6 @@ class SearchContext:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
-            self._pool.join()
             self._pool = None
 
 
@@ -116,7 +96,14 @@ def check_options(searcher: str, given: Mapping[str, Any], defaults: Mapping[str
     return {**defaults, **given}
 
 
-class Searcher(Protocol):
-    """A search method: propose policies and score them through the context until it is done."""
+class Searcher:
+    """A search method: propose policies and score them through the context until it is done. Subclass it and
+    implement :meth:`search`; the optional methods have defaults that do nothing."""
 
-    def search(self, context: SearchContext) -> None: ...
+    def search(self, context: SearchContext) -> None:
+        raise NotImplementedError
+
+    def resume_point(self, output: Path) -> int | None:
+        """Optional: the episodes a resumed run can continue from (e.g. a checkpoint in ``output``), checked
+        before the run writes anything; None (the default) re-runs the searcher from its seed."""
+        return None

@@ -13,9 +13,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Budget, Choice
 from mpq_rl.errors import UserError
 
@@ -23,15 +21,9 @@ MAX_POLICIES = 10**6
 """The largest search space :class:`Exhaustive` enumerates."""
 
 
-def runnable_pairs(budget: Budget, step: int) -> list[Choice]:
-    """The candidate pairs of searched layer ``step`` the hardware can run (cost not NaN)."""
-    w_idx, a_idx = np.nonzero(~np.isnan(budget.costs[step]))
-    return [(int(w), int(a)) for w, a in zip(w_idx, a_idx, strict=True)]
-
-
 def in_budget_policies(budget: Budget) -> Iterator[list[Choice]]:
     """Every policy within budget, in enumeration order."""
-    pairs = [runnable_pairs(budget, step) for step in range(len(budget.names))]
+    pairs = [budget.runnable_pairs(step) for step in range(len(budget.names))]
     size = math.prod(len(p) for p in pairs)
     if size > MAX_POLICIES:
         raise UserError(
@@ -43,7 +35,7 @@ def in_budget_policies(budget: Budget) -> Iterator[list[Choice]]:
             yield list(policy)
 
 
-class Exhaustive:
+class Exhaustive(Searcher):
     """Score every in-budget policy (spaces up to 10^6 policies). Takes no ``agent.kwargs``."""
 
     def __init__(self, **kwargs: Any) -> None:

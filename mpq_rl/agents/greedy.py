@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.agents.base import SearchContext, check_options
-from mpq_rl.agents.exhaustive import runnable_pairs
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Budget, Choice
 from mpq_rl.errors import UserError
 
@@ -49,14 +48,10 @@ def keep_order(bits: tuple[int, ...]) -> list[int]:
     return order
 
 
-def top_choice(budget: Budget) -> Choice:
-    return len(budget.weight_bits) - 1, len(budget.activation_bits) - 1
-
-
 def measurable_pairs(budget: Budget, step: int, weights: list[int], activations: list[int]) -> list[Choice]:
     """The pairs of layer ``step`` worth measuring among the given candidate indices (see the module doc)."""
     costs = budget.costs[step]
-    top = top_choice(budget)
+    top = budget.top_choice()
     room = budget.limit - budget.fixed_cost - (budget.suffix_min[0] - budget.min_costs[step])
     pairs = [(w, a) for w in weights for a in activations if costs[w, a] <= room and (w, a) != top]
     rivals = [*pairs, top]
@@ -81,7 +76,7 @@ def measurement_plan(budget: Budget, cap: int) -> list[list[Choice]]:
             ka -= 1
     if sum(map(len, plan)) > cap:
         # one pair per layer left and still too many: measure the layers whose lowering saves the most
-        top = top_choice(budget)
+        top = budget.top_choice()
         saving = {s: budget.cost(s, top) - budget.cost(s, p[0]) for s, p in enumerate(plan) if p}
         keep = set(sorted(saving, key=saving.__getitem__, reverse=True)[:cap])
         plan = [p if s in keep else [] for s, p in enumerate(plan)]
@@ -90,7 +85,7 @@ def measurement_plan(budget: Budget, cap: int) -> list[list[Choice]]:
 
 def pareto_walk(budget: Budget, losses: Losses) -> list[list[Choice]]:
     """The greedy walk from all-highest bits to the first in-budget policy (every state, the first included)."""
-    state = [top_choice(budget)] * len(budget.names)
+    state = [budget.top_choice()] * len(budget.names)
     path = [list(state)]
     while not budget.fits(state):
         total = budget.total(state)
@@ -135,14 +130,14 @@ def neighbours(budget: Budget, losses: Losses, state: list[Choice]) -> list[list
 
     unmeasured = []
     for s, measured in enumerate(losses):
-        for pair in runnable_pairs(budget, s):
+        for pair in budget.runnable_pairs(s):
             policy = [*state[:s], pair, *state[s + 1 :]]
             if pair not in measured and pair != state[s] and budget.fits(policy):
                 unmeasured.append(policy)
     return sorted(found, key=rank) + sorted(unmeasured, key=budget.total, reverse=True)
 
 
-class Greedy:
+class Greedy(Searcher):
     """AIMET-AMP-style sensitivity measurement, greedy Pareto walk into the budget, then local refinement."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -168,14 +163,14 @@ class Greedy:
     def sensitivities(self, context: SearchContext) -> Losses:
         """Phase 1: measured proxy loss of each (layer, pair), within ``sensitivity_share`` of the evaluations."""
         budget = context.problem.budget
-        top = top_choice(budget)
+        top = budget.top_choice()
         losses: Losses = [{top: 0.0} for _ in budget.names]
         allowed = math.floor(self.sensitivity_share * context.remaining)
         if allowed < 2:
             return losses
         plan = measurement_plan(budget, allowed - 1)
         reference = [top] * len(budget.names)
-        top_proxy = context.score(reference)["proxy"]
+        top_proxy = context.score(reference).proxy
         probes = [(s, pair) for s, pairs in enumerate(plan) for pair in pairs]
         policies = []
         for s, pair in probes:
@@ -183,7 +178,7 @@ class Greedy:
             policy[s] = pair
             policies.append(policy)
         for (s, pair), episode in zip(probes, context.score_many(policies), strict=True):
-            losses[s][pair] = top_proxy - episode["proxy"]
+            losses[s][pair] = top_proxy - episode.proxy
         return losses
 
     def score_walk(self, context: SearchContext, path: list[list[Choice]]) -> tuple[list[Choice], float]:
@@ -194,7 +189,7 @@ class Greedy:
         count = max(min(self.pareto_points - 1, context.remaining - 1, len(inner)), 0)
         picks = sorted(set(np.linspace(0, len(inner) - 1, count).round().astype(int).tolist())) if count else []
         episodes = context.score_many([inner[i] for i in picks] + [path[-1]])
-        return path[-1], episodes[-1]["proxy"]
+        return path[-1], episodes[-1].proxy
 
     def refine_from(self, context: SearchContext, losses: Losses, best: list[Choice], best_proxy: float) -> None:
         """Phase 3: first-improvement local search over in-budget neighbours, most promising first."""
@@ -209,8 +204,8 @@ class Greedy:
                 batch = candidates[start : start + max(context.n_envs, 1)]
                 for policy, episode in zip(batch, context.score_many(batch), strict=False):
                     seen.add(tuple(policy))
-                    if episode["within_budget"] and episode["proxy"] > best_proxy:
-                        best, best_proxy, improved = policy, episode["proxy"], True
+                    if episode.within_budget and episode.proxy > best_proxy:
+                        best, best_proxy, improved = policy, episode.proxy, True
                 if improved or context.done:
                     break
             if not improved:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Choice
 from mpq_rl.errors import UserError
 from mpq_rl.hessian import calibration_loss, hessian_traces
@@ -48,7 +48,7 @@ ILP_MARGIN = 1e-6
 
 def loss_kind(problem: SearchProblem) -> str:
     """The calibration loss whose curvature matches the configured proxy."""
-    proxy = problem.config.proxy
+    proxy = problem.proxy
     if proxy.metric == "top1":
         return "cross_entropy"
     return "kl" if proxy.fidelity != "cosine" and problem.evaluator.reference.dim() == 2 else "mse"
@@ -141,7 +141,7 @@ def solve_ilp(
     return [(w, a) for _, w, a in sorted(chosen)]
 
 
-class Hawq:
+class Hawq(Searcher):
     """Hessian-trace sensitivities, an exact ILP under the budget, then the next-best ILP solutions."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -165,7 +165,7 @@ class Hawq:
         first = solve_ilp(omega, budget.costs, capacity)
         if first is None or not budget.fits(first):
             # only when the budget is within the solver's tolerance of the cheapest policy
-            first = budget.projected([(len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)] * len(omega))
+            first = budget.projected([budget.top_choice()] * len(omega))
         found.append(first)
         context.score(first)
         while not context.done and len(found) <= extra:

@@ -50,7 +50,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Budget, Choice
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
@@ -113,7 +113,7 @@ class SurrogateReward:
         return self._features[step]
 
 
-class ModelBasedPPO:
+class ModelBasedPPO(Searcher):
     """PPO trained on a learned surrogate of the proxy, spending real evaluations on its best proposals."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -194,7 +194,7 @@ class ModelBasedPPO:
         if not o["surrogate"]:
             self._model_free(context, sensitivity, fractions, steps)
             return
-        proxy = problem.config.proxy
+        proxy = problem.proxy
         link = "noise" if proxy.metric == "fidelity" and proxy.fidelity == "cosine" else "linear"
         surrogate = Surrogate(sensitivity, problem.proxy_fp32, members=o["members"], seed=context.seed, link=link)
         reward = SurrogateReward(surrogate)
@@ -261,7 +261,7 @@ class ModelBasedPPO:
     def _model_free(self, context: SearchContext, sensitivity: Sensitivity, fractions: list[float], steps: int):
         """The ``surrogate: false`` ablation: PPO on the real environment, every episode an evaluation (with no
         model there are no model features, no prior training and no probes)."""
-        from mpq_rl.agents.rl import RecordEpisodes
+        from mpq_rl.agents.sb3 import RecordEpisodes
 
         env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, None)])
         env.seed(context.seed)
@@ -277,7 +277,7 @@ def _evaluate(
 ) -> None:
     """Score ``batch`` for real (recorded, counted), add the proxies to ``evaluated``, refit the surrogate."""
     for choices, episode in zip(batch, context.score_many([list(c) for c in batch]), strict=False):
-        evaluated[choices] = float(episode["proxy"])
+        evaluated[choices] = float(episode.proxy)
     reward.surrogate.fit(list(evaluated), list(evaluated.values()))
     reward.update()
 

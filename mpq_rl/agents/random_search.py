@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.agents.base import SearchContext, check_options
+from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Budget, Choice
 
 
@@ -25,7 +25,7 @@ def sample_policy(budget: Budget, rng: np.random.Generator) -> list[Choice]:
     return budget.projected([(int(w), int(a)) for w, a in zip(weights, activations, strict=True)])
 
 
-class RandomSearch:
+class RandomSearch(Searcher):
     """Seeded random in-budget policies until the evaluation budget is spent. Takes no ``agent.kwargs``."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -2,8 +2,8 @@
 
 Each episode of :class:`~mpq_rl.envs.BitWidthEnv` walks the searched layers and ends with one scored policy; a
 callback hands every finished episode to the run's recorder and stops training once ``agent.episodes`` are
-recorded. ``agent.n_envs > 1`` runs the environments in spawned processes, each building its own problem from the
-picklable :class:`~mpq_rl.config.RunConfig` and starting from the run's evaluator cache.
+recorded. ``agent.n_envs > 1`` steps that many environments together, and the policies they complete in one step
+are evaluated in parallel by the search's evaluation pool (:mod:`mpq_rl.pool`).
 
 Defaults (every one can be overridden from ``agent.kwargs``; names are stable-baselines3's, plus the few below):
 
@@ -34,19 +34,16 @@ import numpy as np
 import torch
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from mpq_rl.agents.base import SearchContext
+from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from mpq_rl.config import RunConfig
+from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.evaluator import EvaluationCache, Evaluator, policy_key
 from mpq_rl.logger import agent_logger
-from mpq_rl.problem import Episode, SearchProblem
 from mpq_rl.run_folder import CHECKPOINT_DIR
 
 HAQ_NET_ARCH = [300, 300]
@@ -59,11 +56,9 @@ HAQ_WARMUP_EPISODES = 20
 HAQ_NOISE_SIGMA = 0.5
 HAQ_NOISE_DECAY = 0.99
 HAQ_BUFFER_EPISODES = 128
-DEFAULT_CHECKPOINT_EVERY = 50
 PPO_EPISODES_PER_UPDATE = 8
 
 _OWN_KEYS = ("warmup_episodes", "noise_sigma", "noise_decay", "critic_learning_rate", "discrete", "checkpoint_every")
-_INFO_EXTRAS = ("terminal_observation", "TimeLimit.truncated", "episode")
 
 
 class TruncatedNormalNoise(ActionNoise):
@@ -206,56 +201,7 @@ def _check_kwargs(algorithm: str, kwargs: dict[str, Any]) -> None:
         )
 
 
-def _make_subprocess_env(config: RunConfig, discrete: bool, cache: dict[str, dict[str, float]]):
-    """An environment factory for one spawned process: its own problem, starting from the run's cache."""
-
-    def make() -> BitWidthEnv:
-        torch.set_num_threads(1)
-        evaluator = Evaluator.from_config(config, EvaluationCache(cache))
-        return BitWidthEnv(
-            problem=SearchProblem(config, workload=evaluator.workload, evaluator=evaluator), discrete=discrete
-        )
-
-    return make
-
-
-class RecordEpisodes(BaseCallback):
-    """Hands each finished episode to the run (in environment order) and stops training once the run is done.
-
-    ``merge_cache``: the environments score in other processes, so their results enter this process's cache.
-    ``checkpoint``: called with the model every ``every`` recorded episodes.
-    """
-
-    def __init__(
-        self,
-        context: SearchContext,
-        merge_cache: bool = False,
-        checkpoint: Callable[[BaseAlgorithm], None] | None = None,
-        every: int = DEFAULT_CHECKPOINT_EVERY,
-    ) -> None:
-        super().__init__()
-        self.context, self.merge_cache, self.checkpoint, self.every = context, merge_cache, checkpoint, every
-
-    def _on_step(self) -> bool:
-        context = self.context
-        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
-            if not done or context.done:
-                continue
-            episode: Episode = {k: v for k, v in info.items() if k not in _INFO_EXTRAS}
-            if self.merge_cache:
-                problem = context.problem
-                policy = {name: tuple(bits) for name, bits in episode["policy"].items()}
-                problem.evaluator.cache.put(policy_key(policy, problem.evaluator.names), episode["metrics"])
-            context.add(episode)
-            exploration = getattr(self.model, "exploration", None)
-            if exploration is not None:
-                exploration.episode = context.recorded
-            if self.checkpoint is not None and context.recorded % self.every == 0:
-                self.checkpoint(self.model)
-        return not context.done
-
-
-class RLSearcher:
+class RLSearcher(Searcher):
     """A stable-baselines3 algorithm searching bit-widths in :class:`~mpq_rl.envs.BitWidthEnv`."""
 
     def __init__(self, algorithm: str, kwargs: dict[str, Any] | None = None) -> None:
@@ -303,9 +249,8 @@ class RLSearcher:
         discrete = self._discrete()
         if context.n_envs <= 1:
             return DummyVecEnv([lambda: BitWidthEnv(problem=context.problem, discrete=discrete)])
-        cache = dict(context.problem.evaluator.cache.entries)
-        factories = [_make_subprocess_env(context.problem.config, discrete, cache) for _ in range(context.n_envs)]
-        return SubprocVecEnv(factories, start_method="spawn")
+        envs = [BitWidthEnv(problem=context.problem, discrete=discrete) for _ in range(context.n_envs)]
+        return PooledVecEnv(envs, context)
 
     # -- checkpoints --------------------------------------------------------------------------------------------
 
@@ -346,7 +291,6 @@ class RLSearcher:
         model.set_logger(agent_logger(context.output, steps))
         callback = RecordEpisodes(
             context,
-            merge_cache=context.n_envs > 1,
             checkpoint=lambda model: self.save_checkpoint(model, context),
             every=self.checkpoint_every,
         )
@@ -362,6 +306,17 @@ class RLSearcher:
             raise
         finally:
             model.logger.close()
-            if isinstance(env, SubprocVecEnv):
-                env.close()
         self.save_checkpoint(model, context)
+
+
+def _searcher(algorithm: str) -> Callable[..., RLSearcher]:
+    def build(**kwargs: Any) -> RLSearcher:
+        return RLSearcher(algorithm, kwargs)
+
+    build.__name__ = build.__qualname__ = algorithm
+    build.__doc__ = f"The {algorithm} searcher with ``agent.kwargs``."
+    return build
+
+
+ddpg, td3, sac, ppo, a2c = (_searcher(name) for name in ("ddpg", "td3", "sac", "ppo", "a2c"))
+"""The registered RL searchers (:data:`mpq_rl.agents.SEARCHERS`)."""

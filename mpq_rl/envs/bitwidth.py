@@ -16,7 +16,7 @@ from mpq_rl.config import RunConfig
 from mpq_rl.evaluator import Evaluator
 from mpq_rl.formats import bits_of, format_of
 from mpq_rl.hardware import CostTable
-from mpq_rl.problem import SearchProblem
+from mpq_rl.problem import SearchProblem, build_problem
 from mpq_rl.sensitivity import Sensitivity
 from mpq_rl.workload import Workload
 
@@ -187,16 +187,15 @@ class BitWidthEnv(gym.Env):
     ) -> None:
         super().__init__()
         if problem is None:
-            problem = SearchProblem(config, workload=workload, costs=costs, evaluator=evaluator)
+            problem = build_problem(config, workload=workload, costs=costs, evaluator=evaluator)
         self.problem = problem
-        self.config = problem.config
         self.workload = problem.workload
         self.budget = problem.budget
-        self.weight_only = self.config.quantization.weight_only
+        self.weight_only = problem.weight_only
         self.n_steps = len(self.workload.searched)
         self.discrete = discrete
         n_w, n_a = len(self.budget.weight_bits), len(self.budget.activation_bits)
-        formats = self.config.quantization.formats
+        formats = problem.formats
         axes = [_Axis(self.budget.weight_bits, formats), _Axis(self.budget.activation_bits, formats)]
         self._axes = axes[:1] if self.weight_only else axes
         self._with_formats = len(formats) > 1
@@ -340,11 +339,8 @@ class BitWidthEnv(gym.Env):
         if len(self._choices) >= self.n_steps:
             raise RuntimeError("step() called after the episode ended: call reset() first")
         step = len(self._choices)
-        asked = self._to_choice(action)
-        choice = asked
-        if self.problem.enforcement == "project":
-            choice = self.budget.project(step, self._spent, asked)
-            self._projected_layers += choice != asked
+        choice, projected = self._choose(step, action)
+        self._projected_layers += projected
         self._choices.append(choice)
         self._spent += self.budget.cost(step, choice)
         reward = 0.0 if self.model is None else float(self.model.reward(step, choice))
@@ -353,8 +349,24 @@ class BitWidthEnv(gym.Env):
         if self.model is not None:
             info = {"choices": list(self._choices), "budget": self.fraction, "projected_layers": self._projected_layers}
             return self._observation(), reward, True, False, info
-        info = self.problem.score(self._choices, self._projected_layers)
-        return self._observation(), info["reward"], True, False, info
+        episode = self.problem.score(self._choices, self._projected_layers)
+        return self._observation(), episode.reward, True, False, episode.to_json()
+
+    def _choose(self, step: int, action: np.ndarray) -> tuple[Choice, bool]:
+        """The choice ``action`` makes at ``step`` (projected into the budget under ``project`` enforcement) and
+        whether the projection changed it."""
+        asked = self._to_choice(action)
+        if self.problem.enforcement != "project":
+            return asked, False
+        choice = self.budget.project(step, self._spent, asked)
+        return choice, choice != asked
+
+    def pending_choices(self, action: np.ndarray) -> list[Choice] | None:
+        """The choices of the policy ``action`` completes if it is this episode's last scored step (None
+        otherwise), without taking the step: a vectorized environment evaluates these together first."""
+        if self.model is not None or not self._started or self._closed or len(self._choices) != self.n_steps - 1:
+            return None
+        return [*self._choices, self._choose(len(self._choices), action)[0]]
 
     def close(self) -> None:
         """Release the model (restored to FP32) if this environment built its evaluator; a closed environment

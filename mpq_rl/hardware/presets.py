@@ -22,6 +22,7 @@ from mpq_rl.hardware.gpu import A100, T4
 from mpq_rl.hardware.lut import LookupTable
 from mpq_rl.hardware.shapes import BITS, LayerShapes, bit_grid
 from mpq_rl.layers import LayerTable
+from mpq_rl.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -37,33 +38,36 @@ class Preset:
         return {key: getattr(self.model, key) for key in parameter_names(self.model)}
 
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("bitfusion", BitFusion(), "Bit Fusion (ISCA 2018), 16x32 fusion units at 500 MHz, batch 16"),
-        Preset("bismo_pynq", BISMO_PYNQ, "BISMO bit-serial on PYNQ-Z1, 8x256x8 at 200 MHz, batch 1 (edge)"),
-        Preset("bismo_ultra96", BISMO_ULTRA96, "BISMO bit-serial on Ultra96, 10x256x10 at 300 MHz, batch 16"),
-        Preset("stripes", STRIPES, "Stripes (MICRO 2016): bit-serial activations, time ~ a_bits / 16"),
-        Preset("loom", LOOM, "Loom (DAC 2018): convs ~ w_bits * a_bits / 256, fully connected ~ w_bits / 16"),
-        Preset("t4", T4, "NVIDIA T4 tensor cores: INT4 / INT8 / FP16 modes with a 320 GB/s roofline, batch 16"),
-        Preset("a100", A100, "NVIDIA A100 tensor cores: INT4 / INT8 / FP16 modes with a 1555 GB/s roofline, batch 16"),
-        Preset(
-            "flexible",
-            FormatFlexible(),
-            "Bit Fusion 16x32 with fp and flint operand decoders (ANT-style), prices int, fp and flint",
-        ),
-        Preset("bops", BopsCount(), "bit operations, MACs * w_bits * a_bits (HAWQ-V3)"),
-        Preset("size", SizeCount(), "model size, parameters * w_bits"),
-        Preset("lut", LookupTable(), "a measured table from hardware.table (HAQ .npy, or .csv / .json rows)"),
-    )
-}
+_BUILT_IN = (
+    Preset("bitfusion", BitFusion(), "Bit Fusion (ISCA 2018), 16x32 fusion units at 500 MHz, batch 16"),
+    Preset("bismo_pynq", BISMO_PYNQ, "BISMO bit-serial on PYNQ-Z1, 8x256x8 at 200 MHz, batch 1 (edge)"),
+    Preset("bismo_ultra96", BISMO_ULTRA96, "BISMO bit-serial on Ultra96, 10x256x10 at 300 MHz, batch 16"),
+    Preset("stripes", STRIPES, "Stripes (MICRO 2016): bit-serial activations, time ~ a_bits / 16"),
+    Preset("loom", LOOM, "Loom (DAC 2018): convs ~ w_bits * a_bits / 256, fully connected ~ w_bits / 16"),
+    Preset("t4", T4, "NVIDIA T4 tensor cores: INT4 / INT8 / FP16 modes with a 320 GB/s roofline, batch 16"),
+    Preset("a100", A100, "NVIDIA A100 tensor cores: INT4 / INT8 / FP16 modes with a 1555 GB/s roofline, batch 16"),
+    Preset(
+        "flexible",
+        FormatFlexible(),
+        "Bit Fusion 16x32 with fp and flint operand decoders (ANT-style), prices int, fp and flint",
+    ),
+    Preset("bops", BopsCount(), "bit operations, MACs * w_bits * a_bits (HAWQ-V3)"),
+    Preset("size", SizeCount(), "model size, parameters * w_bits"),
+    Preset("lut", LookupTable(), "a measured table from hardware.table (HAQ .npy, or .csv / .json rows)"),
+)
+PRESETS: Registry[Preset] = Registry("hardware.preset", {p.name: p for p in _BUILT_IN})
 
 
 def resolve_model(hardware: HardwareConfig) -> CostModel:
     """The preset's cost model with ``hardware.overrides`` (and ``hardware.table``) applied."""
-    preset = PRESETS.get(hardware.preset)
-    if preset is None:
-        raise UserError(f"unknown hardware.preset {hardware.preset!r}: choose one of {', '.join(PRESETS)}")
+    preset = PRESETS.resolve(hardware.preset)
+    if not isinstance(preset, Preset):  # "pkg.module:attr": a cost model of the user's
+        if not dataclasses.is_dataclass(preset) or isinstance(preset, type) or not hasattr(type(preset), "cost"):
+            raise UserError(
+                f"hardware.preset {hardware.preset!r} is not a cost model: give a dataclass instance with a "
+                "cost(shapes, w_bits, a_bits) method (see mpq_rl.hardware.base.CostModel) or a Preset"
+            )
+        preset = Preset(hardware.preset, preset, "user cost model")
     overrides = dict(hardware.overrides)
     if hardware.table is not None:
         if "table" not in parameter_names(preset.model):
