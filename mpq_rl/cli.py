@@ -137,6 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """Export the model quantized by a policy as ONNX (Q/DQ per layer) with a JSON sidecar of bits and scales."""
     from mpq_rl.export import export_policy, sidecar_path
+    from mpq_rl.export_check import ExportCheck
     from mpq_rl.finetune import checked_policy
     from mpq_rl.workload import load_workload
 
@@ -144,8 +145,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
     policy = checked_policy(workload, policy_file)
-    sidecar = export_policy(workload, policy, args.output, weights=args.weights)
+    sidecar = export_policy(
+        workload, policy, args.output, weights=args.weights, min_agreement=args.min_agreement, threads=args.threads
+    )
     print(f"wrote {args.output} (opset {sidecar['opset']}, {sidecar['scales']} scales) and {sidecar_path(args.output)}")
+    if sidecar["check"] is not None:
+        print("\n".join(ExportCheck(**sidecar["check"]).lines()))
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -233,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", help="finetuned weights: an evaluate --output folder or its model.safetensors")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
     export.add_argument("--output", required=True, help="the model file to write, e.g. model.onnx")
+    export.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        metavar="F",
+        help="fail when onnxruntime's top-1 agreement (or cosine) with the simulation is below F (default 0.99)",
+    )
+    export.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the latency figures")
     search = add("search", cmd_search)
     search.add_argument(
         "--agent",

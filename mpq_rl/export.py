@@ -39,11 +39,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import calibrated_simulator
+from mpq_rl.export_check import check_export, require_agreement
 from mpq_rl.finetune import load_finetuned
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.layers import layer_modules
+from mpq_rl.metrics import model_outputs
 from mpq_rl.policy import BitPair
 from mpq_rl.qat import LayerScales, calibrated_scales
 from mpq_rl.workload import Workload, example_input
@@ -56,6 +59,8 @@ SIDECAR_FORMAT = "mpq_rl.onnx_quantization/2"
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 MARKER_DOMAIN = "mpq_rl"
+MIN_AGREEMENT = 0.99
+"""The least top-1 agreement (or cosine) of onnxruntime with the simulation that ``export`` accepts."""
 
 
 def _types():
@@ -66,6 +71,18 @@ def _types():
     return signed, unsigned
 
 
+def _numpy_types() -> dict[int, Any]:
+    import ml_dtypes
+    from onnx import TensorProto
+
+    return {
+        TensorProto.INT4: ml_dtypes.int4,
+        TensorProto.UINT4: ml_dtypes.uint4,
+        TensorProto.INT8: np.int8,
+        TensorProto.UINT8: np.uint8,
+    }
+
+
 def _type_name(data_type: int) -> str:
     from onnx import TensorProto
 
@@ -73,9 +90,10 @@ def _type_name(data_type: int) -> str:
 
 
 def _integer_tensor(name: str, data_type: int, values: np.ndarray):
-    from onnx import helper
+    """An initializer stored packed in its raw bytes (two 4-bit values per byte), not as 32-bit varints."""
+    from onnx import numpy_helper
 
-    return helper.make_tensor(name, data_type, list(values.shape), values.astype(np.int64).ravel().tolist())
+    return numpy_helper.from_array(np.asarray(values).astype(_numpy_types()[data_type]), name)
 
 
 def _float_tensor(name: str, values: np.ndarray):
@@ -176,8 +194,8 @@ def input_names(model: nn.Module, example: Any) -> list[str]:
     )
 
 
-def trace_onnx(model: nn.Module, example: Any):
-    """The model (with whatever markers are attached) as an opset-20 ONNX graph from the TorchScript exporter."""
+def trace_onnx(model: nn.Module, example: Any, markers: bool = True):
+    """The model (``markers``: with markers attached) as an opset-20 ONNX graph from the TorchScript exporter."""
     import onnx
 
     names = input_names(model, example)
@@ -198,7 +216,7 @@ def trace_onnx(model: nn.Module, example: Any):
                 input_names=names,
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT_NAME]},
-                custom_opsets={MARKER_DOMAIN: 1},
+                custom_opsets={MARKER_DOMAIN: 1} if markers else None,
             )
     finally:
         model.train(was_training)
@@ -360,7 +378,7 @@ def onnx_graph(model: nn.Module, example: Any, scales: Mapping[str, LayerScales]
     modules = layer_modules(model)
     weights = {name: modules[name].weight.detach().clone() for name in scales}
     with quantized_for_export(model, scales):
-        graph_model = trace_onnx(model, example)
+        graph_model = trace_onnx(model, example, markers=bool(scales))
     layers = replace_markers(graph_model, scales, weights)
     graph_model = version_converter.convert_version(graph_model, OPSET)
     graph_model.producer_name = "mpq_rl"
@@ -368,28 +386,50 @@ def onnx_graph(model: nn.Module, example: Any, scales: Mapping[str, LayerScales]
 
 
 def export_onnx(
-    model: nn.Module, example: Any, scales: Mapping[str, LayerScales], path: str | Path, source: str
+    model: nn.Module,
+    example: Any,
+    scales: Mapping[str, LayerScales],
+    path: str | Path,
+    source: str,
+    check_on: Batches | None = None,
+    min_agreement: float = MIN_AGREEMENT,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Write the quantized ONNX graph to ``path`` and its sidecar to ``path`` + ``.json``; return the sidecar.
 
     ``source`` says where the scales came from (``"calibrated"`` or ``"learned"``); it is recorded in the sidecar.
+    With ``check_on`` (the calibration batches), onnxruntime runs the graph against the simulation, the FP32
+    export and their latencies (:mod:`mpq_rl.export_check`); the sidecar's ``check`` holds the figures, and an
+    agreement below ``min_agreement`` is a :class:`UserError` after the files are written.
     """
     import onnx
 
     graph_model, layers = onnx_graph(model, example, scales)
     onnx.checker.check_model(graph_model, full_check=True)
     path = Path(path)
-    atomic_write_bytes(path, graph_model.SerializeToString())
+    quantized = graph_model.SerializeToString()
+    atomic_write_bytes(path, quantized)
+    names = input_names(model, example)
     sidecar = {
         "format": SIDECAR_FORMAT,
         "model": path.name,
         "opset": OPSET,
-        "inputs": input_names(model, example),
+        "inputs": names,
         "output": OUTPUT_NAME,
         "scales": source,
         "layers": layers,
+        "check": None,
     }
+    check = None
+    if check_on is not None:
+        with quantized_for_export(model, scales):
+            simulated = model_outputs(model, check_on).numpy()
+        fp32 = onnx_graph(model, example, {})[0].SerializeToString()
+        check = check_export(quantized, fp32, names, check_on, simulated, threads)
+        sidecar["check"] = check.to_dict()
     atomic_write_json(sidecar_path(path), sidecar)
+    if check is not None:
+        require_agreement(check, min_agreement, path)
     return sidecar
 
 
@@ -399,7 +439,12 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def export_policy(
-    workload: Workload, policy: Mapping[str, BitPair], output: str | Path, weights: str | Path | None = None
+    workload: Workload,
+    policy: Mapping[str, BitPair],
+    output: str | Path,
+    weights: str | Path | None = None,
+    min_agreement: float = MIN_AGREEMENT,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """``mpq-rl export``: ``policy`` on ``workload.model`` (or finetuned ``weights``) as ONNX plus sidecar.
 
@@ -423,4 +468,4 @@ def export_policy(
         finally:
             simulator.detach()
     example = example_input(workload.config, workload.calibration)
-    return export_onnx(workload.model, example, scales, output, source)
+    return export_onnx(workload.model, example, scales, output, source, workload.calibration, min_agreement, threads)
