@@ -87,6 +87,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
         return
     print(f"model {config.model.source}: {len(workload.layers)} quantizable layers, {len(workload.searched)} searched")
     print(render_layer_table(workload.layers))
+    print(workload.layers.coverage_line())
     for name, reason in workload.layers.left_out.items():
         print(f"left out: {name} ({reason}; not searched, FP32, costs nothing)")
 
@@ -100,7 +101,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
     config, policy_file = _config_and_policy(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
-    costs = build_cost_table(workload.layers, config.hardware)
+    costs = build_cost_table(workload.layers, config.hardware, reference_bits=config.quantization.reference_bits)
     if policy_file is None:
         policy = costs.reference_policy()
     else:

@@ -8,6 +8,7 @@ reward, and results are comparable at equal numbers of evaluations.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +45,11 @@ class SearchProblem:
     ) -> None:
         self.config = workload.config if workload is not None and config is None else load_config(config)
         self.workload = workload if workload is not None else load_workload(self.config)
-        self.costs = costs if costs is not None else build_cost_table(self.workload.layers, self.config.hardware)
+        if self.workload.layers.coverage < 1.0:
+            print(f"warning: the search leaves weights out; {self.workload.layers.coverage_line()}", file=sys.stderr)
+        self.costs = costs if costs is not None else build_cost_table(
+            self.workload.layers, self.config.hardware, reference_bits=self.config.quantization.reference_bits
+        )
         self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)
         self.reward_fn: Callable[[Outcome], float] = build_reward(self.config.reward)

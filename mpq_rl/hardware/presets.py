@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.config import HardwareConfig
+from mpq_rl.config import REFERENCE_BITS, HardwareConfig
 from mpq_rl.errors import UserError
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
 from mpq_rl.hardware.bitfusion import BitFusion
@@ -67,8 +67,14 @@ def resolve_model(hardware: HardwareConfig) -> CostModel:
     return apply_overrides(preset.model, overrides, hardware.preset)
 
 
-def build_cost_table(layers: LayerTable, hardware: HardwareConfig, bits: tuple[int, ...] = BITS) -> CostTable:
-    """Compile ``layers`` on the hardware of ``hardware`` into a :class:`CostTable` over ``bits`` x ``bits``."""
+def build_cost_table(
+    layers: LayerTable,
+    hardware: HardwareConfig,
+    bits: tuple[int, ...] = BITS,
+    reference_bits: tuple[int, int] = REFERENCE_BITS,
+) -> CostTable:
+    """Compile ``layers`` on the hardware of ``hardware`` into a :class:`CostTable` over ``bits`` x ``bits``, with
+    budgets relative to ``reference_bits`` (``QuantizationConfig.reference_bits``)."""
     model = resolve_model(hardware)
     shapes = LayerShapes.from_table(layers)
     w_bits, a_bits = bit_grid(bits)
@@ -92,4 +98,5 @@ def build_cost_table(layers: LayerTable, hardware: HardwareConfig, bits: tuple[i
         preset=hardware.preset,
         memory_bound_table=costs.memory_bound,
         batch_size=model.batch_size if "batch_size" in fields else 1,
+        reference_bits=reference_bits,
     )

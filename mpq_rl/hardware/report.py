@@ -54,7 +54,7 @@ def cost_report(
         key = TOTAL_KEYS[m]
         ok = total[key] is not None and ref_total[key]
         total[f"{m}_ratio"] = total[key] / ref_total[key] if ok else None
-    return {"layers": rows, "total": total, "reference": ref_total}
+    return {"layers": rows, "total": total, "reference": ref_total, "reference_bits": list(costs.reference_bits)}
 
 
 _COLUMNS = (
@@ -112,10 +112,11 @@ def render_cost_report(report: Mapping[str, Any], metric: str = "latency") -> st
     lines.append("-" * len(header))
     pad = " " * (name_width + 1 + 10 + 9 + 10 + 6)
     lines.append(f"{'total':<{len(pad)}}" + _cost_cells(report["total"]))
-    lines.append(f"{'W8A8 reference':<{len(pad)}}" + _cost_cells(report["reference"]))
+    label = "W{}A{}".format(*report["reference_bits"])
+    lines.append(f"{label + ' reference':<{len(pad)}}" + _cost_cells(report["reference"]))
     ratios = "".join(
         _fmt(report["total"][f"{m}_ratio"], 1, width, 4) for m, width in zip(METRICS, (11, 11, 9, 10), strict=True)
     )
-    lines.append(f"{'ratio vs W8A8':<{len(pad)}}" + ratios)
+    lines.append(f"{'ratio vs ' + label:<{len(pad)}}" + ratios)
     lines.append(f"share: part of total {metric}; * = memory-bound; latency and energy per batch")
     return "\n".join(lines)
