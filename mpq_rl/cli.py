@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
-from mpq_rl.io import json_text
+from mpq_rl.io import check_output_file, json_text
 from mpq_rl.layers import LayerTable
 from mpq_rl.text_table import render_table
 
@@ -124,7 +124,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     workload = load_workload(config)
     policy = checked_policy(workload, policy_file)
     epochs = args.finetune_epochs or 0
-    result = finetune(workload, policy, epochs, lr=DEFAULT_LR if args.lr is None else args.lr, seed=config.seed)
+    lr = DEFAULT_LR if args.lr is None else args.lr
+    result = finetune(workload, policy, epochs, lr=lr, seed=config.seed, progress=True)
     print(f"model {config.model.source}, policy {policy_file}, {workload.test.num_samples} test samples")
     print(render_result(result))
     output = args.output or (config.output / "evaluate" if epochs else None)
@@ -142,6 +143,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mpq_rl.finetune import checked_policy
     from mpq_rl.workload import load_workload
 
+    check_output_file(Path(args.output), "--output")
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)

@@ -31,6 +31,27 @@ def run_folder(output: Path, name: str, seed: int) -> Path:
     return output / f"{name}-seed{seed}"
 
 
+def _check_output(output: Path) -> None:
+    """Refuse, before anything runs, an ``--output`` that holds anything but a comparison's own files and run
+    folders: a folder of someone else's files is never written into."""
+    from mpq_rl.run_folder import LOCK_FILE, holds_run, is_run_folder
+
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file, not a folder: pick a folder path")
+    if not output.is_dir():
+        return
+    own = {COMPARE_MD, COMPARE_JSON, PARETO_PNG}
+    for path in sorted(output.iterdir()):
+        runs = path.is_dir() and (
+            is_run_folder(path) or holds_run(path) or all(p.name == LOCK_FILE for p in path.iterdir())
+        )
+        if not (path.name in own or runs):
+            raise UserError(
+                f"{output} holds {path.name!r}, which is not part of an mpq-rl comparison: pick a new or empty "
+                "--output folder (nothing was changed)"
+            )
+
+
 def compare(
     config: RunConfig, agents: Sequence[str], seeds: Sequence[int], output: str | Path, progress: bool = False
 ) -> dict[str, Any]:
@@ -49,6 +70,7 @@ def compare(
     if not agents or not seeds:
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)
+    _check_output(output)
     runs, results = [], []
     total = len(agents) * len(seeds)
     for name in agents:

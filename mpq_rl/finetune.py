@@ -19,6 +19,8 @@ and ``evaluation.json``.
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from mpq_rl.metrics import model_outputs, output_tensor, score
 from mpq_rl.policy import BitPair, Policy, load_policy, policy_to_json, validate_policy
 from mpq_rl.qat import LayerScales, LsqAttachment, calibrated_scales, load_scales, save_scales
 from mpq_rl.text_table import render_table
-from mpq_rl.workload import Workload
+from mpq_rl.workload import Workload, check_labels, finite
 
 EVALUATION_FORMAT = "mpq_rl.evaluation/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -47,6 +49,8 @@ SCALES_FILE = "lsq_scales.safetensors"
 EVALUATION_FILE = "evaluation.json"
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH_SIZE = 32
+PROGRESS_SECONDS = 10.0
+"""Longest quiet spell of a finetuning run with progress on."""
 
 
 @dataclass
@@ -118,13 +122,15 @@ def finetune(
     lr: float = DEFAULT_LR,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
 ) -> FinetuneResult:
     """Quantization-aware finetuning of ``workload.model`` (in place) under ``policy``, scored on the test split.
 
     ``policy`` may name only the searched layers (the fixed ones are added). Weights and LSQ step sizes train
     with Adam and a cosine schedule for ``epochs`` passes over the shuffled train split (cross-entropy on its
     labels), seeded by ``seed``; BatchNorm statistics stay frozen (see the module docstring). With
-    ``epochs == 0`` this only scores the policy (FP32 and simulated) on the test split.
+    ``epochs == 0`` this only scores the policy (FP32 and simulated) on the test split. With ``progress``, a line
+    on stderr after each epoch and every :data:`PROGRESS_SECONDS` within one.
     """
     if epochs < 0:
         raise UserError(f"finetune epochs must be 0 or more, got {epochs}")
@@ -141,7 +147,7 @@ def finetune(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            result.losses = _train(model, attachment, loader, epochs, lr)
+            result.losses = _train(model, attachment, loader, epochs, lr, progress)
         outputs = model_outputs(model, workload.test)
         result.after = score(outputs, baseline.reference, workload.test.targets())
         result.scales = attachment.scales()
@@ -165,8 +171,22 @@ def _train_loader(workload: Workload, batch_size: int, seed: int) -> DataLoader:
         raise UserError("finetuning trains on labels, but the train split has no targets: give (input, target) items")
     if batch_size < 1:
         raise UserError(f"finetune batch size must be at least 1, got {batch_size}")
+    _check_train(train, workload, batch_size)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_collate)
+
+
+def _check_train(train: Any, workload: Workload, batch_size: int) -> None:
+    """Refuse, before training, a train split whose inputs are not finite or whose labels are not class ids of
+    the model's output (one pass, in order); a NaN in training data would otherwise surface as a diverged loss."""
+    with torch.no_grad():
+        classes = output_tensor(call_model(workload.model, workload.calibration.example())).shape[-1]
+    labels = []
+    for number, (inputs, targets) in enumerate(DataLoader(train, batch_size=batch_size, collate_fn=_collate), 1):
+        if not finite(inputs):
+            raise UserError(f"the train split has NaN or infinite inputs (batch {number}): clean or drop those samples")
+        labels.append(targets)
+    check_labels(labels, "train", classes)
 
 
 def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
@@ -177,7 +197,9 @@ def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
     return frozen
 
 
-def _train(model: nn.Module, attachment: LsqAttachment, loader: DataLoader, epochs: int, lr: float) -> list[float]:
+def _train(
+    model: nn.Module, attachment: LsqAttachment, loader: DataLoader, epochs: int, lr: float, progress: bool
+) -> list[float]:
     """Train weights and step sizes; return the mean loss of each epoch."""
     device = next(model.parameters()).device
     step_sizes = attachment.step_sizes()
@@ -188,9 +210,10 @@ def _train(model: nn.Module, attachment: LsqAttachment, loader: DataLoader, epoc
     model.train()
     freeze_batchnorm(model)
     losses = []
-    for _ in range(epochs):
+    started = last_line = time.monotonic()
+    for epoch in range(1, epochs + 1):
         total, count = 0.0, 0
-        for inputs, targets in loader:
+        for batch, (inputs, targets) in enumerate(loader, 1):
             inputs, targets = _to(inputs, device), targets.to(device)
             logits = output_tensor(call_model(model, inputs))
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
@@ -200,11 +223,21 @@ def _train(model: nn.Module, attachment: LsqAttachment, loader: DataLoader, epoc
             schedule.step()
             total += float(loss.detach()) * len(targets)
             count += len(targets)
+            if progress and time.monotonic() - last_line >= PROGRESS_SECONDS and batch < len(loader):
+                last_line = time.monotonic()
+                _line(f"epoch {epoch}/{epochs}, batch {batch}/{len(loader)}, loss {total / count:.4f}", started)
         if not math.isfinite(total):
             raise UserError("finetuning diverged (the loss is not finite): lower the learning rate")
         losses.append(total / count)
+        if progress:
+            last_line = time.monotonic()
+            _line(f"epoch {epoch}/{epochs} done, mean loss {losses[-1]:.4f}", started)
     model.eval()
     return losses
+
+
+def _line(text: str, started: float) -> None:
+    print(f"finetune: {text}, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
 
 def _to(value: Any, device: torch.device) -> Any:

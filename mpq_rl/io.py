@@ -41,6 +41,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output file path that is a folder or lies in a file (one line, the fix)."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give the path of the file to write, e.g. {path / 'model.onnx'}")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder; pick another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {parent} is not writable; pick a folder you can write to")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -3,8 +3,13 @@
 Keys are namespaced like CleanRL's: ``episode/``, ``proxy/``, ``cost/``, ``cost_ratio/``, ``best/`` per episode
 (step = episode number), ``bits/`` histograms over windows of episodes, a ``best/bits`` figure of the best policy
 each time it improves, a custom-scalars layout grouping the charts, and the run's hyper-parameters with the final
-best reward and proxy (HParams plugin). The RL agents' own losses come from stable-baselines3's logger, which
-writes to the same folder under ``train/`` and ``rollout/`` (step = environment steps).
+best reward and proxy as metrics and the held-out score of the best policy (HParams plugin). The RL agents' own
+losses come from stable-baselines3's logger, which writes to the same folder under ``train/`` and ``rollout/``,
+with the step converted to episodes like every other chart (:func:`agent_logger`).
+
+A resumed run continues the same charts: it drops whatever the interrupted part logged after the last episode the
+resumed run keeps (TensorBoard's purge step) and logs again the kept episodes that the interruption lost before
+they reached the disk, so every episode appears once.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -30,6 +36,7 @@ BEST_REWARD = "best/reward"
 BEST_PROXY = "best/proxy"
 BEST_COST_RATIO = "best/cost_ratio"
 BEST_BITS = "best/bits"
+BEST_TEST = "best/test_{}"
 WEIGHT_BITS = "bits/weights"
 ACTIVATION_BITS = "bits/activations"
 HISTOGRAM_WINDOW = 20
@@ -94,13 +101,15 @@ def bits_figure(policy: Mapping[str, tuple[int, int] | list[int]], title: str):
 class TensorBoardLogger:
     """Writes the search's TensorBoard events; a :class:`~mpq_rl.recorder.Recorder` listener."""
 
-    def __init__(self, folder: Path, config: RunConfig, searched: tuple[str, ...], first_run: bool) -> None:
+    def __init__(self, folder: Path, config: RunConfig, searched: tuple[str, ...], keep: int | None = None) -> None:
+        """A new run's logger, or with ``keep`` a resumed run's, which drops what was logged after episode
+        ``keep``."""
         self.folder = Path(folder) / TB_DIR
         self.config = config
         self.searched = searched
-        self.writer = SummaryWriter(str(self.folder))
+        self.writer = SummaryWriter(str(self.folder), purge_step=None if keep is None else keep + 1)
         self._window: list[Episode] = []
-        if first_run:
+        if keep is None:
             self.writer.add_custom_scalars(layout())
 
     def __call__(self, number: int, episode: Episode, recorder: Any, improved: bool) -> None:
@@ -123,7 +132,7 @@ class TensorBoardLogger:
             title = f"best policy, episode {number}: reward {episode['reward']:.4g}, proxy {episode['proxy']:.4f}"
             self.writer.add_figure(BEST_BITS, bits_figure(episode["policy"], title), number)
         self._window.append(episode)
-        if len(self._window) == HISTOGRAM_WINDOW:
+        if number % HISTOGRAM_WINDOW == 0:
             self._histograms(number)
 
     def _histograms(self, number: int) -> None:
@@ -132,9 +141,14 @@ class TensorBoardLogger:
         self.writer.add_histogram(ACTIVATION_BITS, np.array([b[1] for b in chosen]), number)
         self._window = []
 
-    def finish(self, best: Episode | None) -> None:
-        """The hyper-parameters with the final best reward and proxy (read by the HParams plugin)."""
+    def finish(self, best: Episode | None, test: Mapping[str, float] | None, episodes: int) -> None:
+        """The held-out metrics of the best policy (``best/test_*``, at the last episode) and the hyper-parameters
+        with them and the final best reward and proxy (read by the HParams plugin, whose table then compares runs by
+        their held-out result)."""
         metrics = {BEST_REWARD: best["reward"], BEST_PROXY: best["proxy"]} if best is not None else {}
+        for key, value in (test or {}).items():
+            metrics[BEST_TEST.format(key)] = value
+            self.writer.add_scalar(BEST_TEST.format(key), float(value), episodes)
         experiment, start, end = hparams(hyperparameters(self.config), metrics)
         file_writer = self.writer._get_file_writer()
         for summary in (experiment, start, end):
@@ -142,3 +156,32 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def logged_episodes(folder: Path) -> int:
+    """The last episode whose reward reached ``<folder>/tb`` on disk (0 if none)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    if not (Path(folder) / TB_DIR).is_dir():
+        return 0
+    events = EventAccumulator(str(Path(folder) / TB_DIR), size_guidance={SCALARS: 0}).Reload()
+    if REWARD not in events.Tags()[SCALARS]:
+        return 0
+    return max(event.step for event in events.Scalars(REWARD))
+
+
+class _EpisodeSteps(TensorBoardOutputFormat):
+    """stable-baselines3's TensorBoard output with environment steps converted to episodes."""
+
+    def __init__(self, folder: str, steps_per_episode: int) -> None:
+        super().__init__(folder)
+        self.steps_per_episode = steps_per_episode
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        super().write(key_values, key_excluded, step // self.steps_per_episode)
+
+
+def agent_logger(folder: Path, steps_per_episode: int) -> Logger:
+    """A stable-baselines3 logger that writes the agent's losses to the run's TensorBoard folder against
+    episodes (``steps_per_episode`` environment steps each), like the search's own charts."""
+    return Logger(str(Path(folder) / TB_DIR), [_EpisodeSteps(str(Path(folder) / TB_DIR), steps_per_episode)])

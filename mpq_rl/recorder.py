@@ -196,12 +196,14 @@ class Recorder:
         problem: SearchProblem,
         listeners: Sequence[Listener] = (),
         save_every: int = 50,
+        on_save: Callable[[], None] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.problem = problem
         self.metric = problem.metric
         self.listeners = list(listeners)
         self.save_every = save_every
+        self.on_save = on_save
         self.count = 0
         self.replay = 0
         """Episodes still to be skipped: a resumed searcher that re-runs from the start replays them."""
@@ -216,13 +218,26 @@ class Recorder:
     def path(self) -> Path:
         return self.folder / EPISODES_FILE
 
-    def restore(self, episodes: list[tuple[int, Episode]]) -> None:
-        """Rebuild the count, best and Pareto front from episodes already written (a resumed run)."""
+    def restore(self, episodes: list[tuple[int, Episode]], relog: Listener | None = None, logged: int = 0) -> None:
+        """Rebuild the count, best, Pareto front and ``policy.json`` from the episodes a resumed run keeps; episodes
+        after ``logged`` are passed to ``relog`` (the TensorBoard logger) as they were when first recorded."""
         for number, episode in episodes:
             self.count = number
-            self._track(number, episode)
+            improved = self._track(number, episode)
+            if relog is not None and number > logged:
+                relog(number, episode, self, improved)
         if episodes:
             self.table = EpisodeTable.for_episode(episodes[0][1])
+        self._save_best()  # an interrupted part may have found a best among the episodes that are redone
+
+    def _save_best(self) -> None:
+        """Write ``policy.json`` for the best policy, or remove it while there is none."""
+        if self.best is None:
+            (self.folder / POLICY_FILE).unlink(missing_ok=True)
+            return
+        save_policy(
+            self.folder / POLICY_FILE, _as_pairs(self.best["policy"]), **policy_sections(self.best_number, self.best)
+        )
 
     def _track(self, number: int, episode: Episode) -> bool:
         self.pareto.add(number, episode, self.metric)
@@ -243,7 +258,7 @@ class Recorder:
         self._write_row(number, episode)
         improved = self._track(number, episode)
         if improved:
-            save_policy(self.folder / POLICY_FILE, _as_pairs(episode["policy"]), **policy_sections(number, episode))
+            self._save_best()
         for listener in self.listeners:
             listener(number, episode, self, improved)
         if number % self.save_every == 0:
@@ -262,12 +277,14 @@ class Recorder:
         self._handle.flush()
 
     def save(self) -> None:
-        """Persist the evaluator cache and the Pareto front (atomically)."""
+        """Persist the evaluator cache and the Pareto front (atomically), then call ``on_save``."""
         self.problem.evaluator.cache.save(self.folder / EVALUATIONS_FILE)
         atomic_write_json(
             self.folder / PARETO_FILE,
             {"metric": self.metric, "proxy": _proxy_name(self.problem), "points": self.pareto.points},
         )
+        if self.on_save is not None:
+            self.on_save()
 
     def close(self) -> None:
         if self._handle is not None:

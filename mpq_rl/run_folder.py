@@ -1,7 +1,9 @@
 """Who may write a folder: the manifest that marks a run folder as mpq_rl's, and the lock that keeps it to one process.
 
 ``mpq_rl_run.json`` (format and version) marks a run folder; a new search writes only into a folder that does not
-exist, is empty or holds that manifest, so a folder of someone else's files is never touched. While a search runs
+exist, is empty or holds that manifest, so a folder of someone else's files is never touched. The manifest also
+holds the run's parts (:class:`RunParts`: the first search and each resume, with their wall time and evaluations),
+so totals survive an interruption. While a search runs
 it holds an exclusive ``flock`` on ``mpq_rl.lock`` in its folder: a second search, resume or comparison on the
 same run is refused at once. The operating system releases the lock when the process ends, however it ends; the
 lock file stays behind and means nothing while no process holds it.
@@ -13,7 +15,9 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
@@ -80,11 +84,47 @@ def check_new_run_folder(folder: Path) -> None:
         )
 
 
-def write_manifest(folder: Path) -> None:
-    """Mark ``folder`` as a run folder."""
+def write_manifest(folder: Path, parts: list[dict[str, Any]] | None = None) -> None:
+    """Mark ``folder`` as a run folder (with the run's ``parts`` so far)."""
     from mpq_rl import __version__
 
-    atomic_write_json(Path(folder) / MANIFEST_FILE, {"format": FORMAT, "mpq_rl": __version__})
+    atomic_write_json(Path(folder) / MANIFEST_FILE, {"format": FORMAT, "mpq_rl": __version__, "parts": parts or []})
+
+
+class RunParts:
+    """The parts of one run: the first search and each resume, each with the episode it started after, the
+    episodes of the interrupted part that it redoes, its wall time and its evaluations, kept in the manifest (and
+    brought up to date at every save) so that a run's totals count every part, however the last one ended."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        manifest = read_json(self.folder / MANIFEST_FILE, fix="delete it to start the run's history afresh")
+        parts = manifest.get("parts", []) if isinstance(manifest, dict) else []
+        valid = isinstance(parts, list) and all(isinstance(p, dict) for p in parts)
+        self.parts: list[dict[str, Any]] = parts if valid else []
+
+    def start(self, after_episode: int, redone: int) -> None:
+        """Begin a part that continues after episode ``after_episode``, redoing ``redone`` episodes."""
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        self.parts.append(
+            {
+                "started": started,
+                "after_episode": after_episode,
+                "redone": redone,
+                "wall_seconds": 0.0,
+                "evaluations": 0,
+            }
+        )
+        write_manifest(self.folder, self.parts)
+
+    def update(self, wall_seconds: float, evaluations: int) -> None:
+        """Record the current part's wall time and evaluations so far."""
+        self.parts[-1].update(wall_seconds=round(wall_seconds, 3), evaluations=evaluations)
+        write_manifest(self.folder, self.parts)
+
+    def total(self, key: str) -> float:
+        """The sum of ``key`` (``wall_seconds`` or ``evaluations``) over every part."""
+        return sum(float(part.get(key, 0) or 0) for part in self.parts)
 
 
 @contextmanager

@@ -12,7 +12,10 @@ An interrupted run (Ctrl-C, or a killed process) resumes with ``resume=<folder>`
 reloaded (no policy is evaluated twice), RL agents continue from their checkpoint, other searchers re-run from
 their seed (their first episodes replay from the cache and are not written again). A file of the folder that is
 not what the run wrote (cut short, not numeric, not matching its recorded digest) stops the resume with one line
-saying which file and how to repair it.
+saying which file and how to repair it. A resumed run is the same run: ``policy.json``, the Pareto front and the
+TensorBoard charts describe exactly the episodes it keeps (an RL agent redoes those after its last checkpoint),
+``summary.json`` is removed until the run finishes again, and its totals (evaluations, wall time) count every
+part, listed under ``parts`` in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, Metrics, evaluate_on_test
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
-from mpq_rl.logger import TB_DIR, TensorBoardLogger
+from mpq_rl.logger import TB_DIR, TensorBoardLogger, logged_episodes
 from mpq_rl.metrics import format_metric
 from mpq_rl.problem import Episode, SearchProblem
 from mpq_rl.recorder import (
@@ -51,6 +54,7 @@ from mpq_rl.run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     CONFIG_HEADER,
+    RunParts,
     check_new_run_folder,
     exclusive,
     is_run_folder,
@@ -89,10 +93,11 @@ class SearchResult:
     """Each uniform ``w_bits``/``a_bits`` setting that fits the budget, with ``test`` metrics and ``cost_ratio``."""
     episodes: int
     evaluations: int
-    """Distinct policies evaluated by this invocation (new entries in the evaluator cache)."""
+    """Distinct policies evaluated on calibration data by the run, every part of a resumed run included."""
     cache_hits: int
-    """Episodes of this invocation answered from the cache."""
+    """Episodes answered from the cache."""
     wall_seconds: float
+    """Wall time of the run, every part included (an interrupted part up to its last save)."""
     metric: str = "latency"
     budget: float = 0.5
     proxy: str = "top1"
@@ -100,6 +105,8 @@ class SearchResult:
     """The searcher's own report (e.g. pre-pass wall times) and ``evaluation_seconds``, the time spent scoring."""
     best_per_budget: list[dict[str, Any]] = field(default_factory=list)
     """With a budget-conditioned searcher: per budget, the best policy found within it, with ``test`` metrics."""
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    """The run's parts (:class:`~mpq_rl.run_folder.RunParts`): more than one if it was resumed."""
 
     def report(self) -> str:
         """The end-of-run text: best policy, the comparison table on the test split, and where the results are."""
@@ -130,9 +137,10 @@ class SearchResult:
             rows.append((name, test(item["test"]), _f(ratio[self.metric]), _f(ratio.get("size"))))
         lines.append(f"held-out test split, budget {self.budget:g} of W8A8 {self.metric}:")
         lines.append(render_table(rows, right=(1, 2, 3)))
+        resumed = f" over {len(self.parts)} parts (resumed)" if len(self.parts) > 1 else ""
         lines.append(
             f"{self.episodes} episodes, {self.evaluations} evaluations, {self.cache_hits} cache hits, "
-            f"{self.wall_seconds:.1f} s"
+            f"{self.wall_seconds:.1f} s{resumed}"
         )
         lines.append(f"results in {self.output}: {POLICY_FILE}, {SUMMARY_FILE}, {EPISODES_FILE}, {PARETO_FILE}")
         lines.append(f"tensorboard --logdir {self.output / TB_DIR}")
@@ -217,7 +225,10 @@ def _prepare_folder(folder: Path) -> None:
 class _Progress:
     """Episodes done, best reward, its proxy accuracy and cost ratio: a tqdm bar on a terminal; elsewhere (a log
     file, a pipe, a batch job) a short line on stderr every :data:`PROGRESS_STEP` of the run or
-    :data:`PROGRESS_SECONDS`, whichever comes first, so a log gets tens of lines per run, not one per update."""
+    :data:`PROGRESS_SECONDS`, whichever comes first, so a log gets tens of lines per run, not one per update.
+
+    The time left is estimated from the episodes after the first one of this part, which also carries one-off work
+    (Hessian traces, a sensitivity pre-pass, probes) that would otherwise make the estimate hours long."""
 
     def __init__(self, total: int, initial: int, enabled: bool, proxy: str, metric: str) -> None:
         from tqdm.auto import tqdm
@@ -229,6 +240,8 @@ class _Progress:
         self.total, self.done = total, initial
         self.started = self.last_line = time.monotonic()
         self.last_step = self._step(initial)
+        self.timed_from: tuple[int, float] | None = None
+        """(episodes done, time) when the first episode of this part ended: the start of the time-left estimate."""
 
     def _step(self, done: int) -> int:
         return int(done / max(self.total, 1) / PROGRESS_STEP)
@@ -242,8 +255,17 @@ class _Progress:
             f"{self.metric} {best['cost_ratio'][self.metric]:.3f} of W8A8"
         )
 
+    def _left(self, number: int, now: float) -> str:
+        if self.timed_from is None or number <= self.timed_from[0]:
+            return ""
+        done, since = self.timed_from
+        return f", about {(self.total - number) * (now - since) / (number - done):.0f} s left"
+
     def __call__(self, number: int, episode: Episode, recorder: Recorder, improved: bool) -> None:
         self.done = number
+        first = self.timed_from is None
+        if first:
+            self.timed_from = (number, time.monotonic())
         if self.lines:
             now = time.monotonic()
             step = self._step(number)
@@ -251,7 +273,7 @@ class _Progress:
                 self.last_step, self.last_line = step, now
                 print(
                     f"search: {number}/{self.total} episodes ({100 * number / max(self.total, 1):.0f}%), "
-                    f"{self._best(recorder)}, {now - self.started:.0f} s",
+                    f"{self._best(recorder)}, {now - self.started:.0f} s{self._left(number, now)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -264,6 +286,10 @@ class _Progress:
                 refresh=False,
             )
         self.bar.update(1)
+        if first:  # restart the bar's clock so that its rate and time left leave the first episode out
+            self.bar.reset(total=self.total)
+            self.bar.initial = self.bar.n = self.bar.last_print_n = number
+            self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()
@@ -317,13 +343,22 @@ def _search(
     cached_at_start = len(evaluator.cache)
     previous = read_episodes(folder / EPISODES_FILE, problem) if resuming else []
     point = searcher.resume_point(folder) if previous and hasattr(searcher, "resume_point") else None
+    kept = len(previous) if point is None else min(point, len(previous))
+    logged = min(logged_episodes(folder), kept) if resuming else None
     write_config(folder, config)
+    (folder / SUMMARY_FILE).unlink(missing_ok=True)  # until this part finishes, the run has no summary
+    parts = RunParts(folder)
+    parts.start(after_episode=kept, redone=len(previous) - kept)
+
+    def save_part(evaluations: int | None = None) -> None:
+        searched = len(evaluator.cache) - cached_at_start if evaluations is None else evaluations
+        parts.update(time.perf_counter() - started, searched)
 
     # -- the recorder and its listeners ---------------------------------------------------------------------------
     proxy_name = config.proxy.metric if config.proxy.metric == "top1" else config.proxy.fidelity
-    logger = TensorBoardLogger(folder, config, problem.searched, first_run=not previous)
-    bar = _Progress(config.agent.episodes, len(previous), progress, proxy_name, problem.metric)
-    recorder = Recorder(folder, problem, listeners=[logger, bar], save_every=CHECKPOINT_EVERY)
+    logger = TensorBoardLogger(folder, config, problem.searched, keep=logged)
+    bar = _Progress(config.agent.episodes, kept, progress, proxy_name, problem.metric)
+    recorder = Recorder(folder, problem, listeners=[logger, bar], save_every=CHECKPOINT_EVERY, on_save=save_part)
     context = SearchContext(
         problem=problem,
         episodes=config.agent.episodes,
@@ -333,10 +368,10 @@ def _search(
         n_envs=config.agent.n_envs,
     )
     if previous:
-        if point is not None and point < len(previous):
-            truncate_episodes(folder / EPISODES_FILE, point)
-            previous = previous[:point]
-        recorder.restore(previous)
+        if kept < len(previous):
+            truncate_episodes(folder / EPISODES_FILE, kept)
+            previous = previous[:kept]
+        recorder.restore(previous, relog=logger, logged=logged or 0)
         if point is not None:
             context.recorded = len(previous)
         else:
@@ -355,8 +390,7 @@ def _search(
         recorder.close()
         bar.close()
     recorder.save()
-    evaluations = len(evaluator.cache) - cached_at_start
-    this_run = recorder.count - len(previous)
+    evaluations = int(parts.total("evaluations"))
 
     # -- held-out evaluation of the best policy, FP32 and the uniform settings within budget -----------------------
     simulator = evaluator.simulator
@@ -374,8 +408,9 @@ def _search(
             item["test"] = evaluate_on_test(workload, _pairs(item["policy"]), simulator)
     uniform = uniform_baselines(problem)
     evaluator.close()
-    logger.finish(recorder.best)
+    logger.finish(recorder.best, best_test, recorder.count)
     logger.close()
+    save_part(evaluations=int(parts.parts[-1]["evaluations"]))  # the held-out scoring adds wall time only
 
     result = SearchResult(
         output=folder,
@@ -385,13 +420,14 @@ def _search(
         uniform=uniform,
         episodes=recorder.count,
         evaluations=evaluations,
-        cache_hits=max(this_run - evaluations, 0),
-        wall_seconds=time.perf_counter() - started,
+        cache_hits=max(recorder.count - evaluations, 0),
+        wall_seconds=parts.total("wall_seconds"),
         metric=problem.metric,
         budget=problem.budget.fraction,
         proxy=proxy_name,
         search={**context.notes, "evaluation_seconds": round(problem.evaluation_seconds, 3)},
         best_per_budget=per_budget,
+        parts=parts.parts,
     )
     atomic_write_json(folder / SUMMARY_FILE, summary(result, config))
     return result
@@ -471,6 +507,7 @@ def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | Non
             proxy=saved["proxy"],
             search=saved.get("search", {}),
             best_per_budget=saved.get("best_per_budget", []),
+            parts=saved.get("parts", []),
         )
     except (KeyError, TypeError):
         raise UserError(f"{folder / SUMMARY_FILE} is not a run summary: {fix}") from None
@@ -493,5 +530,6 @@ def summary(result: SearchResult, config: RunConfig) -> dict[str, Any]:
         "wall_seconds": round(result.wall_seconds, 3),
         "search": result.search,
         "best_per_budget": result.best_per_budget,
+        "parts": result.parts,
         "versions": versions(),
     }

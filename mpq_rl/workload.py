@@ -6,6 +6,7 @@ evaluator -> logger): everything downstream receives a :class:`Workload` or piec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -78,13 +79,11 @@ def check_data(model: nn.Module, calibration: Batches, test: Batches | None) -> 
     splits = {"calibration": calibration} if test is None else {"calibration": calibration, "test": test}
     shapes = {}
     for split, batches in splits.items():
-        for number, (inputs, targets) in enumerate(batches, start=1):
-            if not _finite(inputs):
+        for number, (inputs, _) in enumerate(batches, start=1):
+            if not finite(inputs):
                 raise UserError(
                     f"the {split} split has NaN or infinite inputs (batch {number}): clean or drop those samples"
                 )
-            if targets is not None:
-                _check_label_type(targets, split)
         outputs = _first_outputs(model, batches, split)
         shapes[split] = tuple(outputs.shape[1:])
         if not torch.isfinite(outputs).all():
@@ -93,13 +92,7 @@ def check_data(model: nn.Module, calibration: Batches, test: Batches | None) -> 
                 "weights (model.weights) and its inputs"
             )
         if batches.has_targets:
-            classes = outputs[0].numel()
-            low, high = min(int(t.min()) for _, t in batches), max(int(t.max()) for _, t in batches)
-            if low < 0 or high >= classes:
-                raise UserError(
-                    f"the {split} split has labels from {low} to {high}, but the model has {classes} output classes:"
-                    f" labels must be class ids 0 to {classes - 1}"
-                )
+            check_labels([targets for _, targets in batches], split, outputs[0].numel())
     if test is not None and shapes["test"] != shapes["calibration"]:
         raise UserError(
             f"the model's output is {list(shapes['calibration'])} per sample on the calibration split but "
@@ -107,27 +100,37 @@ def check_data(model: nn.Module, calibration: Batches, test: Batches | None) -> 
         )
 
 
-def _finite(value: object) -> bool:
+def finite(value: object) -> bool:
+    """Whether every floating-point tensor in ``value`` (a tensor, or a dict, tuple or list of them) is finite."""
     if isinstance(value, torch.Tensor):
         return not value.is_floating_point() or bool(torch.isfinite(value).all())
     if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
+        return all(finite(v) for v in value.values())
     if isinstance(value, (tuple, list)):
-        return all(_finite(v) for v in value)
+        return all(finite(v) for v in value)
     return True
 
 
-def _check_label_type(targets: object, split: str) -> None:
-    if not isinstance(targets, torch.Tensor) or targets.dim() != 1:
-        shape = list(targets.shape[1:]) if isinstance(targets, torch.Tensor) else type(targets).__name__
+def check_labels(batches: Sequence[object], split: str, classes: int) -> None:
+    """Refuse labels (one batch of them per item) that are not one integer class id in ``[0, classes)`` per
+    sample."""
+    for targets in batches:
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+            shape = list(targets.shape[1:]) if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise UserError(
+                f"the {split} split's labels must be one class id per sample, got {shape} per sample: "
+                "give each item an integer label"
+            )
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise UserError(
+                f"the {split} split's labels are {str(targets.dtype).removeprefix('torch.')}, not integer class "
+                "ids: convert them (e.g. labels.long()), or drop them and use proxy.metric: fidelity"
+            )
+    low, high = min(int(t.min()) for t in batches), max(int(t.max()) for t in batches)
+    if low < 0 or high >= classes:
         raise UserError(
-            f"the {split} split's labels must be one class id per sample, got {shape} per sample: "
-            "give each item an integer label"
-        )
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise UserError(
-            f"the {split} split's labels are {str(targets.dtype).removeprefix('torch.')}, not integer class ids: "
-            "convert them (e.g. labels.long()), or drop them and use proxy.metric: fidelity"
+            f"the {split} split has labels from {low} to {high}, but the model has {classes} output classes:"
+            f" labels must be class ids 0 to {classes - 1}"
         )
 
 

@@ -28,7 +28,7 @@ def test_report_rows_totals_and_ratios(layers):
     costs = build_cost_table(layers, HardwareConfig(preset="bitfusion"))
     policy = {"0": (4, 8), "1": (8, 4), "3": (2, 2)}
     report = cost_report(layers, costs, policy)
-    assert set(report) == {"layers", "total", "reference"}
+    assert set(report) == {"layers", "total", "reference", "units"} and report["units"] == "SI"
     assert [set(row) for row in report["layers"]] == [ROW_KEYS] * 3
     assert [row["name"] for row in report["layers"]] == ["0", "1", "3"]
     assert report["layers"][1]["kind"] == "conv2d" and report["layers"][2]["w_bits"] == 2
@@ -64,4 +64,9 @@ def test_report_of_a_latency_only_table_has_no_energy(tmp_path, layers):
     costs = build_cost_table(layers, HardwareConfig(preset="lut", table=path))
     report = cost_report(layers, costs, {n: (8, 8) for n in layers.names})
     assert report["total"]["energy"] is None and report["total"]["latency_ratio"] == 1.0
-    assert " - " in render_cost_report(report, "latency")
+    text = render_cost_report(report, "latency")
+    assert " - " in text
+    # the table's own numbers (1, 2, 3 per layer), labelled as such: not scaled to microseconds
+    assert text.splitlines()[0].split()[5:7] == ["lat(table)", "en(table)"]
+    assert text.splitlines()[2].split()[5] == "1.00" and report["units"] == "table"
+    assert "in the measured table's own units" in text

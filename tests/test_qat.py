@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 
@@ -42,9 +44,18 @@ def finetuned() -> tuple[Workload, FinetuneResult, dict[str, torch.Tensor], list
     before = {k: v.clone() for k, v in workload.model.state_dict().items()}
     bn_modes: list[bool] = []
     handle = workload.model.block.bn1.register_forward_hook(lambda m, i, o: bn_modes.append(m.training))
-    result = finetune(workload, aggressive_policy(workload), epochs=2, seed=0)
+    with contextlib.redirect_stderr(io.StringIO()) as progress:
+        result = finetune(workload, aggressive_policy(workload), epochs=2, seed=0, progress=True)
     handle.remove()
+    result.progress = progress.getvalue().splitlines()
     return workload, result, before, bn_modes
+
+
+def test_finetuning_reports_each_epoch(finetuned):
+    _, result, _, _ = finetuned
+    done = [line for line in result.progress if " done, " in line]
+    assert [line.split(",")[0] for line in done] == ["finetune: epoch 1/2 done", "finetune: epoch 2/2 done"]
+    assert [float(line.split("mean loss ")[1].split(",")[0]) for line in done] == pytest.approx(result.losses, abs=1e-4)
 
 
 # --- LSQ quantizer -----------------------------------------------------------------------------------------------

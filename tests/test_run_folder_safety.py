@@ -287,11 +287,22 @@ def test_a_foreign_folder_is_refused_and_untouched(digits_model, tmp_path, capsy
     assert_one_line_error(code, capsys.readouterr().err, "is not an mpq_rl run folder", MANIFEST_FILE)
     assert snapshot(folder) == before
 
+    code = main(["compare", "--agents", "random", "--episodes", "2", "--output", str(folder), "--no-progress"])
+    assert_one_line_error(
+        code, capsys.readouterr().err, "holds 'checkpoint', which is not part of an mpq-rl comparison"
+    )
+    assert snapshot(folder) == before
+
     a_file = tmp_path / "results.txt"
     a_file.write_text("mine\n")
     code = main(["search", "--output", str(a_file), "--agent", "random", "--episodes", "2", "--no-progress"])
     assert_one_line_error(code, capsys.readouterr().err, "is a file, not a folder")
     assert a_file.read_text() == "mine\n"
+    code = main(["export", "--policy", str(tmp_path / "policy.json"), "--output", str(folder)])
+    assert_one_line_error(code, capsys.readouterr().err, "is a folder: give the path of the file to write")
+    code = main(["export", "--policy", str(tmp_path / "policy.json"), "--output", str(a_file / "model.onnx")])
+    assert_one_line_error(code, capsys.readouterr().err, "results.txt is a file, not a folder")
+    assert snapshot(folder) == before and a_file.read_text() == "mine\n"
 
 
 @pytest.mark.parametrize(
@@ -381,6 +392,47 @@ def test_a_second_process_on_a_folder_in_use_is_refused(run, tmp_path, capsys):
 
     # The lock goes with the process that held it.
     assert resume(run, capsys)[0] == 0
+
+
+# -- a resumed run is the same run ----------------------------------------------------------------------------------
+
+
+def scalar_steps(folder: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    events = EventAccumulator(str(folder / "tb"), size_guidance={SCALARS: 0}).Reload()
+    return {tag: [event.step for event in events.Scalars(tag)] for tag in events.Tags()[SCALARS]}
+
+
+def test_a_resumed_run_is_consistent_and_counts_every_part(run, capsys):
+    # kill -9 just after episode 6 became the best: policy.json names an episode that the resume redoes
+    last = rows(run)[-1]
+    stale = json.loads((run / "policy.json").read_text())
+    stale["episode"] = int(last["episode"])
+    (run / "policy.json").write_text(json.dumps(stale))
+    before = json.loads((run / MANIFEST_FILE).read_text())["parts"]
+    assert len(before) == 1 and before[0]["evaluations"] > 0  # brought up to date at the save of episode 4
+
+    code, err = resume(run, capsys)
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    policy = json.loads((run / "policy.json").read_text())
+    assert policy["episode"] == summary["best"]["episode"]
+    row = rows(run)[policy["episode"] - 1]
+    assert {layer["name"]: [layer["w_bits"], layer["a_bits"]] for layer in policy["layers"]} == {
+        name: [int(row[f"w:{name}"]), int(row[f"a:{name}"])] for name in summary["best"]["policy"]
+    }
+    parts = summary["parts"]
+    assert [(p["after_episode"], p["redone"]) for p in parts] == [(0, 0), (CHECKPOINT_AT, KILLED_AT - CHECKPOINT_AT)]
+    assert summary["evaluations"] == sum(p["evaluations"] for p in parts) > parts[1]["evaluations"]
+    assert summary["wall_seconds"] == pytest.approx(sum(p["wall_seconds"] for p in parts), abs=0.01)
+    assert json.loads((run / MANIFEST_FILE).read_text())["parts"] == parts
+
+    steps = scalar_steps(run)
+    assert steps["episode/reward"] == list(range(1, EPISODES + 1))  # each episode once, none from the killed part
+    losses = [tag for tag in steps if tag.startswith("train/")]
+    assert losses and all(max(steps[tag]) <= EPISODES for tag in losses)  # agent losses against episodes too
+    assert steps["best/test_top1"] == [EPISODES]  # the held-out result, also the HParams metric
 
 
 # -- permissions --------------------------------------------------------------------------------------------------
@@ -555,7 +607,12 @@ def digits(change):
         tx = torch.zeros(len(tx), 3, 8, 8)
     elif change == "calibration 3 channels":
         cx = torch.zeros(len(cx), 3, 8, 8)
-    return {"calibration": TensorDataset(cx, cy), "test": TensorDataset(tx, ty)}
+    rx, ry = (t.clone() for t in splits["train"].tensors)
+    if change == "nan train input":
+        rx[40, 0, 3, 3] = float("nan")
+    elif change == "train label 12":
+        ry[9] = 12
+    return {"calibration": TensorDataset(cx, cy), "test": TensorDataset(tx, ty), "train": TensorDataset(rx, ry)}
 """
 
 
@@ -585,6 +642,24 @@ def test_bad_data_is_refused_before_the_search(digits_model, bad_data, tmp_path,
     config = yaml_file(tmp_path, {**QUICK, "data": {"factory": bad_data, "kwargs": {"change": change}}})
     folder = tmp_path / "run"
     code = main(["search", "--config", str(config), "--output", str(folder), "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, message)
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("nan train input", "the train split has NaN or infinite inputs (batch 2)"),
+        ("train label 12", "the train split has labels from 0 to 12, but the model has 10 output classes"),
+    ],
+)
+def test_bad_train_data_is_refused_before_finetuning(digits_model, bad_data, tmp_path, capsys, change, message):
+    config = yaml_file(tmp_path, {**QUICK, "data": {"factory": bad_data, "kwargs": {"change": change}}})
+    policy = tmp_path / "policy.json"
+    policy.write_text(_policy_text())
+    folder = tmp_path / "evaluated"
+    argv = ["evaluate", "--config", str(config), "--policy", str(policy), "--finetune-epochs", "1"]
+    code = main([*argv, "--output", str(folder)])
     assert_one_line_error(code, capsys.readouterr().err, message)
     assert not folder.exists()
 

@@ -268,3 +268,20 @@ def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, ca
     assert all(line.startswith("search: ") and "episodes (" in line for line in lines)
     assert lines[0].startswith("search: 4/40 episodes (10%), best reward ")
     assert lines[-1].startswith("search: 40/40 episodes (100%), best reward ") and " of W8A8, " in lines[-1]
+
+
+def test_time_left_leaves_out_the_first_episode_and_its_one_off_work(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from mpq_rl import trainer
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: clock[0])
+    bar = trainer._Progress(total=5, initial=0, enabled=True, proxy="top1", metric="latency")
+    nobody = SimpleNamespace(best=None)  # what the bar reads of the recorder
+    for number, at in [(1, 1000.0), (2, 1002.0), (3, 1004.0)]:  # 1000 s of Hessians, then 2 s per episode
+        clock[0] = at
+        bar(number, {}, nobody, False)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(", 1000 s")  # no estimate from one episode
+    assert lines[1].endswith(", 1002 s, about 6 s left") and lines[2].endswith(", about 4 s left")

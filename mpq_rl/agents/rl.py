@@ -35,7 +35,6 @@ import torch
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import configure
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
@@ -46,7 +45,7 @@ from mpq_rl.config import RunConfig
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import EvaluationCache, Evaluator, policy_key
-from mpq_rl.logger import TB_DIR
+from mpq_rl.logger import agent_logger
 from mpq_rl.problem import Episode, SearchProblem
 from mpq_rl.run_folder import CHECKPOINT_DIR
 
@@ -344,7 +343,7 @@ class RLSearcher:
             # The checkpoint's values go into the freshly built algorithm: nothing in the run folder is unpickled.
             load_checkpoint(model, found)
         self.model = model
-        model.set_logger(configure(str(context.output / TB_DIR), ["tensorboard"]))
+        model.set_logger(agent_logger(context.output, steps))
         callback = RecordEpisodes(
             context,
             merge_cache=context.n_envs > 1,

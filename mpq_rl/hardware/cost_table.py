@@ -34,6 +34,8 @@ class CostTable:
     preset: str
     memory_bound_table: np.ndarray | None = None
     batch_size: int = 1
+    table_units: bool = False
+    """Latency and energy are a measured table's own numbers (its unit, not seconds and joules)."""
     reference_bits: tuple[int, int] = REFERENCE_BITS
     _layer_pos: dict[str, int] = field(init=False, repr=False)
     _bit_pos: dict[int, int] = field(init=False, repr=False)

@@ -62,7 +62,7 @@ class LookupTable:
             latency, energy = _from_rows(path, _read_rows(path), shapes, w_list, a_list)
         else:
             raise UserError(f"hardware.table {path}: unknown format {suffix!r}; use .npy, .csv or .json")
-        return LayerCosts(latency, energy, np.zeros(latency.shape, dtype=bool))
+        return LayerCosts(latency, energy, np.zeros(latency.shape, dtype=bool), table_units=True)
 
     def _from_npy(
         self, path: Path, shapes: LayerShapes, w_list: list[int], a_list: list[int]

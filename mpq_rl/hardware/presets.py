@@ -99,4 +99,5 @@ def build_cost_table(
         memory_bound_table=costs.memory_bound,
         batch_size=model.batch_size if "batch_size" in fields else 1,
         reference_bits=reference_bits,
+        table_units=costs.table_units,
     )

@@ -54,15 +54,22 @@ def cost_report(
         key = TOTAL_KEYS[m]
         ok = total[key] is not None and ref_total[key]
         total[f"{m}_ratio"] = total[key] / ref_total[key] if ok else None
-    return {"layers": rows, "total": total, "reference": ref_total, "reference_bits": list(costs.reference_bits)}
+    units = "table" if costs.table_units else "SI"
+    return {
+        "layers": rows,
+        "total": total,
+        "reference": ref_total,
+        "reference_bits": list(costs.reference_bits),
+        "units": units,
+    }
 
 
 _COLUMNS = (
     ("MACs(M)", 9),
     ("params(K)", 10),
     ("W/A", 6),
-    ("lat(us)", 11),
-    ("energy(uJ)", 11),
+    ("latency", 11),
+    ("energy", 11),
     ("size(KB)", 9),
     ("BOPs(M)", 10),
     ("share", 7),
@@ -78,10 +85,10 @@ def _fmt(value: float | None, scale: float, width: int, digits: int = 2) -> str:
     return f"{text if len(text) < width else f'{value * scale:.3g}':>{width}}"
 
 
-def _cost_cells(entry: Mapping[str, Any]) -> str:
+def _cost_cells(entry: Mapping[str, Any], scale: float) -> str:
     return (
-        _fmt(entry["latency"], 1e6, 11)
-        + _fmt(entry["energy"], 1e6, 11)
+        _fmt(entry["latency"], scale, 11)
+        + _fmt(entry["energy"], scale, 11)
         + _fmt(entry["size_bits"], 1 / 8 / 1024, 9)
         + _fmt(entry["bops"], 1e-6, 10, 1)
     )
@@ -90,13 +97,20 @@ def _cost_cells(entry: Mapping[str, Any]) -> str:
 def render_cost_report(report: Mapping[str, Any], metric: str = "latency") -> str:
     """A fixed-width table of ``report``: one row per layer, then totals, the W8A8 reference and their ratio.
 
-    Latency and energy are for one batch; ``share`` is each layer's part of ``metric``; ``*`` marks memory-bound.
+    Latency and energy are for one batch, in microseconds and microjoules, or in a measured table's own units
+    (its numbers unchanged); ``share`` is each layer's part of ``metric``; ``*`` marks memory-bound.
     """
+    table = report.get("units") == "table"
+    scale = 1.0 if table else 1e6
+    titles = ("lat(table)", "en(table)") if table else ("lat(us)", "energy(uJ)")
     key = TOTAL_KEYS[metric]
     rows = report["layers"]
     name_width = min(max([len(r["name"]) for r in rows] + [5]), 40)
     total_metric = report["total"][key]
-    header = f"{'layer':<{name_width}} {'kind':<10}" + "".join(f"{title:>{width}}" for title, width in _COLUMNS)
+    units = {"latency": titles[0], "energy": titles[1]}
+    header = f"{'layer':<{name_width}} {'kind':<10}" + "".join(
+        f"{units.get(title, title):>{width}}" for title, width in _COLUMNS
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         name = r["name"] if len(r["name"]) <= name_width else "..." + r["name"][-(name_width - 3) :]
@@ -104,19 +118,20 @@ def render_cost_report(report: Mapping[str, Any], metric: str = "latency") -> st
         lines.append(
             f"{name:<{name_width}} {r['kind']:<10}"
             + f"{r['macs'] / 1e6:>9.2f}{r['params'] / 1e3:>10.1f}{str(r['w_bits']) + '/' + str(r['a_bits']):>6}"
-            + _cost_cells(r)
+            + _cost_cells(r, scale)
             + _fmt(share, 100, 6, 1)
             + "%"
             + f"{'*' if r['memory_bound'] else '':>4}"
         )
     lines.append("-" * len(header))
     pad = " " * (name_width + 1 + 10 + 9 + 10 + 6)
-    lines.append(f"{'total':<{len(pad)}}" + _cost_cells(report["total"]))
+    lines.append(f"{'total':<{len(pad)}}" + _cost_cells(report["total"], scale))
     label = "W{}A{}".format(*report["reference_bits"])
-    lines.append(f"{label + ' reference':<{len(pad)}}" + _cost_cells(report["reference"]))
+    lines.append(f"{label + ' reference':<{len(pad)}}" + _cost_cells(report["reference"], scale))
     ratios = "".join(
         _fmt(report["total"][f"{m}_ratio"], 1, width, 4) for m, width in zip(METRICS, (11, 11, 9, 10), strict=True)
     )
     lines.append(f"{'ratio vs ' + label:<{len(pad)}}" + ratios)
-    lines.append(f"share: part of total {metric}; * = memory-bound; latency and energy per batch")
+    unit_note = "in the measured table's own units" if table else "per batch"
+    lines.append(f"share: part of total {metric}; * = memory-bound; latency and energy {unit_note}")
     return "\n".join(lines)

@@ -44,11 +44,13 @@ def dram_bits(
 
 @dataclass(frozen=True, eq=False)
 class LayerCosts:
-    """What a cost model computes: ``[L, w, a]`` latency (s), energy (J) and where the memory term wins."""
+    """What a cost model computes: ``[L, w, a]`` latency (s), energy (J) and where the memory term wins;
+    ``table_units`` when latency and energy are a measured table's own numbers, in whatever unit it was measured."""
 
     latency: np.ndarray
     energy: np.ndarray
     memory_bound: np.ndarray
+    table_units: bool = False
 
 
 def roofline(compute_s: np.ndarray, memory_s: np.ndarray, overhead_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
