@@ -270,7 +270,10 @@ def _input_initializers(name: str, s: LayerScales) -> tuple[list, dict]:
         _integer_tensor(f"{name}.input_zero_point", data_type, np.array(s.input_zero_point)),
     ]
     if clip is not None:
-        initializers += [_float_tensor(f"{name}.input_clip_min", clip[0]), _float_tensor(f"{name}.input_clip_max", clip[1])]
+        initializers += [
+            _float_tensor(f"{name}.input_clip_min", clip[0]),
+            _float_tensor(f"{name}.input_clip_max", clip[1]),
+        ]
     record = {
         "type": _type_name(data_type),
         "q_min": 0,

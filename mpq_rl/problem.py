@@ -47,8 +47,12 @@ class SearchProblem:
         self.workload = workload if workload is not None else load_workload(self.config)
         if self.workload.layers.coverage < 1.0:
             print(f"warning: the search leaves weights out; {self.workload.layers.coverage_line()}", file=sys.stderr)
-        self.costs = costs if costs is not None else build_cost_table(
-            self.workload.layers, self.config.hardware, reference_bits=self.config.quantization.reference_bits
+        self.costs = (
+            costs
+            if costs is not None
+            else build_cost_table(
+                self.workload.layers, self.config.hardware, reference_bits=self.config.quantization.reference_bits
+            )
         )
         self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)

@@ -70,7 +70,8 @@ def test_torchvision_models_are_covered_whole(factory, layers, tmp_path, capsys)
     pytest.importorskip("torchvision")
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"model: {{factory: 'torchvision.models:{factory}', kwargs: {{weights: null}}, input_shape: [1, 3, 224, 224]}}\n"
+        f"model: {{factory: 'torchvision.models:{factory}', kwargs: {{weights: null}}, "
+        "input_shape: [1, 3, 224, 224]}\n"
     )
     assert main(["layers", "--config", str(config)]) == 0
     out = capsys.readouterr().out
