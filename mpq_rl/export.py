@@ -43,6 +43,7 @@ from mpq_rl.data import Batches
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import calibrated_simulator
 from mpq_rl.export_check import check_export, require_agreement
+from mpq_rl.export_int4 import transpose_for_matmul_nbits
 from mpq_rl.finetune import load_finetuned
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.layers import layer_modules
@@ -384,6 +385,10 @@ def onnx_graph(model: nn.Module, example: Any, scales: Mapping[str, LayerScales]
         graph_model = trace_onnx(model, example, markers=bool(scales))
     layers = replace_markers(graph_model, scales, weights)
     graph_model = version_converter.convert_version(graph_model, OPSET)
+    blocked = transpose_for_matmul_nbits(graph_model, [name for name, s in scales.items() if s.w_bits == 4])
+    for record in layers:
+        if record["name"] in blocked:
+            record["weight"].update(layout="transposed [in, out]", block_size=blocked[record["name"]])
     graph_model.producer_name = "mpq_rl"
     return graph_model, layers
 
