@@ -50,10 +50,10 @@ class BareAttention(nn.Module):
         return self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(dim=0)
 
 
-def workload_of(model: nn.Module, labelled: bool, samples: int = 96) -> Workload:
-    """A workload on random tokens; labels (when asked) are the FP32 model's own predictions."""
+def workload_of(build: type[nn.Module], labelled: bool, samples: int = 96) -> Workload:
+    """A seeded model on random tokens; labels (when asked) are the FP32 model's own predictions."""
     torch.manual_seed(0)
-    model.eval()
+    model = build().eval()
     inputs = torch.randn(samples, TOKENS, WIDTH)
     if labelled:
         with torch.no_grad():
@@ -130,7 +130,7 @@ def test_weights_used_through_functional_calls_are_named_and_counted():
 
 @pytest.mark.parametrize(("model", "labelled"), [(EncoderClassifier, True), (BareAttention, False)])
 def test_bits_on_each_attention_projection_change_the_output(model, labelled):
-    workload = workload_of(model(), labelled)
+    workload = workload_of(model, labelled)
     simulator = calibrated_simulator(workload)
     fp32 = model_outputs(workload.model, workload.calibration)
     for name in (n for n in workload.layers.names if n.endswith(("in_proj", "out_proj"))):
@@ -143,14 +143,14 @@ def test_bits_on_each_attention_projection_change_the_output(model, labelled):
 
 
 def test_qat_finetunes_the_attention_projections():
-    workload = workload_of(EncoderClassifier(), labelled=True)
+    workload = workload_of(EncoderClassifier, labelled=True)
     attention = workload.model.encoder.self_attn
     before = {"in": attention.in_proj_weight.detach().clone(), "out": attention.out_proj.weight.detach().clone()}
     policy = {name: (3, 4) for name in workload.layers.names}
     result = finetune(workload, policy, epochs=2, seed=0)
     assert not torch.equal(result.state_dict["encoder.self_attn.in_proj_weight"], before["in"])
     assert not torch.equal(result.state_dict["encoder.self_attn.out_proj.weight"], before["out"])
-    initial = finetune(workload_of(EncoderClassifier(), labelled=True), policy, epochs=0).before
+    initial = finetune(workload_of(EncoderClassifier, labelled=True), policy, epochs=0).before
     assert initial == result.before
     learned = result.scales["encoder.self_attn.in_proj"]
     assert learned.weight_scale.shape == (3 * WIDTH,) and learned.input_scale is not None
@@ -166,7 +166,7 @@ def onnx_runtime():
 def test_attention_models_export_and_run_in_onnxruntime(onnx_runtime, tmp_path, model, labelled):
     from mpq_rl.export import export_policy
 
-    workload = workload_of(model(), labelled)
+    workload = workload_of(model, labelled)
     names = workload.layers.names
     w8a8 = export_policy(workload, {name: (8, 8) for name in names}, tmp_path / "w8a8.onnx")
     assert w8a8["check"]["agreement"] >= 0.99
@@ -188,7 +188,7 @@ def test_attention_models_export_and_run_in_onnxruntime(onnx_runtime, tmp_path, 
 def test_an_export_that_strays_from_the_simulation_fails_loudly(onnx_runtime, tmp_path):
     from mpq_rl.export import export_policy
 
-    workload = workload_of(BareAttention(), labelled=False)
+    workload = workload_of(BareAttention, labelled=False)
     policy = {name: (2, 2) for name in workload.layers.names}
     with pytest.raises(UserError, match="does not compute what the simulation computes"):
         export_policy(workload, policy, tmp_path / "model.onnx", min_agreement=1.01)
