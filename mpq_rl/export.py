@@ -142,12 +142,18 @@ class _InputMarker(torch.autograd.Function):
 
 
 class _QuantizedWeight(nn.Module):
+    """The weight parametrization of one layer for the life of one export: computed once, however often the weight
+    is read (a module called several times then has one weight marker in the graph; the tracer fails on two)."""
+
     def __init__(self, layer: str, scales: LayerScales) -> None:
         super().__init__()
         self.layer, self.scales = layer, scales
+        self.quantized: torch.Tensor | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return _WeightMarker.apply(weight, self.layer, self.scales)
+        if self.quantized is None:
+            self.quantized = _WeightMarker.apply(weight, self.layer, self.scales)
+        return self.quantized
 
 
 @contextmanager

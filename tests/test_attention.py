@@ -19,6 +19,7 @@ from mpq_rl.evaluator import calibrated_simulator
 from mpq_rl.finetune import finetune
 from mpq_rl.layers import discover_layers
 from mpq_rl.metrics import model_outputs
+from mpq_rl.problem import SearchProblem
 from mpq_rl.workload import Workload, assemble_workload
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,6 +66,7 @@ def workload_of(build: type[nn.Module], labelled: bool, samples: int = 96) -> Wo
         {
             "data": {"batch_size": 32, "calibration_samples": samples},
             "proxy": {"metric": "top1" if labelled else "fidelity"},
+            "budget": 1.0,
         }
     )
     return assemble_workload(config, model, {"calibration": split, "test": split, "train": split})
@@ -110,22 +112,44 @@ def test_attention_models_are_covered_whole(model):
     assert table[projections[1]].macs == TOKENS * WIDTH * WIDTH
 
 
+class WithFunctionalWeight(EncoderClassifier):
+    """An extra weight used through ``F.linear`` (not covered) and a positional embedding (added: no weight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = nn.Parameter(torch.randn(CLASSES, WIDTH))
+        self.position = nn.Parameter(torch.randn(1, TOKENS, WIDTH))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(x + self.position).mean(dim=1)
+        return self.head(hidden) + nn.functional.linear(hidden, self.extra)
+
+
+class SharedLinear(nn.Module):
+    """One ``nn.Linear`` applied twice, on 3-D inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(WIDTH, WIDTH)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(torch.relu(self.shared(x))).mean(dim=1))
+
+
 def test_weights_used_through_functional_calls_are_named_and_counted():
-    class Functional(EncoderClassifier):
-        def __init__(self) -> None:
-            super().__init__()
-            self.extra = nn.Parameter(torch.randn(CLASSES, WIDTH))
-            self.position = nn.Parameter(torch.randn(1, TOKENS, WIDTH))  # added, not multiplied: not a weight
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            hidden = self.encoder(x + self.position).mean(dim=1)
-            return self.head(hidden) + nn.functional.linear(hidden, self.extra)
-
-    table = discover_layers(Functional(), torch.randn(2, TOKENS, WIDTH))
+    table = discover_layers(WithFunctionalWeight(), torch.randn(2, TOKENS, WIDTH))
     covered = 4 * WIDTH * WIDTH + 2 * (2 * WIDTH * WIDTH) + CLASSES * WIDTH
     assert table.not_covered == {"extra": CLASSES * WIDTH}
     assert table.coverage == pytest.approx(covered / (covered + CLASSES * WIDTH))
     assert "extra (64)" in table.coverage_line()
+
+
+def test_a_search_warns_when_weights_are_left_out(capsys):
+    problem = SearchProblem(workload=workload_of(WithFunctionalWeight, labelled=True))
+    problem.close()
+    err = capsys.readouterr().err
+    assert "warning: the search leaves weights out" in err and "not covered (FP32, not costed): extra" in err
 
 
 @pytest.mark.parametrize(("model", "labelled"), [(EncoderClassifier, True), (BareAttention, False)])
@@ -183,6 +207,20 @@ def test_attention_models_export_and_run_in_onnxruntime(onnx_runtime, tmp_path, 
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     inputs = torch.cat([x for x, _ in workload.calibration]).numpy()
     assert np.isfinite(session.run(None, {"input": inputs})[0]).all()
+
+
+def test_a_module_called_twice_exports_one_weight_and_an_input_quantizer_per_call(onnx_runtime, tmp_path):
+    import onnx
+
+    from mpq_rl.export import export_policy
+
+    workload = workload_of(SharedLinear, labelled=True)
+    assert workload.layers["shared"].calls == 2
+    sidecar = export_policy(workload, {"shared": (4, 8), "head": (8, 8)}, tmp_path / "model.onnx")
+    assert sidecar["check"]["agreement"] >= 0.99
+    nodes = [node.name for node in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+    assert nodes.count("shared/weight_dequantize") == 1
+    assert "shared/input_quantize" in nodes and "shared:1/input_quantize" in nodes
 
 
 def test_an_export_that_strays_from_the_simulation_fails_loudly(onnx_runtime, tmp_path):
