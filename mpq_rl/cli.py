@@ -198,6 +198,24 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.output) / COMPARE_MD}, {COMPARE_JSON} and {PARETO_PNG}")
 
 
+def cmd_adapt(args: argparse.Namespace) -> None:
+    """Train with per-layer adaptive fixed-point precision (AdaPT) and float32 side by side; write a run folder."""
+    from mpq_rl.adapt.run import SUMMARY_FILE, run_adapt
+
+    config = _config(args)
+    if args.seed is not None:
+        config = config.with_overrides(seed=args.seed)
+    options = {"lr": args.lr, "batch_size": args.batch_size, "activation_bits": args.activation_bits}
+    given = {key: value for key, value in options.items() if value is not None}
+    summary = run_adapt(config, args.epochs, Path(args.output), fresh=args.fresh, **given)
+    top1 = summary["test_top1"]
+    print(
+        f"adapt: test top-1 {top1['adapt']:.4f} (float32 {top1['fp32']:.4f}), modelled training speed-up "
+        f"{summary['speedup']:.3f}x, average {summary['average_bits']['mac_weighted']:.2f} bits"
+    )
+    print(f"wrote {Path(args.output) / SUMMARY_FILE} and the policy, weights and TensorBoard logs beside it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpq-rl",
@@ -271,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
     compare.add_argument("--output", required=True, metavar="DIR", help="folder for the runs and the comparison")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    adapt = add("adapt", cmd_adapt)
+    adapt.add_argument("--epochs", type=int, required=True, metavar="N", help="epochs over the train split")
+    adapt.add_argument("--output", required=True, metavar="DIR", help="run folder to create")
+    adapt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    adapt.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default 50)")
+    adapt.add_argument("--seed", type=int, metavar="S", help="seed of both trainings (default: the config's)")
+    adapt.add_argument("--fresh", action="store_true", help="start from fresh weights instead of the configured ones")
+    adapt.add_argument(
+        "--activation-bits", type=int, metavar="B", help="a_bits of the written policy (default 8; training keeps FP32)"
+    )
     return parser
 
 

@@ -141,7 +141,7 @@ def finetune(
     result = FinetuneResult(policy, epochs, lr, seed, baseline.fp32, baseline.before)
     if epochs == 0:
         return result
-    loader = _train_loader(workload, batch_size, seed)
+    loader = train_loader(workload, batch_size, seed)
     model = workload.model
     attachment = LsqAttachment(model, baseline.scales)
     try:
@@ -163,14 +163,15 @@ def _collate(items: list[Any]) -> tuple[Any, torch.Tensor]:
     return default_collate([x for x, _ in pairs]), default_collate([t for _, t in pairs])
 
 
-def _train_loader(workload: Workload, batch_size: int, seed: int) -> DataLoader:
+def train_loader(workload: Workload, batch_size: int, seed: int) -> DataLoader:
+    """The labelled train split, shuffled by ``seed``: what finetuning and adaptive-precision training learn from."""
     train = workload.train
     if train is None or len(train) == 0:
-        raise UserError("finetuning needs a train split: use a dataset (or data.factory) that returns 'train'")
+        raise UserError("training needs a train split: use a dataset (or data.factory) that returns 'train'")
     if split_item(train[0])[1] is None:
-        raise UserError("finetuning trains on labels, but the train split has no targets: give (input, target) items")
+        raise UserError("training uses labels, but the train split has no targets: give (input, target) items")
     if batch_size < 1:
-        raise UserError(f"finetune batch size must be at least 1, got {batch_size}")
+        raise UserError(f"training batch size must be at least 1, got {batch_size}")
     _check_train(train, workload, batch_size)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_collate)

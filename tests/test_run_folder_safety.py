@@ -435,6 +435,38 @@ def test_a_resumed_run_is_consistent_and_counts_every_part(run, capsys):
     assert steps["best/test_top1"] == [EPISODES]  # the held-out result, also the HParams metric
 
 
+@pytest.mark.parametrize(("agent", "kill_at"), [("random", 1), ("random", 5), ("ddpg", 1), ("ddpg", 5)])
+def test_kill_at_any_point_then_resume_gives_one_consistent_run(digits_model, tmp_path, agent, kill_at):
+    """kill -9 before the first save (episode 1) or after it (episode 5, checkpoint and cache at 4), then resume."""
+    config = small_config(tmp_path / "run", episodes=EPISODES)  # ddpg, checkpoint every 4 episodes
+    if agent == "random":
+        config = config.with_overrides(**{"agent.name": "random", "agent.kwargs": {}})
+    original = Recorder.__call__
+
+    def dying(self, episode):
+        original(self, episode)
+        if self.count == kill_at:
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(Recorder, "__call__", dying)
+        patch.setattr(trainer, "CHECKPOINT_EVERY", CHECKPOINT_AT)
+        run_search(config, progress=False)
+    result = run_search(None, resume=tmp_path / "run", progress=False)
+
+    episodes = rows(tmp_path / "run")
+    assert [int(r["episode"]) for r in episodes] == list(range(1, EPISODES + 1))
+    assert scalar_steps(tmp_path / "run")["episode/reward"] == list(range(1, EPISODES + 1))
+    policy = json.loads((tmp_path / "run" / "policy.json").read_text())
+    assert policy["episode"] == result.best["episode"] and float(episodes[policy["episode"] - 1]["reward"]) == max(
+        float(r["reward"]) for r in episodes if r["within_budget"] == "true"
+    )
+    if agent == "random":  # a searcher that re-runs from its seed replays the cache: the uninterrupted run exactly
+        whole = run_search(config.with_overrides(output=str(tmp_path / "whole")), progress=False)
+        assert (tmp_path / "run" / "episodes.csv").read_bytes() == (whole.output / "episodes.csv").read_bytes()
+        assert result.evaluations == whole.evaluations
+
+
 # -- permissions --------------------------------------------------------------------------------------------------
 
 
