@@ -87,6 +87,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
         return
     print(f"model {config.model.source}: {len(workload.layers)} quantizable layers, {len(workload.searched)} searched")
     print(render_layer_table(workload.layers))
+    print(workload.layers.coverage_line())
     for name, reason in workload.layers.left_out.items():
         print(f"left out: {name} ({reason}; not searched, FP32, costs nothing)")
 
@@ -100,7 +101,10 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
     config, policy_file = _config_and_policy(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
-    costs = build_cost_table(workload.layers, config.hardware, formats=config.quantization.formats)
+    quant = config.quantization
+    costs = build_cost_table(
+        workload.layers, config.hardware, formats=quant.formats, reference_bits=quant.reference_bits
+    )
     if policy_file is None:
         policy = costs.reference_policy()
     else:
@@ -138,6 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """Export the model quantized by a policy as ONNX (Q/DQ per layer) with a JSON sidecar of bits and scales."""
     from mpq_rl.export import export_policy, sidecar_path
+    from mpq_rl.export_check import ExportCheck
     from mpq_rl.finetune import checked_policy
     from mpq_rl.workload import load_workload
 
@@ -146,8 +151,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
     policy = checked_policy(workload, config.quantization, policy_file)
-    sidecar = export_policy(workload, policy, args.output, weights=args.weights)
+    sidecar = export_policy(
+        workload, policy, args.output, weights=args.weights, min_agreement=args.min_agreement, threads=args.threads
+    )
     print(f"wrote {args.output} (opset {sidecar['opset']}, {sidecar['scales']} scales) and {sidecar_path(args.output)}")
+    if sidecar["check"] is not None:
+        print("\n".join(ExportCheck(**sidecar["check"]).lines()))
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -253,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", help="finetuned weights: an evaluate --output folder or its model.safetensors")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
     export.add_argument("--output", required=True, help="the model file to write, e.g. model.onnx")
+    export.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        metavar="F",
+        help="fail when onnxruntime's top-1 agreement (or cosine) with the simulation is below F (default 0.99)",
+    )
+    export.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the latency figures")
     search = add("search", cmd_search)
     search.add_argument(
         "--agent",

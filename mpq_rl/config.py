@@ -91,6 +91,10 @@ class QuantizationConfig(_Section):
     include: str | None = None
     exclude: str | None = None
     pin: dict[str, list[int]] = Field(default_factory=dict)
+    weight_only_activation_bits: int = FLOAT_BITS[-1]
+    """The precision activations run at in a weight-only search (``activation_bits: []``): 32 or 16 (floating
+    point) or an integer bit-width; every layer's input is simulated and costed at it, and the budget's reference
+    is W8 with activations at it, so weight bits alone reach any budget down to the lowest weight bits."""
     weight_range: Literal["mse", "minmax", "percentile"] = "mse"
     activation_range: Literal["mse", "minmax", "percentile"] = "mse"
     percentile: float = Field(99.99, gt=50.0, le=100.0, allow_inf_nan=False)
@@ -115,6 +119,12 @@ class QuantizationConfig(_Section):
     @classmethod
     def _activation_bits(cls, v: list[int]) -> list[int]:
         return _check_bits(v, "quantization.activation_bits")
+
+    @field_validator("weight_only_activation_bits")
+    @classmethod
+    def _weight_only_activation_bits(cls, v: int) -> int:
+        _check_allowed([v], "quantization.weight_only_activation_bits")
+        return v
 
     @field_validator("include", "exclude")
     @classmethod
@@ -141,8 +151,13 @@ class QuantizationConfig(_Section):
 
     @property
     def activation_candidates(self) -> list[int]:
-        """The activation bits to choose from: ``[32]`` (floating point) for a weight-only search."""
-        return self.activation_bits or [FLOAT_BITS[-1]]
+        """The activation bits to choose from: ``[weight_only_activation_bits]`` for a weight-only search."""
+        return self.activation_bits or [self.weight_only_activation_bits]
+
+    @property
+    def reference_bits(self) -> tuple[int, int]:
+        """The bits budgets are fractions of: W8A8, or W8 at the deployed activation precision when weight-only."""
+        return (REFERENCE_BITS[0], self.weight_only_activation_bits) if self.weight_only else REFERENCE_BITS
 
 
 class HardwareConfig(_Section):

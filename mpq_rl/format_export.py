@@ -73,7 +73,8 @@ def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: l
     for name, layer in layers.items():
         weight_name = f"{name}.weight"
         # A layer whose weight is integer reads it from the integer exporter's DequantizeLinear.
-        weight_inputs = {weight_name, f"{name}.weight_dequantized"}
+        dequantized = {out for node in graph.node if node.name == f"{name}/weight_dequantize" for out in node.output}
+        weight_inputs = {weight_name, *dequantized}
         consumers = [i for i, node in enumerate(graph.node) if set(node.input[1:2]) & weight_inputs]
         if not consumers or (layer.weight_code is not None and weight_name not in initializers):
             raise UserError(f"layer {name!r}: its weight is not a constant input of a node in the exported graph")
@@ -146,3 +147,13 @@ def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: l
             record["a_bits"] = formats.bits_of(quantizer.code)
             record["a_format"] = formats.format_of(quantizer.code)
     return before
+
+
+def splice(graph, before: Mapping[int, list]) -> None:
+    """Insert ``before[i]`` ahead of node ``i`` of ``graph``, for every ``i`` (indices of the graph as it is)."""
+    nodes = []
+    for i, node in enumerate(graph.node):
+        nodes.extend(before.get(i, []))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)

@@ -1,8 +1,11 @@
 """Layer discovery: the table of quantizable layers of any PyTorch model, measured from one real forward pass.
 
 Layers are named by their fully qualified module name (``model.named_modules()``), listed in the order they first
-run, and described by what the forward pass actually did (shapes, MACs), so the table is right for residual
-blocks, shared modules and Hugging Face transformers alike, without rewriting the model.
+run, and described by what the forward pass actually did (shapes, MACs, calls), so the table is right for residual
+blocks, shared modules, inputs of any rank and Hugging Face transformers alike, without rewriting the model.
+``nn.MultiheadAttention`` contributes its projections (``<attention>.in_proj`` and ``<attention>.out_proj``, see
+:mod:`mpq_rl.attention`). The same pass records which weights the model multiplies with (:mod:`mpq_rl.coverage`),
+so the table says what share of them it covers and names the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mpq_rl import attention
+from mpq_rl.coverage import weight_uses
 from mpq_rl.errors import UserError
 
 QUANTIZABLE_TYPES: dict[type[nn.Module], str] = {
@@ -85,6 +90,11 @@ class LayerTable:
     left_out: dict[str, str] = field(default_factory=dict)
     """Quantizable modules that run but are not in the table, each with the reason (e.g. its output never
     reaches the model's output): they are not searched, stay FP32 and cost nothing."""
+    weights_covered: int = 0
+    """Weight values (elements) of the table's layers."""
+    not_covered: dict[str, int] = field(default_factory=dict)
+    """Parameters the model multiplies with that no layer of the table holds (name -> elements), e.g. weights of
+    modules mpq_rl cannot quantize or used through ``torch.nn.functional``: they stay FP32 and cost nothing."""
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -115,6 +125,20 @@ class LayerTable:
     def total_params(self) -> int:
         return sum(layer.params for layer in self.layers)
 
+    @property
+    def coverage(self) -> float:
+        """The share of the model's weights (values multiplied with activations) that the table's layers hold."""
+        total = self.weights_covered + sum(self.not_covered.values())
+        return self.weights_covered / total if total else 1.0
+
+    def coverage_line(self) -> str:
+        """One line: the coverage share, and the uncovered weights by name (largest first)."""
+        line = f"weights covered: {self.coverage:.2%} ({self.weights_covered:,} values)"
+        if self.not_covered:
+            ranked = sorted(self.not_covered.items(), key=lambda item: -item[1])
+            line += "; not covered (FP32, not costed): " + _preview(f"{name} ({size:,})" for name, size in ranked)
+        return line
+
     def select(self, include: str | None = None, exclude: str | None = None) -> list[str]:
         """Names matching ``include`` (all when None) and not ``exclude``, both regexes searched in the name."""
         chosen = [
@@ -135,6 +159,8 @@ class LayerTable:
             "example_batch": self.example_batch,
             "extra": dict(self.extra),
             "left_out": dict(self.left_out),
+            "weights_covered": self.weights_covered,
+            "not_covered": dict(self.not_covered),
             "layers": [asdict(layer) for layer in self.layers],
         }
 
@@ -152,6 +178,8 @@ class LayerTable:
             data.get("example_batch", 1),
             data.get("extra", {}),
             data.get("left_out", {}),
+            data.get("weights_covered", 0),
+            data.get("not_covered", {}),
         )
 
 
@@ -159,6 +187,13 @@ def _preview(names: Iterable[str], limit: int = 8) -> str:
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def layer_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module of ``model`` by name, plus the projections of its attention modules (routing them, see
+    :mod:`mpq_rl.attention`): the namespace in which layers are looked up."""
+    projections = attention.route(model)
+    return {**dict(model.named_modules()), **projections}
 
 
 def quantizable_kind(module: nn.Module) -> str | None:
@@ -207,7 +242,7 @@ def unreachable_layers(model: nn.Module, example: Any, names: Iterable[str]) -> 
     """
     from mpq_rl.metrics import output_tensor
 
-    modules = dict(model.named_modules())
+    modules = layer_modules(model)
     produced: dict[str, list[Any]] = {name: [] for name in names}
     flags = {p: p.requires_grad for p in model.parameters()}
     handles = []
@@ -272,7 +307,7 @@ def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> Lay
 
         return hook
 
-    modules = dict(model.named_modules())
+    modules = layer_modules(model)
     for name, module in modules.items():
         kind = quantizable_kind(module)
         if kind is not None:
@@ -280,7 +315,7 @@ def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> Lay
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), weight_uses(model) as used:
             call_model(model, example)
     finally:
         for handle in handles:
@@ -327,9 +362,21 @@ def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> Lay
                 stride=stride,
                 input_shape=rec["input_shape"],
                 output_shape=rec["output_shape"],
-                params=sum(p.numel() for p in module.parameters(recurse=False)),
+                params=module.weight.numel() + (0 if module.bias is None else module.bias.numel()),
                 macs=int(rec["macs"]),
                 calls=rec["calls"],
             )
         )
-    return LayerTable(tuple(layers), model_name=model_name, example_batch=batch, left_out=left_out)
+    names = {id(p): name for name, p in model.named_parameters()}
+    covered = {names[id(modules[name].weight)]: modules[name].weight.numel() for name in order}
+    dead = {names.get(id(modules[name].weight)) for name in left_out}
+    parameters = dict(model.named_parameters())
+    not_covered = {n: parameters[n].numel() for n in sorted(used) if n not in covered and n not in dead}
+    return LayerTable(
+        tuple(layers),
+        model_name=model_name,
+        example_batch=batch,
+        left_out=left_out,
+        weights_covered=sum(covered.values()),
+        not_covered=not_covered,
+    )

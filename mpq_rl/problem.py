@@ -7,6 +7,7 @@ reward, and results are comparable at equal numbers of evaluations.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,12 @@ def build_problem(
         workload,
         costs
         if costs is not None
-        else build_cost_table(workload.layers, config.hardware, formats=config.quantization.formats),
+        else build_cost_table(
+            workload.layers,
+            config.hardware,
+            formats=config.quantization.formats,
+            reference_bits=config.quantization.reference_bits,
+        ),
         evaluator,
         quantization=config.quantization,
         metric=config.hardware.metric,
@@ -97,6 +103,8 @@ class SearchProblem:
     ) -> None:
         self.workload = workload
         self.costs = costs
+        if workload.layers.coverage < 1.0:
+            print(f"warning: the search leaves weights out; {workload.layers.coverage_line()}", file=sys.stderr)
         self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else Evaluator(self.workload)
         self.reward_fn: Callable[[Outcome], float] = build_reward(reward)

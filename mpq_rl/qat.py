@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes
+from mpq_rl.layers import layer_modules
 from mpq_rl.policy import BitPair, Policy
 from mpq_rl.quant import is_float_bits, symmetric_levels, weight_scale
 from mpq_rl.simulator import _ATTACHED, QuantSimulator
@@ -132,7 +133,7 @@ class LsqAttachment:
     """
 
     def __init__(self, model: nn.Module, scales: Mapping[str, LayerScales]) -> None:
-        modules = dict(model.named_modules())
+        modules = layer_modules(model)
         for name in scales:
             if name not in modules:
                 raise UserError(f"the model has no module named {name!r}: check the policy's layer names")

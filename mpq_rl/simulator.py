@@ -21,7 +21,7 @@ from torch import nn
 from mpq_rl import formats
 from mpq_rl.errors import UserError
 from mpq_rl.kernels import fake_quantize
-from mpq_rl.layers import batch_size_of, call_model
+from mpq_rl.layers import batch_size_of, call_model, layer_modules
 from mpq_rl.policy import BitPair
 from mpq_rl.quant import ActivationQuantizer, RangeMethod, activation_quantizer, is_float_bits, quantize_weight
 
@@ -130,7 +130,7 @@ class QuantSimulator:
         percentile: float = 99.99,
         seed: int = 0,
     ) -> None:
-        modules = dict(model.named_modules())
+        modules = layer_modules(model)
         missing = [name for name in layer_names if name not in modules]
         if missing:
             raise UserError(f"the model has no module named {missing[0]!r}: check the layer names")

@@ -28,7 +28,8 @@ def test_report_rows_totals_and_ratios(layers):
     costs = build_cost_table(layers, HardwareConfig(preset="bitfusion"))
     policy = {"0": (4, 8), "1": (8, 4), "3": (2, 2)}
     report = cost_report(layers, costs, policy)
-    assert set(report) == {"layers", "total", "reference", "units"} and report["units"] == "SI"
+    assert set(report) == {"layers", "total", "reference", "reference_bits", "units"} and report["units"] == "SI"
+    assert report["reference_bits"] == [8, 8]
     assert [set(row) for row in report["layers"]] == [ROW_KEYS] * 3
     assert [row["name"] for row in report["layers"]] == ["0", "1", "3"]
     assert report["layers"][1]["kind"] == "conv2d" and report["layers"][2]["w_bits"] == 2

@@ -1,7 +1,8 @@
 """The compiled cost of a model on a hardware preset: ``[layer, w_bits, a_bits]`` tables of four metrics.
 
 A policy's cost is a sum of table lookups (microseconds), so a search can price thousands of candidates per second.
-Budgets are fractions of :meth:`CostTable.reference`, the W8A8 cost of the same model on the same hardware.
+Budgets are fractions of :meth:`CostTable.reference`, the cost of the same model on the same hardware at
+``reference_bits``: W8A8, or W8 with activations at their deployed precision for a weight-only search.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class CostTable:
     batch_size: int = 1
     table_units: bool = False
     """Latency and energy are a measured table's own numbers (its unit, not seconds and joules)."""
+    reference_bits: tuple[int, int] = REFERENCE_BITS
     _layer_pos: dict[str, int] = field(init=False, repr=False)
     _bit_pos: dict[int, int] = field(init=False, repr=False)
     _plain_cache: tuple[dict[str, list], dict[str, float]] | None = field(init=False, repr=False, default=None)
@@ -154,10 +156,10 @@ class CostTable:
         return self._plain_cache
 
     def reference_policy(self) -> dict[str, tuple[int, int]]:
-        return {name: REFERENCE_BITS for name in self.layer_names}
+        return {name: self.reference_bits for name in self.layer_names}
 
     def reference(self, metric: str) -> float:
-        """The W8A8 total of ``metric``, the denominator of every budget."""
+        """The total of ``metric`` at :attr:`reference_bits` (W8A8 by default), the denominator of every budget."""
         return self.total(self.reference_policy(), metric)
 
     def memory_bound(self, policy: Mapping[str, Sequence[int]]) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.config import HardwareConfig
+from mpq_rl.config import REFERENCE_BITS, HardwareConfig
 from mpq_rl.errors import UserError
 from mpq_rl.formats import bits_of, candidate_codes
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
@@ -84,10 +84,15 @@ FORMAT_BLIND_PRESETS = ("bops", "size")
 
 
 def build_cost_table(
-    layers: LayerTable, hardware: HardwareConfig, bits: tuple[int, ...] = BITS, formats: Sequence[str] = ("int",)
+    layers: LayerTable,
+    hardware: HardwareConfig,
+    bits: tuple[int, ...] = BITS,
+    formats: Sequence[str] = ("int",),
+    reference_bits: tuple[int, int] = REFERENCE_BITS,
 ) -> CostTable:
     """Compile ``layers`` on the hardware of ``hardware`` into a :class:`CostTable` over ``bits`` x ``bits``,
-    extended by the precision codes of ``formats`` (:mod:`mpq_rl.formats`) beyond integers."""
+    extended by the precision codes of ``formats`` (:mod:`mpq_rl.formats`) beyond integers, with budgets relative
+    to ``reference_bits`` (``QuantizationConfig.reference_bits``)."""
     model = resolve_model(hardware)
     shapes = LayerShapes.from_table(layers)
     bits = (*bits, *(c for c in candidate_codes(list(formats), [b for b in bits if b <= 8]) if c not in bits))
@@ -119,5 +124,6 @@ def build_cost_table(
         preset=hardware.preset,
         memory_bound_table=costs.memory_bound,
         batch_size=model.batch_size if "batch_size" in fields else 1,
+        reference_bits=reference_bits,
         table_units=costs.table_units,
     )

@@ -56,7 +56,13 @@ def cost_report(
         ok = total[key] is not None and ref_total[key]
         total[f"{m}_ratio"] = total[key] / ref_total[key] if ok else None
     units = "table" if costs.table_units else "SI"
-    return {"layers": rows, "total": total, "reference": ref_total, "units": units}
+    return {
+        "layers": rows,
+        "total": total,
+        "reference": ref_total,
+        "reference_bits": list(costs.reference_bits),
+        "units": units,
+    }
 
 
 _COLUMNS = (
@@ -121,11 +127,12 @@ def render_cost_report(report: Mapping[str, Any], metric: str = "latency") -> st
     lines.append("-" * len(header))
     pad = " " * (name_width + 1 + 10 + 9 + 10 + 6)
     lines.append(f"{'total':<{len(pad)}}" + _cost_cells(report["total"], scale))
-    lines.append(f"{'W8A8 reference':<{len(pad)}}" + _cost_cells(report["reference"], scale))
+    reference = "W{}A{}".format(*report["reference_bits"])
+    lines.append(f"{reference + ' reference':<{len(pad)}}" + _cost_cells(report["reference"], scale))
     ratios = "".join(
         _fmt(report["total"][f"{m}_ratio"], 1, width, 4) for m, width in zip(METRICS, (11, 11, 9, 10), strict=True)
     )
-    lines.append(f"{'ratio vs W8A8':<{len(pad)}}" + ratios)
+    lines.append(f"{'ratio vs ' + reference:<{len(pad)}}" + ratios)
     unit_note = "in the measured table's own units" if table else "per batch"
     lines.append(f"share: part of total {metric}; * = memory-bound; latency and energy {unit_note}")
     return "\n".join(lines)
