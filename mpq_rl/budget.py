@@ -43,9 +43,11 @@ class Budget:
     fixed_cost: float
     """Cost of the layers outside the search, at their fixed bits."""
     reference: float
-    """W8A8 cost of the whole model."""
+    """Cost of the whole model at ``reference_bits``."""
     fraction: float
     metric: str
+    reference_bits: tuple[int, int] = (8, 8)
+    """W8A8, or W8 with activations at their deployed precision for a weight-only search."""
 
     def __post_init__(self) -> None:
         self.limit = self.fraction * self.reference * (1.0 + _SLACK)
@@ -77,6 +79,7 @@ class Budget:
         fraction: float,
         metric: str,
         reference: float,
+        reference_bits: tuple[int, int] = (8, 8),
     ) -> Budget:
         """Slice a cost table ``[layer, w, a]`` (bits ``table_bits``) down to the searched layers' candidates."""
         position = {b: i for i, b in enumerate(table_bits)}
@@ -94,6 +97,7 @@ class Budget:
             reference=reference,
             fraction=fraction,
             metric=metric,
+            reference_bits=tuple(reference_bits),
         )
 
     def with_fraction(self, fraction: float) -> Budget:
@@ -109,8 +113,9 @@ class Budget:
 
     def check_feasible(self) -> None:
         if self.fixed_cost + self.suffix_min[0] > self.limit:
+            reference = "W{}A{}".format(*self.reference_bits)
             raise UserError(
-                f"budget {self.fraction:g} of W8A8 {self.metric} cannot be met: the lowest bits reach "
+                f"budget {self.fraction:g} of {reference} {self.metric} cannot be met: the lowest bits reach "
                 f"{self.min_fraction:.4f} at best; raise budget to at least {self.min_fraction:.4f} or allow lower bits"
             )
 

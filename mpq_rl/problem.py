@@ -127,6 +127,7 @@ class SearchProblem:
             fraction=budget.fraction,
             metric=self.metric,
             reference=self.costs.reference(self.metric),
+            reference_bits=self.costs.reference_bits,
         )
         self.budget.check_feasible()
         self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.proxy)

@@ -43,3 +43,11 @@ def test_weight_only_activation_bits_must_be_a_bit_width(tmp_path, capsys):
     config.write_text("quantization: {activation_bits: [], weight_only_activation_bits: 12}\n")
     assert main(["cost", "--config", str(config)]) == 2
     assert "weight_only_activation_bits" in capsys.readouterr().err
+
+
+def test_an_impossible_weight_only_budget_names_its_reference(tmp_path, capsys):
+    config = tmp_path / "weight_only.yaml"
+    config.write_text("quantization: {activation_bits: [], weight_only_activation_bits: 16}\n")
+    args = ["search", "--config", str(config), "--budget", "0.01", "--output", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 2
+    assert "budget 0.01 of W8A16 latency cannot be met" in capsys.readouterr().err
