@@ -109,8 +109,7 @@ class TensorBoardLogger:
         self.searched = searched
         self.writer = SummaryWriter(str(self.folder), purge_step=None if keep is None else keep + 1)
         self._window: list[Episode] = []
-        if keep is None:
-            self.writer.add_custom_scalars(layout())
+        self.writer.add_custom_scalars(layout())  # again on resume: an interrupted part may not have flushed it
 
     def __call__(self, number: int, episode: Episode, recorder: Any, improved: bool) -> None:
         scalars = {REWARD: episode.reward, PROJECTED_LAYERS: episode.projected_layers}

@@ -117,9 +117,11 @@ class RunParts:
         )
         write_manifest(self.folder, self.parts)
 
-    def update(self, wall_seconds: float, evaluations: int) -> None:
-        """Record the current part's wall time and evaluations so far."""
-        self.parts[-1].update(wall_seconds=round(wall_seconds, 3), evaluations=evaluations)
+    def update(self, wall_seconds: float, evaluations: int | None = None) -> None:
+        """Record the current part's wall time (and its evaluations, when given) so far."""
+        self.parts[-1]["wall_seconds"] = round(wall_seconds, 3)
+        if evaluations is not None:
+            self.parts[-1]["evaluations"] = evaluations
         write_manifest(self.folder, self.parts)
 
     def total(self, key: str) -> float:

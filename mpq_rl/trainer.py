@@ -349,9 +349,8 @@ def _search(
     parts = RunParts(folder)
     parts.start(after_episode=kept, redone=len(previous) - kept)
 
-    def save_part(evaluations: int | None = None) -> None:
-        searched = len(evaluator.cache) - cached_at_start if evaluations is None else evaluations
-        parts.update(time.perf_counter() - started, searched)
+    def save_part() -> None:
+        parts.update(time.perf_counter() - started, len(evaluator.cache) - cached_at_start)
 
     # -- the recorder and its listeners ---------------------------------------------------------------------------
     proxy_name = config.proxy.key
@@ -409,7 +408,7 @@ def _search(
     evaluator.close()
     logger.finish(recorder.best, best_test, recorder.count)
     logger.close()
-    save_part(evaluations=int(parts.parts[-1]["evaluations"]))  # the held-out scoring adds wall time only
+    parts.update(time.perf_counter() - started)  # the held-out scoring adds wall time, not evaluations
 
     result = SearchResult(
         output=folder,
