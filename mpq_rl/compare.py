@@ -1,10 +1,12 @@
 """``mpq-rl compare``: several searchers on one config and budget, at the same evaluation budget, over seeds.
 
 Each (searcher, seed) is an ordinary run (:func:`mpq_rl.trainer.run_search`) in ``OUTPUT/{name}-seed{seed}``, so
-every run folder can be inspected or resumed on its own. The comparison then writes ``compare.md`` (per searcher:
-held-out score of the best in-budget policy, mean and standard deviation over seeds; its calibration proxy; its
-cost ratio; evaluations; wall time), ``compare.json`` (the same, and every run) and ``pareto.png`` (each
-searcher's calibration Pareto front, and the held-out score of each run's best policy against its cost).
+every run folder can be inspected or resumed on its own; with ``parallel.backend: ray`` the runs are Ray tasks on
+the cluster (:mod:`mpq_rl.compare_on_ray`), with the same folders and results. The comparison then writes
+``compare.md`` (per searcher: held-out score of the best in-budget policy, mean and standard deviation over seeds;
+its calibration proxy; its cost ratio; evaluations; wall time), ``compare.json`` (the same, and every run) and
+``pareto.png`` (each searcher's calibration Pareto front, and the held-out score of each run's best policy against
+its cost).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def compare(
             print(f"mpq-rl: {folder} holds this run finished: reading it back", file=sys.stderr)
             found[index] = result
         else:
-            resumable = (folder / CONFIG_FILE).is_file() and run_config(folder) == run
+            resumable = (folder / CONFIG_FILE).is_file() and run_config(folder).same_search(run)
             pending.append((index, run, folder if resumable else None))
     if on_ray:
         from mpq_rl.compare_on_ray import run_on_ray

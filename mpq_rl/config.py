@@ -284,6 +284,11 @@ class RunConfig(_Section):
         """Where this run's evaluations run: :attr:`parallel` resolved against ``agent.n_envs``."""
         return self.parallel.resolved(self.agent.n_envs)
 
+    def same_search(self, other: RunConfig) -> bool:
+        """Whether ``other`` is this search, wherever its evaluations run: equal but for ``parallel`` (a parallel
+        run records exactly what a serial one does), so a run finished or begun on one backend counts on another."""
+        return self.model_copy(update={"parallel": other.parallel}) == other
+
     def with_overrides(self, **changes: Any) -> RunConfig:
         """A copy with dotted keys replaced, e.g. ``{"agent.episodes": 10}``; validated like a file."""
         data = self.model_dump(mode="json")
