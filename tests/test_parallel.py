@@ -118,3 +118,10 @@ def test_process_backend_with_two_workers_records_what_a_serial_search_does(
     # the workers evaluated the batches: the driver measured only what came alone (greedy's first policy, its
     # refinement one neighbour at a time)
     assert problem.evaluator.cache.misses < serial_misses - 8
+
+
+def test_a_run_is_the_same_search_wherever_its_evaluations_run():
+    serial = parse_config({"seed": 3})
+    on_ray = serial.with_overrides(**{"parallel.backend": "ray", "parallel.workers": 4})
+    assert serial.same_search(on_ray) and on_ray.same_search(serial)
+    assert not serial.same_search(on_ray.with_overrides(seed=4))
