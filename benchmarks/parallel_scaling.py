@@ -37,6 +37,7 @@ NAME = "parallel_scaling"
 TARGET = 1.7
 """Evaluations per hour with 2 workers over 1 worker, on 2 cores (issue 16)."""
 HEADER = [
+    "workload",
     "variant (backend, workers)",
     "ms / evaluation",
     "evaluations / hour",
@@ -46,7 +47,10 @@ HEADER = [
 ]
 WORKER_COUNTS = (8, 32, 128)
 HIT_RATES = (0.0, 0.5, 0.9)
-WARMUP_POLICIES = 64
+WORKLOADS = {"digits": None, "minilm": Path(__file__).resolve().parent.parent / "experiments/configs/minilm.yaml"}
+"""The default digits problem (an evaluation of about 10 ms) and the MiniLM one (about 1 s)."""
+BATCHES = {"digits": (24, 5), "minilm": (8, 3)}
+"""Policies per batch and interleaved rounds, per workload."""
 EVALUATIONS_PER_SEARCH = 300
 """The default ``agent.episodes``: a search, for searches per hour."""
 
@@ -69,32 +73,32 @@ def _backends(spec: Any, workers: int) -> dict[str, Any]:
     return {f"process, {workers}": Processes(spec, workers, threads=1), f"ray, {workers}": RayActors(spec, workers)}
 
 
-def run(policies: int = 24, repeats: int = 5) -> dict[str, Any]:
-    import ray
-
+def run(workload: str = "digits", policies: int = 24, repeats: int = 5) -> dict[str, Any]:
     from mpq_rl.agents.random_search import sample_policy
     from mpq_rl.config import load_config
     from mpq_rl.problem import build_problem
+    from mpq_rl.ray_cluster import connect, disconnect
 
     torch.set_num_threads(1)  # one thread in every process: 2 workers on 2 cores use both, and no more
     info = machine()
-    problem = build_problem(load_config())
-    evaluator = problem.evaluator
+    problem = build_problem(load_config(WORKLOADS[workload]))
+    evaluator, budget = problem.evaluator, problem.budget
     rng = np.random.default_rng(0)
-    batch = [problem.policy(sample_policy(problem.budget, rng)) for _ in range(policies)]
-    # other policies first, so every worker has calibrated the ranges of (nearly) every (layer, bits) the timed
-    # batch uses, as it has a few dozen episodes into a search; the driver warms on the batch itself
-    warmup = [problem.policy(sample_policy(problem.budget, rng)) for _ in range(WARMUP_POLICIES)]
+    batch = [problem.policy(sample_policy(budget, rng)) for _ in range(policies)]
+    # every layer at every (w, a) pair, twice: each worker quantizes every (layer, bits) and calibrates its range
+    # (done once per process, on first use) before the timing, as it has early in a search
+    pairs = [(w, a) for w in range(len(budget.weight_bits)) for a in range(len(budget.activation_bits))]
+    warmup = 2 * [problem.policy([pair] * len(problem.searched)) for pair in pairs]
 
     # one CPU per actor of the 1- and 2-worker backends (idle ones hold theirs); the machine's cores are what they are
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    joined = connect(None, cpus=3)
     backends = {**_backends(problem.spec, 1), **_backends(problem.spec, 2)}
     startup = {}
     for name, backend in backends.items():
         started = time.perf_counter()
         backend.evaluate(warmup)
         startup[name] = time.perf_counter() - started
-    for policy in batch:
+    for policy in warmup:
         evaluator.measure(policy)
 
     driver_cpu: dict[str, float] = {}
@@ -113,9 +117,11 @@ def run(policies: int = 24, repeats: int = 5) -> dict[str, Any]:
     hit_s = _hit_seconds(problem, batch)
     for backend in backends.values():
         backend.close()
-    ray.shutdown()
+    disconnect(joined)
     per_eval = {name: float(np.median(t)) / len(batch) for name, t in times.items()}
     return {
+        "workload": workload,
+        "warmup": len(warmup),
         "machine": info,
         "end_load": machine()["load_average"],
         "policies": len(batch),
@@ -142,55 +148,60 @@ def _hit_seconds(problem: Any, batch: list[Any]) -> float:
     return (time.perf_counter() - started) / (len(batch) - 1)
 
 
-def report(outcome: dict[str, Any]) -> list[str]:
-    per_eval, startup = outcome["per_eval_s"], outcome["startup_s"]
-    local = per_eval["local"]
-    rows = [["local (the driver alone)", f"{1e3 * local:.1f}", f"{3600 / local:,.0f}", "-", "-", "-"]]
-    for name in startup:
-        overhead = per_eval[name] - local if name.endswith(", 1") else None
-        rows.append(
-            [
-                name,
-                f"{1e3 * per_eval[name]:.1f}",
-                f"{3600 / per_eval[name]:,.0f}",
-                f"{outcome['vs_local'][name]:.2f}x",
-                "-" if overhead is None else f"{1e3 * overhead:+.1f}",
-                f"{startup[name]:.1f}",
-            ]
-        )
-    rest = EVALUATIONS_PER_SEARCH - WARMUP_POLICIES  # the warm-up's are in the start-up time
-    searches = [
-        f"{kind} {w}: {3600 / (startup[f'{kind}, {w}'] + rest * per_eval[f'{kind}, {w}']):.1f}"
-        for kind in ("process", "ray")
-        for w in (1, 2)
-    ]
-    model = _model_rows(outcome)
-    speedup = outcome["speedup"]
+def report(outcomes: list[dict[str, Any]]) -> list[str]:
+    first = outcomes[0]  # the machine and the load at the start
+    rows, notes, model = [], [], []
+    for outcome in outcomes:
+        workload, per_eval, startup = outcome["workload"], outcome["per_eval_s"], outcome["startup_s"]
+        local = per_eval["local"]
+        rows.append([workload, "local (the driver alone)", f"{1e3 * local:.1f}", f"{3600 / local:,.0f}", "-", "-", "-"])
+        for name in startup:
+            overhead = per_eval[name] - local if name.endswith(", 1") else None
+            rows.append(
+                [
+                    workload,
+                    name,
+                    f"{1e3 * per_eval[name]:.1f}",
+                    f"{3600 / per_eval[name]:,.0f}",
+                    f"{outcome['vs_local'][name]:.2f}x",
+                    "-" if overhead is None else f"{1e3 * overhead:+.1f}",
+                    f"{startup[name]:.1f}",
+                ]
+            )
+        rest = max(EVALUATIONS_PER_SEARCH - outcome["warmup"], 0)  # the warm-up's are in the start-up time
+        searches = ", ".join(f"{name} {3600 / (startup[name] + rest * per_eval[name]):.1f}" for name in startup)
+        speedup = outcome["speedup"]
+        notes += [
+            f"- {workload}: 2 workers over 1 (median of per-round ratios): process {speedup['process']:.2f}x, ray "
+            f"{speedup['ray']:.2f}x (target >= {TARGET}x: process {_verdict(speedup['process'])}, ray "
+            f"{_verdict(speedup['ray'])}); searches of {EVALUATIONS_PER_SEARCH} evaluations per hour, start-up "
+            f"included: {searches}; driver CPU per evaluation: "
+            + ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in outcome["driver_cpu_s"].items())
+            + f"; an episode answered from the cache: {1e3 * outcome['hit_s']:.2f} ms"
+        ]
+        model += _model_rows(outcome)
     return [
         "## Parallel evaluation: 1 vs 2 workers, dispatch overhead, simulated scaling (benchmarks/parallel_scaling.py)",
         "",
-        f"{outcome['policies']} fresh random in-budget policies of the default digits problem (512 calibration "
-        f"samples) evaluated as one batch by each variant, {outcome['repeats']} interleaved rounds, one torch thread "
-        "per process, every backend started and warm; medians. The machine is shared with other jobs (see the load "
-        "averages): the 2-worker figures are what was left of its 2 cores.",
+        "Fresh random in-budget policies of the default digits problem (512 calibration samples) and of "
+        "experiments/configs/minilm.yaml (64 sentences), evaluated as one batch by each variant ("
+        + ", ".join(f"{o['workload']} {o['policies']} policies, {o['repeats']} rounds" for o in outcomes)
+        + "; interleaved), one torch thread per process, every backend started and "
+        "warmed up (start-up: building the problem in each worker, then every layer at every bit pair, twice); "
+        "medians. The machine is shared with other jobs (see the load averages: more runnable processes than its 2 "
+        "cores): the figures are what the variants got of it, side by side.",
         "",
-        *machine_lines(outcome["machine"], outcome["end_load"]),
+        *machine_lines(first["machine"], outcomes[-1]["end_load"]),
         "",
         *table(HEADER, rows),
         "",
-        f"- 2 workers over 1 (median of per-round ratios): process {speedup['process']:.2f}x, ray "
-        f"{speedup['ray']:.2f}x; target >= {TARGET}x: process {_verdict(speedup['process'])}, ray "
-        f"{_verdict(speedup['ray'])}",
-        f"- searches of {EVALUATIONS_PER_SEARCH} fresh evaluations per hour, start-up and warm-up included: "
-        + ", ".join(searches),
-        "- driver CPU per evaluation: "
-        + ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in outcome["driver_cpu_s"].items())
-        + f"; an episode answered from the cache: {1e3 * outcome['hit_s']:.2f} ms",
+        *notes,
         "",
-        "Simulated speed-up over one evaluation at a time (a model, see the module docstring: driver serial time per "
-        "evaluation = the Ray driver's CPU per evaluation, dispatch overhead = ray, 1 minus local):",
+        "Simulated speed-up over one evaluation at a time in the driver (a model, see the module docstring: "
+        "evaluation = local, dispatch overhead = ray 1 minus local, driver serial time = the Ray driver's CPU per "
+        "evaluation with 2 workers):",
         "",
-        *table(["cache hit rate", *(f"{w} workers" for w in WORKER_COUNTS)], model),
+        *table(["workload", "cache hit rate", *(f"{w} workers" for w in WORKER_COUNTS)], model),
     ]
 
 
@@ -200,7 +211,7 @@ def _model_rows(outcome: dict[str, Any]) -> list[list[str]]:
     overhead = max(per_eval["ray, 1"] - evaluation, 0.0)
     driver = outcome["driver_cpu_s"]["ray, 2"]
     return [
-        [f"{hit:.0%}"]
+        [outcome["workload"], f"{hit:.0%}"]
         + [f"{simulated_speedup(w, evaluation, overhead, driver, hit, outcome['hit_s']):.1f}x" for w in WORKER_COUNTS]
         for hit in HIT_RATES
     ]
@@ -210,14 +221,15 @@ def _verdict(ratio: float) -> str:
     return "met" if ratio >= TARGET else "**missed**"
 
 
-def main(argv: Sequence[str] | None = None, write: Writer = write_section) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None, write: Writer = write_section) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", type=int, default=24, help="policies per batch")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--policies", type=int, help="policies per batch (default: digits 24, minilm 8)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds (default: digits 5, minilm 3)")
     args = parser.parse_args(argv)
-    outcome = run(args.policies, args.repeats)
-    publish(NAME, report(outcome), write)
-    return outcome
+    outcomes = [run(w, args.policies or BATCHES[w][0], args.repeats or BATCHES[w][1]) for w in args.workloads]
+    publish(NAME, report(outcomes), write)
+    return outcomes
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Joining a Ray cluster: the optional ``ray`` extra, a local cluster started for the run, or an existing one.
 
-``parallel.address: null`` starts a local cluster with the CPUs the run asks for (Ray has no local mode any more);
-``auto`` joins the cluster ``ray start --head`` started on this machine, ``host:port`` the one at that address. A
-process that already joined a cluster (e.g. a test that called ``ray.init``) keeps it.
+``parallel.address: null`` starts a local cluster with the CPUs the run asks for (Ray has no local mode any more),
+its workers at the driver's priority (Ray lowers them to nice 15 by default, which on a machine shared with other
+jobs leaves evaluations waiting behind everyone else's work). ``auto`` joins the cluster ``ray start --head``
+started on this machine, ``host:port`` the one at that address. A process that already joined a cluster (e.g. a
+test that called ``ray.init``) keeps it.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 from mpq_rl.errors import UserError
 
@@ -30,7 +33,9 @@ def connect(address: str | None, cpus: int) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    options = {"address": address} if address is not None else {"num_cpus": cpus, "include_dashboard": False}
+    options: dict[str, Any] = {"address": address}
+    if address is None:
+        options = {"num_cpus": cpus, "include_dashboard": False, "_system_config": {"worker_niceness": 0}}
     try:
         ray.init(**options, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:
