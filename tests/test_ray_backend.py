@@ -21,6 +21,7 @@ from mpq_rl.config import ParallelConfig
 from mpq_rl.evaluator import EvaluationCache
 from mpq_rl.pool import EvaluationPool
 from mpq_rl.problem import build_problem
+from mpq_rl.ray_cluster import connect, disconnect
 
 ray = pytest.importorskip("ray")
 
@@ -30,10 +31,10 @@ KEPT = ("agent", "seed", "test", "proxy", "cost_ratio", "evaluations")
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster(digits_model):
-    """A local Ray cluster with two CPUs, joined by this process (the backends keep it: they did not start it)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """A local Ray cluster with two CPUs, started as a search starts one (the backends keep it: they did not)."""
+    assert connect(None, cpus=2)
     yield
-    ray.shutdown()
+    disconnect(True)
 
 
 def test_compare_on_ray_gives_the_serial_comparison(small_digits_config, tmp_path, one_thread):
