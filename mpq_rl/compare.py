@@ -80,6 +80,12 @@ def compare(
     if on_ray:  # the runs share the cluster's CPUs, each evaluating in its own task
         config = config.with_overrides(**RUN_ON_ONE_CPU)
     grid = [(name, seed) for name in agents for seed in seeds]
+
+    def announce(index: int) -> None:
+        if progress and not on_ray:
+            name, seed = grid[index]
+            print(f"mpq-rl: run {index + 1} of {len(grid)}: agent {name}, seed {seed}", file=sys.stderr, flush=True)
+
     found: dict[int, Any] = {}
     pending: list[tuple[int, RunConfig, Path | None]] = []
     for index, (name, seed) in enumerate(grid):
@@ -87,6 +93,7 @@ def compare(
         run = config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)})
         result = finished_result(folder, run)
         if result is not None:
+            announce(index)
             print(f"mpq-rl: {folder} holds this run finished: reading it back", file=sys.stderr)
             found[index] = result
         else:
@@ -98,9 +105,7 @@ def compare(
         found.update(run_on_ray(pending, parallel, progress))
     else:
         for index, run, resume in pending:
-            if progress:
-                name, seed = grid[index]
-                print(f"mpq-rl: run {index + 1} of {len(grid)}: agent {name}, seed {seed}", file=sys.stderr, flush=True)
+            announce(index)
             found[index] = run_search(run, resume=resume, progress=progress)
     results = [found[index] for index in range(len(grid))]
     runs = [_run_row(name, seed, result) for (name, seed), result in zip(grid, results, strict=True)]
