@@ -40,6 +40,7 @@ from mpq_rl.formats import label
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
 from mpq_rl.logger import TB_DIR, TensorBoardLogger, logged_episodes
 from mpq_rl.metrics import format_metric
+from mpq_rl.pool import EvaluationPool
 from mpq_rl.problem import SearchProblem, build_problem
 from mpq_rl.recorder import (
     EPISODES_FILE,
@@ -71,8 +72,8 @@ PROGRESS_STEP = 0.1
 """Away from a terminal, a progress line each time this fraction of the episodes is done ..."""
 PROGRESS_SECONDS = 60.0
 """... or when this long has passed since the last line."""
-RESUMABLE_CHANGES = ("agent.episodes",)
-"""What a resumed run may change in the saved config."""
+RESUMABLE_CHANGES = ("agent.episodes", "parallel.backend", "parallel.workers", "parallel.address")
+"""What a resumed run may change in the saved config (where evaluations run does not change what they give)."""
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -316,13 +317,14 @@ def run_search(config: RunConfig | None, resume: Path | None = None, progress: b
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
     problem = build_problem(config)
+    pool = EvaluationPool(problem, config.evaluation)  # nothing starts yet, but a missing Ray stops the run here
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)
         elif not is_run_folder(folder):
             write_manifest(folder)  # a run folder of an mpq_rl from before manifests
         return _search(
-            folder, config, searcher, problem, resuming=resume is not None, progress=progress, started=started
+            folder, config, searcher, problem, pool, resuming=resume is not None, progress=progress, started=started
         )
 
 
@@ -331,6 +333,7 @@ def _search(
     config: RunConfig,
     searcher: Searcher,
     problem: SearchProblem,
+    pool: EvaluationPool,
     resuming: bool,
     progress: bool,
     started: float,
@@ -364,6 +367,7 @@ def _search(
         record=recorder,
         output=folder,
         n_envs=config.agent.n_envs,
+        pool=pool,
     )
     if previous:
         if kept < len(previous):
@@ -479,7 +483,7 @@ def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | Non
     folder = Path(folder)
     if not (folder / SUMMARY_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         return None
-    if run_config(folder) != config.with_overrides(output=str(folder)):
+    if not run_config(folder).same_search(config.with_overrides(output=str(folder))):
         return None
     fix = "delete it, and the next compare resumes the run and redoes its held-out evaluation"
     saved = read_json(folder / SUMMARY_FILE, fix)
