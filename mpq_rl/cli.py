@@ -162,7 +162,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     """Search per-layer bit-widths under the budget; write the run folder and print the best policy on test data."""
-    from mpq_rl.pool import local_processes
     from mpq_rl.trainer import run_config, run_search
 
     flags = {
@@ -181,9 +180,17 @@ def cmd_search(args: argparse.Namespace) -> None:
         config = run_config(args.resume).with_overrides(**overrides)
     else:
         config = _config(args).with_overrides(**overrides)
-    set_torch_threads(threads_per_process(local_processes(config.evaluation)))
+    _set_threads(config)
     result = run_search(config, resume=args.resume, progress=not args.no_progress)
     print(result.report())
+
+
+def _set_threads(config: RunConfig) -> None:
+    """This process's torch threads: its share of the cores with the workers it starts on this machine (the
+    workers, and a comparison's Ray tasks, set their own)."""
+    from mpq_rl.pool import local_processes
+
+    set_torch_threads(threads_per_process(local_processes(config.evaluation)))
 
 
 def _parallel_flags(args: argparse.Namespace) -> dict[str, object]:
@@ -218,13 +225,11 @@ def _int_list(text: str) -> list[int]:
 def cmd_compare(args: argparse.Namespace) -> None:
     """Run several searchers (and seeds) on one config at the same evaluation budget; table and Pareto plot."""
     from mpq_rl.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
-    from mpq_rl.pool import local_processes
 
     flags = {"agent.episodes": args.episodes, "budget.fraction": args.budget, **_parallel_flags(args)}
     config = _config(args).with_overrides(**{key: value for key, value in flags.items() if value is not None})
     agents = [name.strip() for name in args.agents.split(",") if name.strip()]
-    evaluation = config.evaluation  # on Ray, the runs run in tasks that set their own threads
-    set_torch_threads(threads_per_process(1 if evaluation.backend == "ray" else local_processes(evaluation)))
+    _set_threads(config)
     compare(config, agents, args.seeds, args.output, progress=not args.no_progress)
     print((Path(args.output) / COMPARE_MD).read_text(), end="")
     print(f"wrote {Path(args.output) / COMPARE_MD}, {COMPARE_JSON} and {PARETO_PNG}")
