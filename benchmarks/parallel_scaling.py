@@ -199,7 +199,8 @@ def report(outcomes: list[dict[str, Any]]) -> list[str]:
         "",
         "Simulated speed-up over one evaluation at a time in the driver (a model, see the module docstring: "
         "evaluation = local, dispatch overhead = ray 1 minus local, driver serial time = the Ray driver's CPU per "
-        "evaluation with 2 workers):",
+        "evaluation with 2 workers, which counts Ray's background threads too and so grows with the evaluation "
+        "time: the curve is an upper bound on the driver's share, a lower bound on the speed-up):",
         "",
         *table(["workload", "cache hit rate", *(f"{w} workers" for w in WORKER_COUNTS)], model),
     ]
