@@ -73,7 +73,15 @@ def test_from_costs_slices_the_searched_layers_and_charges_the_fixed_ones():
     table_bits = (2, 4, 8, 32)
     table = np.arange(4 * 4 * 4, dtype=float).reshape(4, 4, 4)  # [layer, w, a]
     b = Budget.from_costs(
-        table, table_bits, ["x", "y", "z", "t"], ["y", "t"], {"x": (8, 8), "z": (32, 32)}, [4, 8], [8], 0.5, "bops",
+        table,
+        table_bits,
+        ["x", "y", "z", "t"],
+        ["y", "t"],
+        {"x": (8, 8), "z": (32, 32)},
+        [4, 8],
+        [8],
+        0.5,
+        "bops",
         reference=100.0,
     )
     assert b.names == ("y", "t")
