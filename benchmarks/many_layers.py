@@ -81,9 +81,8 @@ def measure(depth: int, repeats: int, seed: int = 0) -> dict[str, Any]:
     plain = copy.deepcopy(model)
     inputs = torch.randn(SAMPLES, WIDTH, generator=generator)
     splits = {"calibration": TensorDataset(inputs), "test": TensorDataset(inputs)}
-    config = parse_config(
-        {"data": {"name": "none", "calibration_samples": SAMPLES, "batch_size": SAMPLES}, "proxy": {"metric": "fidelity"}}
-    )
+    data = {"name": "none", "calibration_samples": SAMPLES, "batch_size": SAMPLES}
+    config = parse_config({"data": data, "proxy": {"metric": "fidelity"}})
     start = time.perf_counter()
     workload = assemble_workload(config, model, splits)
     assembled = time.perf_counter()

@@ -3,8 +3,9 @@
 The model is never copied. Quantized weights are computed once per (layer, bits) and cached; activation
 quantizers are calibrated once per (layer, bits) from statistics gathered in one FP32 pass over the calibration
 data. A search problem computes all of them when it is built (:meth:`QuantSimulator.prepare`, every bit-width of a
-layer in one vectorized range search), so that early episodes cost what late ones do. Applying a policy swaps each layer's weight storage and sets the quantizer its input pre-hook uses;
-:meth:`QuantSimulator.restore` puts the original FP32 tensors back, bit-identical.
+layer in one vectorized range search), so that early episodes cost what late ones do. Applying a policy swaps each
+layer's weight storage and sets the quantizer its input pre-hook uses; :meth:`QuantSimulator.restore` puts the
+original FP32 tensors back, bit-identical.
 """
 
 from __future__ import annotations
@@ -51,20 +52,20 @@ class _ActivationStats:
 class _InferenceFakeQuant:
     """``quantizer(x)``, bit for bit, several times faster on CPU when no gradient is needed.
 
-    PyTorch's fused per-tensor fake-quantize kernel on CPU also writes the STE mask and is not vectorized: on a
-    digits activation it costs as much as 15 to 30 ReLUs, a third of the convolution it feeds. Outside autograd
-    one pass of a compiled loop (:func:`mpq_rl.kernels.fake_quantize`) computes the kernel's arithmetic (``x * (1 /
-    scale)`` with both in float32, round half to even, ``+ zero point``, clamp, ``- zero point``, ``* scale``):
-    adding and subtracting the integer zero point around the clamp is the same as clamping to the shifted integer
-    range. Non-contiguous inputs take the kernel too: a transposed or permuted input directly, in memory order,
-keeping its layout; one with gaps (a slice) after one copy into the buffer. Elsewhere (gradients, GPU, other
-dtypes, table formats) the fused kernel runs.
+        PyTorch's fused per-tensor fake-quantize kernel on CPU also writes the STE mask and is not vectorized: on a
+        digits activation it costs as much as 15 to 30 ReLUs, a third of the convolution it feeds. Outside autograd
+        one pass of a compiled loop (:func:`mpq_rl.kernels.fake_quantize`) computes the kernel's arithmetic (``x * (1 /
+        scale)`` with both in float32, round half to even, ``+ zero point``, clamp, ``- zero point``, ``* scale``):
+        adding and subtracting the integer zero point around the clamp is the same as clamping to the shifted integer
+        range. Non-contiguous inputs take the kernel too: a transposed or permuted input directly, in memory order,
+    keeping its layout; one with gaps (a slice) after one copy into the buffer. Elsewhere (gradients, GPU, other
+    dtypes, table formats) the fused kernel runs.
 
-    The loop writes into one scratch buffer, grown to the largest activation seen, instead of a new tensor per
-    layer: large allocations come from fresh ``mmap`` pages, and their page faults (about 600 more per digits
-    forward pass without the buffer) were a visible share of the cost. Reusing it is safe because a layer's
-    quantized input lives only until that layer returns (Conv and Linear keep no reference to it), before the
-    next hooked layer runs.
+        The loop writes into one scratch buffer, grown to the largest activation seen, instead of a new tensor per
+        layer: large allocations come from fresh ``mmap`` pages, and their page faults (about 600 more per digits
+        forward pass without the buffer) were a visible share of the cost. Reusing it is safe because a layer's
+        quantized input lives only until that layer returns (Conv and Linear keep no reference to it), before the
+        next hooked layer runs.
     """
 
     def __init__(self) -> None:

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mpq_rl.config import REFERENCE_BITS, RunConfig
-from mpq_rl.device import resolve_device
 from mpq_rl.data import Batches, Splits, check_proxy_data, load_data, make_batches
+from mpq_rl.device import resolve_device
 from mpq_rl.errors import UserError
 from mpq_rl.layers import LayerTable, call_model, discover_layers
 from mpq_rl.metrics import output_tensor
