@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from mpq_rl.config import FLOAT_BITS
+from mpq_rl.kernels import channel_errors, tensor_errors
 
 RangeMethod = Literal["mse", "minmax", "percentile"]
 _COARSE_GRID = 40
@@ -127,8 +128,13 @@ def weight_scales(
     else:
 
         def errors_of(ratios: torch.Tensor) -> torch.Tensor:  # [K, bits, C]
-            scale = (abs_max * ratios / q_max).clamp_min(tiny).unsqueeze(-1)
-            limit = q_max.unsqueeze(-1)
+            scale = (abs_max * ratios / q_max).clamp_min(tiny)
+            if rows.is_cpu:
+                limits = q_max.reshape(1, -1).expand(len(scale), -1).reshape(-1).contiguous()
+                squares = torch.empty(limits.numel(), *rows.shape)
+                channel_errors()(rows.numpy(), scale.reshape(-1, len(rows)).numpy(), limits.numpy(), squares.numpy())
+                return squares.sum(dim=-1).reshape(scale.shape)
+            scale, limit = scale.unsqueeze(-1), q_max.unsqueeze(-1)
             quantized = torch.round(rows / scale).clamp_(-limit, limit).mul_(scale)
             return quantized.sub_(rows).pow_(2).sum(dim=-1)
 
@@ -203,7 +209,21 @@ def activation_quantizers(
             low, high = low.clamp_max(0.0), high.clamp_min(0.0)
             scale = (high - low).clamp_min(1e-12) / q_max
             zero = torch.round(-low / scale).clamp_min(0.0).minimum(q_max)
-        inverse, scale, zero = ((1.0 / scale).float()[..., None], scale.float()[..., None], zero.float()[..., None])
+        inverse, scale, zero = (1.0 / scale).float(), scale.float(), zero.float()
+        if sample.is_cpu:
+            # clamping round(x / s) + z to [0, q_max] and subtracting z is clamping round(x / s) to [-z, q_max - z]
+            low, high = (-zero).reshape(-1), (q_max.float() - zero).reshape(-1)
+            squares = torch.empty(low.numel(), len(sample))
+            tensor_errors()(
+                sample.numpy(),
+                inverse.reshape(-1).numpy(),
+                scale.reshape(-1).numpy(),
+                low.numpy(),
+                high.numpy(),
+                squares.numpy(),
+            )
+            return squares.sum(dim=-1).reshape(ratios.shape)
+        inverse, scale, zero = inverse[..., None], scale[..., None], zero[..., None]
         levels = torch.round(sample * inverse).add_(zero).clamp_(torch.zeros_like(zero), q_max.float()[:, None])
         return levels.sub_(zero).mul_(scale).sub_(sample).pow_(2).sum(dim=-1)
 
