@@ -19,7 +19,12 @@ EXIT_INTERRUPTED = 130
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.config)
+    return _on_device(load_config(args.config), args)
+
+
+def _on_device(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``config`` with ``--device`` in place of its ``device`` key, when the flag is given."""
+    return config if args.device is None else config.with_overrides(device=args.device)
 
 
 def _config_and_policy(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
@@ -34,7 +39,7 @@ def _config_and_policy(args: argparse.Namespace) -> tuple[RunConfig, Path | None
         if args.config is not None:
             raise UserError("give --run DIR or --config FILE, not both: --run uses DIR/config.yaml")
         folder = Path(args.run)
-        config = run_config(folder)
+        config = _on_device(run_config(folder), args)
         if policy is None:
             policy = folder / POLICY_FILE
             if not policy.is_file():
@@ -47,7 +52,7 @@ def _config_and_policy(args: argparse.Namespace) -> tuple[RunConfig, Path | None
         print(
             f"mpq-rl: using {policy.parent / CONFIG_FILE}, the config of the run that holds {policy}", file=sys.stderr
         )
-        return run_config(policy.parent), policy
+        return _on_device(run_config(policy.parent), args), policy
     return _config(args), policy
 
 
@@ -150,6 +155,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     check_output_file(Path(args.output), "--output")
     config, policy_file = _config_and_policy(args)
+    # the graph is traced from, and checked in onnxruntime against, the model on the CPU
+    config = config.with_overrides(device="cpu")
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
     policy = checked_policy(policy_file, workload.layers.names, workload.fixed, config.quantization)
@@ -174,6 +181,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         "output": args.output,
         "agent.n_envs": args.n_envs,
         **_parallel_flags(args),
+        "device": args.device,
     }
     overrides = {key: value for key, value in flags.items() if value is not None}
     if args.resume is not None:
@@ -263,10 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
+    def add(name: str, handler: Callable[[argparse.Namespace], None], device: bool = True) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=handler.__doc__, description=handler.__doc__)
         command.add_argument("--config", help="YAML run configuration (default: the built-in digits workload)")
-        command.set_defaults(handler=handler)
+        if device:
+            command.add_argument(
+                "--device",
+                help="where the model and data run: auto (a GPU when there is one, else the CPU), cpu, cuda or "
+                "cuda:N (default: the config's device, auto)",
+            )
+        command.set_defaults(handler=handler, device=None)
         return command
 
     layers = add("layers", cmd_layers)
@@ -293,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for evaluation.json, model.safetensors and lsq_scales.safetensors "
         "(default with --finetune-epochs: <config output>/evaluate)",
     )
-    export = add("export", cmd_export)
+    export = add("export", cmd_export, device=False)  # ONNX export runs on the CPU
     add_run(export)
     export.add_argument("--policy", help="policy.json giving each layer's bits (or --run DIR for DIR/policy.json)")
     export.add_argument("--weights", help="finetuned weights: an evaluate --output folder or its model.safetensors")

@@ -261,6 +261,9 @@ class RunConfig(_Section):
     """One run of mpq_rl. ``budget`` may be a number (a fraction of W8A8) or a mapping."""
 
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
+    device: str = "auto"
+    """Where the model, data and quantized tensors live: auto (a GPU when PyTorch sees one, else the CPU), cpu,
+    cuda or cuda:N (see :mod:`mpq_rl.device`)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -271,6 +274,13 @@ class RunConfig(_Section):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     output: FilePath = Path("runs/default")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (e.g. cuda:0), got {v!r}")
+        return v
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -82,17 +82,18 @@ class Batches:
 
     def to(self, device: torch.device | str) -> Batches:
         """A copy with every tensor moved to ``device``."""
-        moved = [(_to(x, device), _to(t, device)) for x, t in self.batches]
+        moved = [(to_device(x, device), to_device(t, device)) for x, t in self.batches]
         return Batches(moved, self.num_samples)
 
 
-def _to(value: Any, device: torch.device | str) -> Any:
+def to_device(value: Any, device: torch.device | str) -> Any:
+    """``value`` (a tensor, or a dict, tuple or list of them) with every tensor moved to ``device``."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, Mapping):
-        return {k: _to(v, device) for k, v in value.items()}
+        return {k: to_device(v, device) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
+        return type(value)(to_device(v, device) for v in value)
     return value
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mpq_rl import formats
+from mpq_rl.data import to_device
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import Metrics, calibrated_simulator
 from mpq_rl.finetuned_weights import SCALES_FILE, WEIGHTS_FILE, save_finetuned
@@ -208,7 +209,7 @@ def _train(
     for epoch in range(1, epochs + 1):
         total, count = 0.0, 0
         for batch, (inputs, targets) in enumerate(loader, 1):
-            inputs, targets = _to(inputs, device), targets.to(device)
+            inputs, targets = to_device(inputs, device), targets.to(device)
             logits = output_tensor(call_model(model, inputs))
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
             optimizer.zero_grad()
@@ -232,11 +233,3 @@ def _train(
 
 def _line(text: str, started: float) -> None:
     print(f"finetune: {text}, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value

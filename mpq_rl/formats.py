@@ -16,13 +16,14 @@ one more mantissa bit. ``fp`` and ``flint`` start at 3 bits (1 sign bit and at l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 
 from mpq_rl.errors import UserError
-from mpq_rl.quant import mse_ratio_search
+from mpq_rl.quant import mse_ratio_search, scored_in_slices
 
 FORMAT_NAMES = ("int", "fp", "flint")
 FORMAT_CODE_STRIDE = 100
@@ -165,12 +166,21 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, table: torch.Ten
     return torch.where(inside, quantized + (x - x.detach()), quantized.detach())
 
 
-def _clip_ratio(error_of_ratio, top: float) -> torch.Tensor:
-    """The integers' coarse-then-fine search (:func:`mpq_rl.quant.mse_ratio_search`) for the ratio of clipping
-    value to the observed maximum, on a log scale from 0.02 up to ``top`` (the table's largest value): above 1 the
-    observed maximum lands below the table's top, which pays off for flint, whose sparse top octaves hold two
-    values whatever the bits."""
-    log_ratio = mse_ratio_search(lambda t: error_of_ratio(torch.exp(t)), math.log(0.02), math.log(max(top, 1.0)))
+def _clip_ratio(
+    errors_of: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], top: float, elements: int, device
+) -> torch.Tensor:
+    """The integers' coarse-then-fine search (:func:`mpq_rl.quant.mse_ratio_search`, every candidate of a stage
+    scored at once over ``elements`` values each) for the ratio of clipping value to the observed maximum, on a log
+    scale from 0.02 up to ``top`` (the table's largest value): above 1 the observed maximum lands below the table's
+    top, which pays off for flint, whose sparse top octaves hold two values whatever the bits."""
+    log_ratio = mse_ratio_search(
+        lambda r: scored_in_slices(errors_of, r, elements),
+        shape,
+        math.log(0.02),
+        math.log(max(top, 1.0)),
+        ratio_of=torch.exp,
+        device=device,
+    )
     return torch.exp(log_ratio)
 
 
@@ -178,12 +188,12 @@ def weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentil
     """Per-output-channel scales (shape ``[C, 1, ...]``) mapping ``code``'s largest value onto each channel's
     clipping value, chosen by ``method`` as for integers (:func:`mpq_rl.quant.weight_scale`)."""
     rows = weight.detach().reshape(weight.shape[0], -1).float()
-    table = value_table(code, signed=True)
+    table = value_table(code, signed=True).to(rows.device)
     top = float(table[-1])
     abs_max = rows.abs().amax(dim=1)
 
     def scale_of(clip: torch.Tensor) -> torch.Tensor:
-        return (clip / top).clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)
+        return (clip / top).clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
 
     if method == "minmax":
         clip = abs_max
@@ -191,18 +201,19 @@ def weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentil
         clip = torch.quantile(rows.abs(), percentile / 100.0, dim=1)
     else:
 
-        def error(ratio: torch.Tensor) -> torch.Tensor:
-            scale = scale_of(abs_max * ratio)
-            return (_nearest(rows / scale, table) * scale - rows).pow(2).sum(dim=1)
+        def errors_of(ratios: torch.Tensor) -> torch.Tensor:  # [K, C]
+            scale = scale_of(abs_max * ratios)
+            return (_nearest(rows / scale, table).mul_(scale).sub_(rows)).pow_(2).sum(dim=-1)
 
-        clip = abs_max * _clip_ratio(error, top)
+        clip = abs_max * _clip_ratio(errors_of, abs_max.shape, top, rows.numel(), rows.device)
     return scale_of(clip).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
 def quantize_weight(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
     """The fake-quantized copy of ``weight`` in ``code``'s format (no gradient)."""
     with torch.no_grad():
-        return fake_quantize(weight, weight_scale(weight, code, method, percentile), value_table(code, True))
+        table = value_table(code, True).to(weight.device)
+        return fake_quantize(weight, weight_scale(weight, code, method, percentile), table)
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,7 +239,7 @@ def activation_quantizer(
     """A per-tensor quantizer for an input observed in ``[lo, hi]`` with values ``sample``: unsigned when
     ``lo >= 0``, else symmetric about zero; the clipping value is found as for integer activations."""
     signed = lo < 0.0
-    table = value_table(code, signed)
+    table = value_table(code, signed).to(sample.device)
     top = float(table[-1])
     reach = max(abs(lo), abs(hi), 1e-12)
     if method == "minmax":
@@ -237,11 +248,11 @@ def activation_quantizer(
         clip = float(torch.quantile(sample.abs() if signed else sample, percentile / 100.0))
     else:
 
-        def error(ratio: torch.Tensor) -> torch.Tensor:
-            scale = reach * float(ratio) / top
-            return (_nearest(sample / scale, table) * scale - sample).pow(2).sum().reshape(1)
+        def errors_of(ratios: torch.Tensor) -> torch.Tensor:  # [K, 1]
+            scale = (reach * ratios.double() / top).float().unsqueeze(-1)
+            return (_nearest(sample / scale, table).mul_(scale).sub_(sample)).pow_(2).sum(dim=-1)
 
-        clip = reach * float(_clip_ratio(error, top)[0])
+        clip = reach * float(_clip_ratio(errors_of, (1,), top, sample.numel(), sample.device)[0])
     return TableQuantizer(max(clip, 1e-12) / top, table, code)
 
 

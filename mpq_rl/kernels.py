@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for the evaluation hot path: activation fake quantization and output scoring.
+"""Compiled CPU kernels for the evaluation hot path (activation fake quantization, output scoring) and for range
+searches (squared quantization errors of many candidate ranges).
 
 An episode on a small model is one forward pass plus a few dozen small array operations, and on a CPU each of
 those costs tens of microseconds once the forward pass has pushed the interpreter and NumPy out of the caches:
@@ -47,6 +48,66 @@ def fake_quantize() -> FakeQuantize:
 
     c_float = ctypes.c_float
     return ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ssize_t, *[c_float] * 4)(kernel.address)
+
+
+SquaredErrors = Callable[..., None]
+
+
+@functools.cache
+def tensor_errors() -> SquaredErrors:
+    """``kernel(x, inv_scale, scale, low, high, out)``: for each candidate ``m`` of a per-tensor quantizer,
+    ``out[m] = (clamp(round_half_even(x * inv_scale[m]), low[m], high[m]) * scale[m] - x) ** 2`` in float32 (``x``
+    1-D, ``out`` candidates x values): the squared errors a range search sums, in one pass instead of six tensor
+    operations. The arithmetic is :class:`mpq_rl.quant.ActivationQuantizer`'s, so the errors are bit for bit the
+    same."""
+    import numba
+    from numba import types
+
+    f32 = types.float32
+    signature = types.void(f32[::1], f32[::1], f32[::1], f32[::1], f32[::1], f32[:, ::1])
+
+    @numba.njit(signature, cache=True, nogil=True)
+    def kernel(x, inv_scale, scale, low, high, out):  # type: ignore[no-untyped-def]
+        for m in range(out.shape[0]):
+            for i in range(x.shape[0]):
+                level = np.rint(x[i] * inv_scale[m])
+                if level < low[m]:
+                    level = low[m]
+                elif level > high[m]:
+                    level = high[m]
+                error = level * scale[m] - x[i]
+                out[m, i] = error * error
+
+    return kernel
+
+
+@functools.cache
+def channel_errors() -> SquaredErrors:
+    """``kernel(rows, scale, limit, out)``: for each candidate ``m`` of a symmetric per-channel quantizer,
+    ``out[m, c] = (clamp(round_half_even(rows[c] / scale[m, c]), -limit[m], limit[m]) * scale[m, c] - rows[c]) ** 2``
+    in float32 (``rows`` channels x values, ``out`` candidates x channels x values), in one pass: the squared errors
+    of :func:`mpq_rl.quant.weight_scales`' search, bit for bit."""
+    import numba
+    from numba import types
+
+    f32 = types.float32
+    signature = types.void(f32[:, ::1], f32[:, ::1], f32[::1], f32[:, :, ::1])
+
+    @numba.njit(signature, cache=True, nogil=True)
+    def kernel(rows, scale, limit, out):  # type: ignore[no-untyped-def]
+        for m in range(out.shape[0]):
+            for c in range(rows.shape[0]):
+                step = scale[m, c]
+                for n in range(rows.shape[1]):
+                    level = np.rint(rows[c, n] / step)
+                    if level < -limit[m]:
+                        level = -limit[m]
+                    elif level > limit[m]:
+                        level = limit[m]
+                    error = level * step - rows[c, n]
+                    out[m, c, n] = error * error
+
+    return kernel
 
 
 OutputScores = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[float, float, float, float]]

@@ -130,6 +130,7 @@ class SearchProblem:
             reference_bits=self.costs.reference_bits,
         )
         self.budget.check_feasible()
+        self.evaluator.simulator.prepare(self.candidates())
         self.proxy_fp32 = proxy_value(self.evaluator.fp32, self.proxy)
         self.evaluation_seconds = 0.0
         """Wall time spent in the evaluator (evaluations and cache lookups) by :meth:`score` in this process."""
@@ -137,6 +138,12 @@ class SearchProblem:
     @property
     def searched(self) -> tuple[str, ...]:
         return self.workload.searched
+
+    def candidates(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Every layer's weight and activation precision codes that a policy of this problem can give it."""
+        budget = self.budget
+        fixed = {name: ((w,), (a,)) for name, (w, a) in self.workload.fixed.items()}
+        return {**fixed, **{name: (budget.weight_bits, budget.activation_bits) for name in self.searched}}
 
     def policy(self, choices: Sequence[Choice]) -> Policy:
         """The full policy (every layer) for one choice per searched layer."""

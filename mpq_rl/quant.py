@@ -9,12 +9,14 @@ backward pass (STE, zero gradient where the value was clipped), using PyTorch's 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from mpq_rl.config import FLOAT_BITS
+from mpq_rl.kernels import channel_errors, tensor_errors
 
 RangeMethod = Literal["mse", "minmax", "percentile"]
 _COARSE_GRID = 40
@@ -57,43 +59,98 @@ def fake_quantize_weight_per_channel(weight: torch.Tensor, scale: torch.Tensor, 
     return torch.fake_quantize_per_channel_affine(weight, scale.to(weight.dtype), zero, 0, -q_max, q_max)
 
 
-def _per_channel_error(values: torch.Tensor, clip: torch.Tensor, q_max: int) -> torch.Tensor:
-    """Squared quantization error per row of ``values`` [C, N] for symmetric clip values ``clip`` [C]."""
-    scale = (clip / q_max).clamp_min(torch.finfo(values.dtype).tiny).unsqueeze(1)
-    quantized = torch.clamp(torch.round(values / scale), -q_max, q_max) * scale
-    return (quantized - values).pow(2).sum(dim=1)
+_ELEMENTS_PER_CHUNK = 1 << 22
+"""The most elements a range search's temporaries hold at once (16 MiB in float32): candidates are scored in
+slices of this size, which keeps a large layer's search in bounded memory and a small one's in the CPU caches."""
 
 
-def mse_ratio_search(error_of_ratio, lo: float = 0.02, hi: float = 1.0) -> torch.Tensor:
-    """Per-row best clipping ratio in [lo, hi]: a coarse grid, then a fine grid around each row's best."""
+def _identity(ratio: torch.Tensor) -> torch.Tensor:
+    return ratio
+
+
+def scored_in_slices(
+    errors_of: Callable[[torch.Tensor], torch.Tensor], ratios: torch.Tensor, elements_per_ratio: int
+) -> torch.Tensor:
+    """``errors_of(ratios)`` for a stack of candidates ``[K, ...]``, computed on slices along ``K`` so that no
+    temporary exceeds :data:`_ELEMENTS_PER_CHUNK` when each candidate touches ``elements_per_ratio`` values.
+    Each candidate's error is a reduction of its own, so slicing does not change a bit of it."""
+    per_slice = max(1, _ELEMENTS_PER_CHUNK // max(elements_per_ratio, 1))
+    return torch.cat([errors_of(part) for part in ratios.split(per_slice)])
+
+
+def mse_ratio_search(
+    errors_of: Callable[[torch.Tensor], torch.Tensor],
+    shape: Sequence[int],
+    lo: float = 0.02,
+    hi: float = 1.0,
+    ratio_of: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """The best clipping ratio in [lo, hi] of each of a batch of independent searches (shape ``shape``, e.g.
+    bit-widths x channels): a coarse grid, then a fine grid around each one's best.
+
+    ``errors_of`` maps candidates ``[K, *shape]`` (grid points passed through ``ratio_of``) to squared errors of the
+    same shape: the whole coarse grid is scored in one call, then each fine step (which starts from the best so far)
+    in one call for the whole batch. The candidates, their order and the first-best tie rule are those of searching
+    one bit-width and one grid point at a time, so the result is bit for bit the same, without a small tensor
+    operation per candidate. ``ratio_of`` is applied to tensors shaped as in that one-at-a-time search (a
+    transcendental ``ratio_of`` such as ``exp`` can round differently by the length of what it is given).
+    """
     coarse = torch.linspace(lo, hi, _COARSE_GRID)
-    errors = torch.stack([error_of_ratio(torch.full_like(coarse[:1], r)) for r in coarse.tolist()])
-    best = coarse[errors.argmin(dim=0)]
-    step = (hi - lo) / (_COARSE_GRID - 1)
+    points = torch.cat([ratio_of(torch.full_like(coarse[:1], r)) for r in coarse.tolist()]).to(device)
+    errors = errors_of(points.reshape(-1, *[1] * len(shape)).expand(-1, *shape))
+    best = coarse.to(device)[errors.argmin(dim=0)]
     best_error = errors.min(dim=0).values
+    step = (hi - lo) / (_COARSE_GRID - 1)
     for offset in torch.linspace(-step, step, _FINE_GRID).tolist():
+        # each fine step starts from the best so far, so the steps run in turn (each over the whole batch)
         ratio = (best + offset).clamp(lo, hi)
-        err = error_of_ratio(ratio)
-        better = err < best_error
+        error = errors_of(ratio_of(ratio).unsqueeze(0))[0]
+        better = error < best_error
         best = torch.where(better, ratio, best)
-        best_error = torch.where(better, err, best_error)
+        best_error = torch.where(better, error, best_error)
     return best
+
+
+def weight_scales(
+    weight: torch.Tensor, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
+) -> torch.Tensor:
+    """Per-output-channel scales ``[len(bits), C]`` of symmetric quantizers for ``weight`` at each of ``bits``,
+    chosen by ``method``: every bit-width and channel in one search."""
+    rows = weight.detach().reshape(weight.shape[0], -1).float()
+    tiny = torch.finfo(torch.float32).tiny
+    q_max = torch.tensor([symmetric_levels(b) for b in bits], dtype=torch.float32, device=rows.device)[:, None]
+    abs_max = rows.abs().amax(dim=1)
+    if method == "minmax":
+        clip = abs_max.expand(len(bits), -1)
+    elif method == "percentile":
+        clip = torch.quantile(rows.abs(), percentile / 100.0, dim=1).expand(len(bits), -1)
+    else:
+
+        def errors_of(ratios: torch.Tensor) -> torch.Tensor:  # [K, bits, C]
+            scale = (abs_max * ratios / q_max).clamp_min(tiny)
+            if rows.is_cpu:
+                limits = q_max.reshape(1, -1).expand(len(scale), -1).reshape(-1).contiguous()
+                squares = torch.empty(limits.numel(), *rows.shape)
+                channel_errors()(rows.numpy(), scale.reshape(-1, len(rows)).numpy(), limits.numpy(), squares.numpy())
+                return squares.sum(dim=-1).reshape(scale.shape)
+            scale, limit = scale.unsqueeze(-1), q_max.unsqueeze(-1)
+            quantized = torch.round(rows / scale).clamp_(-limit, limit).mul_(scale)
+            return quantized.sub_(rows).pow_(2).sum(dim=-1)
+
+        shape = (len(bits), rows.shape[0])
+        search = mse_ratio_search(
+            lambda r: scored_in_slices(errors_of, r, rows.numel() * len(bits)), shape, device=rows.device
+        )
+        clip = abs_max * search
+    return (clip / q_max).clamp_min(tiny)
 
 
 def weight_scale(
     weight: torch.Tensor, bits: int, method: RangeMethod = "mse", percentile: float = 99.99
 ) -> torch.Tensor:
     """Per-output-channel scales of a symmetric ``bits``-bit quantizer for ``weight``, chosen by ``method``."""
-    rows = weight.detach().reshape(weight.shape[0], -1).float()
-    q_max = symmetric_levels(bits)
-    abs_max = rows.abs().amax(dim=1)
-    if method == "minmax":
-        clip = abs_max
-    elif method == "percentile":
-        clip = torch.quantile(rows.abs(), percentile / 100.0, dim=1)
-    else:
-        clip = abs_max * mse_ratio_search(lambda r: _per_channel_error(rows, abs_max * r, q_max))
-    return (clip / q_max).clamp_min(torch.finfo(torch.float32).tiny)
+    return weight_scales(weight, [bits], method, percentile)[0]
 
 
 def quantize_weight(
@@ -117,6 +174,65 @@ def _affine(lo: float, hi: float, bits: int, unsigned: bool) -> ActivationQuanti
     return ActivationQuantizer(scale, zero_point, 0, q_max)
 
 
+def activation_quantizers(
+    sample: torch.Tensor,
+    lo: float,
+    hi: float,
+    bits: Sequence[int],
+    method: RangeMethod = "mse",
+    percentile: float = 99.99,
+) -> list[ActivationQuantizer]:
+    """Per-tensor quantizers at each of ``bits`` for an activation observed in ``[lo, hi]`` with values ``sample``
+    (1-D), every bit-width's range searched at once.
+
+    Unsigned when ``lo >= 0``. ``mse`` shrinks the observed range by the ratio that minimizes the squared error on
+    the sample; ``percentile`` clips at the given percentile of the sample (both tails when signed).
+    """
+    unsigned = lo >= 0.0
+    if method == "minmax":
+        return [_affine(lo, hi, b, unsigned) for b in bits]
+    if method == "percentile":
+        p = percentile / 100.0
+        top = float(torch.quantile(sample, p))
+        bottom = 0.0 if unsigned else float(torch.quantile(sample, 1.0 - p))
+        return [_affine(bottom, top, b, unsigned) for b in bits]
+
+    q_max = torch.tensor([2**b - 1 for b in bits], dtype=torch.float64, device=sample.device)
+
+    def errors_of(ratios: torch.Tensor) -> torch.Tensor:  # [K, bits]
+        # _affine's arithmetic in float64 for every candidate at once, then ActivationQuantizer.values' in float32
+        ratio = ratios.double()
+        low, high = lo * ratio, hi * ratio
+        if unsigned:
+            scale, zero = high.clamp_min(1e-12) / q_max, torch.zeros_like(high)
+        else:
+            low, high = low.clamp_max(0.0), high.clamp_min(0.0)
+            scale = (high - low).clamp_min(1e-12) / q_max
+            zero = torch.round(-low / scale).clamp_min(0.0).minimum(q_max)
+        inverse, scale, zero = (1.0 / scale).float(), scale.float(), zero.float()
+        if sample.is_cpu:
+            # clamping round(x / s) + z to [0, q_max] and subtracting z is clamping round(x / s) to [-z, q_max - z]
+            low, high = (-zero).reshape(-1), (q_max.float() - zero).reshape(-1)
+            squares = torch.empty(low.numel(), len(sample))
+            tensor_errors()(
+                sample.numpy(),
+                inverse.reshape(-1).numpy(),
+                scale.reshape(-1).numpy(),
+                low.numpy(),
+                high.numpy(),
+                squares.numpy(),
+            )
+            return squares.sum(dim=-1).reshape(ratios.shape)
+        inverse, scale, zero = inverse[..., None], scale[..., None], zero[..., None]
+        levels = torch.round(sample * inverse).add_(zero).clamp_(torch.zeros_like(zero), q_max.float()[:, None])
+        return levels.sub_(zero).mul_(scale).sub_(sample).pow_(2).sum(dim=-1)
+
+    search = mse_ratio_search(
+        lambda r: scored_in_slices(errors_of, r, sample.numel() * len(bits)), (len(bits),), device=sample.device
+    )
+    return [_affine(lo * ratio, hi * ratio, b, unsigned) for b, ratio in zip(bits, search.tolist(), strict=True)]
+
+
 def activation_quantizer(
     sample: torch.Tensor,
     lo: float,
@@ -125,26 +241,9 @@ def activation_quantizer(
     method: RangeMethod = "mse",
     percentile: float = 99.99,
 ) -> ActivationQuantizer:
-    """A per-tensor quantizer for an activation observed in ``[lo, hi]`` with value ``sample`` (1-D).
-
-    Unsigned when ``lo >= 0``. ``mse`` shrinks the observed range by the ratio that minimizes the squared error on
-    the sample; ``percentile`` clips at the given percentile of the sample (both tails when signed).
-    """
-    unsigned = lo >= 0.0
-    if method == "minmax":
-        return _affine(lo, hi, bits, unsigned)
-    if method == "percentile":
-        p = percentile / 100.0
-        top = float(torch.quantile(sample, p))
-        bottom = 0.0 if unsigned else float(torch.quantile(sample, 1.0 - p))
-        return _affine(bottom, top, bits, unsigned)
-
-    def error(ratio: torch.Tensor) -> torch.Tensor:
-        quantizer = _affine(lo * float(ratio), hi * float(ratio), bits, unsigned)
-        return (quantizer.values(sample) - sample).pow(2).sum().reshape(1)
-
-    ratio = float(mse_ratio_search(error)[0])
-    return _affine(lo * ratio, hi * ratio, bits, unsigned)
+    """A per-tensor quantizer for an activation observed in ``[lo, hi]`` with values ``sample`` (1-D), as
+    :func:`activation_quantizers` chooses it."""
+    return activation_quantizers(sample, lo, hi, [bits], method, percentile)[0]
 
 
 def quantization_error(x: torch.Tensor, x_q: torch.Tensor) -> float:

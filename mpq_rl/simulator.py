@@ -2,14 +2,16 @@
 
 The model is never copied. Quantized weights are computed once per (layer, bits) and cached; activation
 quantizers are calibrated once per (layer, bits) from statistics gathered in one FP32 pass over the calibration
-data. Applying a policy swaps each layer's weight storage and sets the quantizer its input pre-hook uses;
-:meth:`QuantSimulator.restore` puts the original FP32 tensors back, bit-identical.
+data. A search problem computes all of them when it is built (:meth:`QuantSimulator.prepare`, every bit-width of a
+layer in one vectorized range search), so that early episodes cost what late ones do. Applying a policy swaps each
+layer's weight storage and sets the quantizer its input pre-hook uses; :meth:`QuantSimulator.restore` puts the
+original FP32 tensors back, bit-identical.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,14 @@ from mpq_rl.errors import UserError
 from mpq_rl.kernels import fake_quantize
 from mpq_rl.layers import batch_size_of, call_model, layer_modules
 from mpq_rl.policy import BitPair
-from mpq_rl.quant import ActivationQuantizer, RangeMethod, activation_quantizer, is_float_bits, quantize_weight
+from mpq_rl.quant import (
+    ActivationQuantizer,
+    RangeMethod,
+    activation_quantizers,
+    fake_quantize_weight_per_channel,
+    is_float_bits,
+    weight_scales,
+)
 
 _ATTACHED = "_mpq_rl_simulated"
 """Set on each module a simulator hooks into, so a second simulator on the same layers is refused."""
@@ -43,23 +52,25 @@ class _ActivationStats:
 class _InferenceFakeQuant:
     """``quantizer(x)``, bit for bit, several times faster on CPU when no gradient is needed.
 
-    PyTorch's fused per-tensor fake-quantize kernel on CPU also writes the STE mask and is not vectorized: on a
-    digits activation it costs as much as 15 to 30 ReLUs, a third of the convolution it feeds. Outside autograd
-    one pass of a compiled loop (:func:`mpq_rl.kernels.fake_quantize`) computes the kernel's arithmetic (``x * (1 /
-    scale)`` with both in float32, round half to even, ``+ zero point``, clamp, ``- zero point``, ``* scale``):
-    adding and subtracting the integer zero point around the clamp is the same as clamping to the shifted integer
-    range. Elsewhere (gradients, GPU, other dtypes, non-contiguous inputs) the fused kernel runs.
+        PyTorch's fused per-tensor fake-quantize kernel on CPU also writes the STE mask and is not vectorized: on a
+        digits activation it costs as much as 15 to 30 ReLUs, a third of the convolution it feeds. Outside autograd
+        one pass of a compiled loop (:func:`mpq_rl.kernels.fake_quantize`) computes the kernel's arithmetic (``x * (1 /
+        scale)`` with both in float32, round half to even, ``+ zero point``, clamp, ``- zero point``, ``* scale``):
+        adding and subtracting the integer zero point around the clamp is the same as clamping to the shifted integer
+        range. Non-contiguous inputs take the kernel too: a transposed or permuted input directly, in memory order,
+    keeping its layout; one with gaps (a slice) after one copy into the buffer. Elsewhere (gradients, GPU, other
+    dtypes, table formats) the fused kernel runs.
 
-    The loop writes into one scratch buffer, grown to the largest activation seen, instead of a new tensor per
-    layer: large allocations come from fresh ``mmap`` pages, and their page faults (about 600 more per digits
-    forward pass without the buffer) were a visible share of the cost. Reusing it is safe because a layer's
-    quantized input lives only until that layer returns (Conv and Linear keep no reference to it), before the
-    next hooked layer runs.
+        The loop writes into one scratch buffer, grown to the largest activation seen, instead of a new tensor per
+        layer: large allocations come from fresh ``mmap`` pages, and their page faults (about 600 more per digits
+        forward pass without the buffer) were a visible share of the cost. Reusing it is safe because a layer's
+        quantized input lives only until that layer returns (Conv and Linear keep no reference to it), before the
+        next hooked layer runs.
     """
 
     def __init__(self) -> None:
         self.scratch = torch.empty(0)
-        self._views: dict[torch.Size, torch.Tensor] = {}
+        self._views: dict[tuple[torch.Size, tuple[int, ...]], torch.Tensor] = {}
         self._constants: dict[ActivationQuantizer, tuple[float, float, float, float]] = {}
 
     def __call__(self, quantizer: ActivationQuantizer | formats.TableQuantizer, x: torch.Tensor) -> torch.Tensor:
@@ -69,26 +80,48 @@ class _InferenceFakeQuant:
             not isinstance(quantizer, ActivationQuantizer)
             or x.dtype is not torch.float32
             or not x.is_cpu
-            or not x.is_contiguous()
             or (x.requires_grad and torch.is_grad_enabled())
         ):
             return quantizer(x)
         constants = self._constants.get(quantizer)
         if constants is None:
             constants = self._constants[quantizer] = _float32_constants(quantizer)
-        out = self._views.get(x.shape)
+        key = (x.shape, x.stride())
+        out = self._views.get(key)
         if out is None:
-            out = self._view(x.shape)
-        fake_quantize()(x.data_ptr(), out.data_ptr(), x.numel(), *constants)
+            out = self._view(x)
+        if out.stride() == x.stride():
+            fake_quantize()(x.data_ptr(), out.data_ptr(), x.numel(), *constants)
+        else:
+            # strided with gaps (a slice): one copy into the dense buffer, then the kernel in place
+            out.copy_(x)
+            fake_quantize()(out.data_ptr(), out.data_ptr(), x.numel(), *constants)
         return out
 
-    def _view(self, shape: torch.Size) -> torch.Tensor:
-        numel = shape.numel()
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        """A view of the scratch buffer for ``x``: with ``x``'s strides when ``x`` fills a dense block of memory in
+        some order (contiguous, transposed, permuted), so the kernel runs over both blocks in memory order and the
+        output keeps the input's layout (as the fused kernel's does); contiguous otherwise."""
+        numel = x.numel()
         if self.scratch.numel() < numel or len(self._views) >= _MAX_SCRATCH_VIEWS:
             self.scratch = torch.empty(max(numel, self.scratch.numel()), dtype=torch.float32)
             self._views.clear()
-        view = self._views[shape] = self.scratch[:numel].view(shape)
+        block = self.scratch[:numel]
+        view = block.as_strided(x.shape, x.stride()) if _dense(x) else block.view(x.shape)
+        self._views[(x.shape, x.stride())] = view
         return view
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x``'s elements fill ``x.numel()`` consecutive places in memory (a permutation of a contiguous
+    layout, size-1 dimensions aside)."""
+    dims = sorted((stride, size) for size, stride in zip(x.shape, x.stride(), strict=True) if size != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _float32_constants(quantizer: ActivationQuantizer) -> tuple[float, float, float, float]:
@@ -215,14 +248,12 @@ class QuantSimulator:
 
     def weight(self, name: str, bits: int) -> torch.Tensor:
         """The cached quantized weight of layer ``name`` at ``bits`` (a precision code of
-        :mod:`mpq_rl.formats`; computed on first use)."""
+        :mod:`mpq_rl.formats`; computed on first use unless :meth:`prepare` did it)."""
         if is_float_bits(bits):
             return self.fp32_weights[name]
-        key = (name, bits)
-        if key not in self._weights:
-            quantize = quantize_weight if formats.is_integer_code(bits) else formats.quantize_weight
-            self._weights[key] = quantize(self.fp32_weights[name], bits, self.weight_range, self.percentile)
-        return self._weights[key]
+        if (name, bits) not in self._weights:
+            self._quantize_weights(name, [bits])
+        return self._weights[(name, bits)]
 
     def activation_sample(self, name: str) -> torch.Tensor:
         """The seeded subsample of layer ``name``'s calibration input that its activation ranges are chosen on."""
@@ -234,20 +265,56 @@ class QuantSimulator:
         return torch.cat(record.samples)
 
     def activation(self, name: str, bits: int) -> ActivationQuantizer | formats.TableQuantizer | None:
-        """The cached input quantizer of layer ``name`` at ``bits`` (a precision code; None for floating point)."""
+        """The cached input quantizer of layer ``name`` at ``bits`` (a precision code; None for floating point;
+        computed on first use unless :meth:`prepare` did it)."""
         if is_float_bits(bits):
             return None
-        key = (name, bits)
-        if key not in self._quantizers:
+        if (name, bits) not in self._quantizers:
             if self._stats is None:
                 raise UserError("activation bits need calibration data: call calibrate() before apply()")
-            record = self._stats[name]
-            sample = self.activation_sample(name)
-            quantizer = activation_quantizer if formats.is_integer_code(bits) else formats.activation_quantizer
-            self._quantizers[key] = quantizer(
-                sample, record.lo, record.hi, bits, self.activation_range, self.percentile
+            self._search_activations(name, [bits])
+        return self._quantizers[(name, bits)]
+
+    def prepare(self, candidates: Mapping[str, tuple[Collection[int], Collection[int]]]) -> None:
+        """Quantize now the weights and search now the input ranges of every candidate: ``candidates`` maps a layer
+        to its weight and its activation precision codes. A layer's integer bit-widths are searched together, in one
+        pass (other formats one code at a time), so that no episode of a search pays for a range search: the first
+        episodes cost what the later ones do. The results are those of :meth:`weight` and :meth:`activation` bit for
+        bit. Input ranges need :meth:`calibrate` first; a layer that did not run during calibration is left to fail
+        when a policy quantizes its input."""
+        for name, (weight_codes, activation_codes) in candidates.items():
+            self._quantize_weights(name, [c for c in weight_codes if (name, c) not in self._weights])
+            if self._stats is not None and self._stats[name].samples:
+                self._search_activations(name, [c for c in activation_codes if (name, c) not in self._quantizers])
+
+    def _quantize_weights(self, name: str, codes: Sequence[int]) -> None:
+        weight = self.fp32_weights[name]
+        integers = [c for c in codes if formats.is_integer_code(c) and not is_float_bits(c)]
+        with torch.no_grad():
+            if integers:
+                scales = weight_scales(weight, integers, self.weight_range, self.percentile)
+                for bits, scale in zip(integers, scales, strict=True):
+                    self._weights[(name, bits)] = fake_quantize_weight_per_channel(weight, scale, bits)
+        for code in codes:
+            if not formats.is_integer_code(code):
+                self._weights[(name, code)] = formats.quantize_weight(weight, code, self.weight_range, self.percentile)
+
+    def _search_activations(self, name: str, codes: Sequence[int]) -> None:
+        if not codes:
+            return
+        record = self._stats[name]
+        sample = self.activation_sample(name)
+        integers = [c for c in codes if formats.is_integer_code(c) and not is_float_bits(c)]
+        if integers:
+            found = activation_quantizers(
+                sample, record.lo, record.hi, integers, self.activation_range, self.percentile
             )
-        return self._quantizers[key]
+            self._quantizers.update({(name, bits): quantizer for bits, quantizer in zip(integers, found, strict=True)})
+        for code in codes:
+            if not formats.is_integer_code(code):
+                self._quantizers[(name, code)] = formats.activation_quantizer(
+                    sample, record.lo, record.hi, code, self.activation_range, self.percentile
+                )
 
     def apply(self, policy: Mapping[str, BitPair]) -> None:
         """Quantize every layer named in ``policy``; layers not named stay as they are."""

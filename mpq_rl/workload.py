@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from mpq_rl.config import REFERENCE_BITS, RunConfig
 from mpq_rl.data import Batches, Splits, check_proxy_data, load_data, make_batches
+from mpq_rl.device import resolve_device
 from mpq_rl.errors import UserError
 from mpq_rl.layers import LayerTable, call_model, discover_layers
 from mpq_rl.metrics import output_tensor
@@ -35,6 +36,8 @@ class Workload:
     searched: tuple[str, ...]
     fixed: Policy
     ranges: RangeSettings
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where the model and the batches are (``device`` in the config)."""
     example: object = field(default=None, repr=False)
     """An input batch (layer discovery measured the layers on it; export traces it)."""
     calibration: Batches | None = None
@@ -156,17 +159,18 @@ def _first_outputs(model: nn.Module, batches: Batches, split: str) -> torch.Tens
         ) from None
 
 
-def example_input(config: RunConfig, calibration: Batches | None) -> object:
+def example_input(config: RunConfig, calibration: Batches | None, device: torch.device | None = None) -> object:
     """A batch for layer discovery: the first calibration batch, or zeros of ``model.input_shape``."""
     if calibration is not None:
         return calibration.example()
     if config.model.input_shape is None:
         raise UserError("with no data, give model.input_shape (e.g. [1, 3, 224, 224]) so the layers can be measured")
-    return torch.zeros(config.model.input_shape)
+    return torch.zeros(config.model.input_shape, device=device)
 
 
 def load_workload(config: RunConfig, with_data: bool = True) -> Workload:
     """Build the model, load the data and measure the layer table for ``config``."""
+    resolve_device(config.device)  # a missing GPU is reported before the model and data load
     model = build_model(config.model)
     splits = load_data(config.data) if with_data else {}
     return assemble_workload(config, model, splits)
@@ -175,19 +179,21 @@ def load_workload(config: RunConfig, with_data: bool = True) -> Workload:
 def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Workload:
     """A workload from a model and data splits already in hand (``{"calibration", "test", "train"}``).
 
-    ``config`` still supplies the bit candidates, layer selection, range calibration, batch size and seed.
+    ``config`` still supplies the device, the bit candidates, layer selection, range calibration, batch size and
+    seed; the model and batches are moved to the device.
     """
-    model.eval()
+    device = resolve_device(config.device)
+    model.eval().to(device)
     calibration = test = None
     if splits:
         check_proxy_data(splits, config.proxy.metric)
         calibration = make_batches(
             splits["calibration"], config.data.batch_size, limit=config.data.calibration_samples, seed=config.seed
-        )
+        ).to(device)
         if "test" in splits:
-            test = make_batches(splits["test"], config.data.batch_size)
+            test = make_batches(splits["test"], config.data.batch_size).to(device)
         check_data(model, calibration, test)
-    example = example_input(config, calibration)
+    example = example_input(config, calibration, device)
     layers = discover_layers(model, example, model_name=config.model.source)
 
     quant = config.quantization
@@ -203,6 +209,7 @@ def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Wo
         searched=tuple(candidates),
         fixed=fixed,
         ranges=RangeSettings(quant.weight_range, quant.activation_range, quant.percentile, config.seed),
+        device=device,
         example=example,
         calibration=calibration,
         test=test,

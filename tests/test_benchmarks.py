@@ -4,10 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not part of the installed package
 
-from benchmarks import episode_cost, parallel_scaling, step_overhead  # noqa: E402
+from benchmarks import episode_cost, gpu_check, many_layers, parallel_scaling, step_overhead  # noqa: E402
 from benchmarks.harness import interleaved, write_section  # noqa: E402
 
 
@@ -75,3 +76,26 @@ def test_step_overhead_runs_and_reports_per_step_times():
         assert result["step_ms"] > 0 and result["step_vs_shallowest"] > 0
     assert outcome["target_met"] is None
     assert "step mean µs" in "\n".join(written[step_overhead.NAME])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the check runs for real")
+def test_gpu_check_says_it_is_skipped_without_a_gpu(capsys):
+    written = {}
+    assert gpu_check.main([], write=lambda name, lines: written.update({name: lines})) == 0
+    assert (
+        capsys.readouterr().out
+        == "gpu_check: skipped: PyTorch sees no CUDA GPU on this machine (run it where there is one)\n"
+    )
+    assert written == {}
+
+
+def test_many_layers_runs_and_reports_build_and_episode_ratios():
+    written = {}
+    outcome = many_layers.main(
+        ["--depths", "3", "6", "--repeats", "2"], write=lambda n, lines: written.update({n: lines})
+    )
+    assert [r["depth"] for r in outcome["results"]] == [3, 6]
+    for result in outcome["results"]:
+        assert result["ranges"] == f"{7 * result['depth']} weights + {7 * result['depth']} activation ranges"
+        assert result["build_s"] > 0 and result["episode_vs_fp32"] > 0 and result["first_vs_steady"] > 0
+    assert "episode / FP32" in "\n".join(written[many_layers.NAME])

@@ -4,11 +4,14 @@ import pytest
 import torch
 
 from mpq_rl.quant import (
+    ActivationQuantizer,
     activation_quantizer,
+    activation_quantizers,
     quantization_error,
     quantize_weight,
     symmetric_levels,
     weight_scale,
+    weight_scales,
 )
 
 
@@ -104,3 +107,59 @@ def test_plain_arithmetic_values_match_the_fused_kernel():
     for lo, hi, bits in [(0.0, 2.5, 4), (-1.5, 4.0, 3), (-2.0, 2.0, 8)]:
         q = activation_quantizer(x, lo, hi, bits, "minmax")
         assert torch.allclose(q.values(x), q(x), atol=1e-6 * q.scale * q.q_max)
+
+
+def _one_at_a_time(error_of_ratio, lo: float = 0.02, hi: float = 1.0) -> torch.Tensor:
+    """The range search as it ran before issue 16: one bit-width, one grid point per tensor operation."""
+    coarse = torch.linspace(lo, hi, 40)
+    errors = torch.stack([error_of_ratio(torch.full_like(coarse[:1], r)) for r in coarse.tolist()])
+    best, best_error = coarse[errors.argmin(dim=0)], errors.min(dim=0).values
+    step = (hi - lo) / 39
+    for offset in torch.linspace(-step, step, 20).tolist():
+        ratio = (best + offset).clamp(lo, hi)
+        err = error_of_ratio(ratio)
+        better = err < best_error
+        best, best_error = torch.where(better, ratio, best), torch.where(better, err, best_error)
+    return best
+
+
+def _reference_weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    rows = weight.reshape(weight.shape[0], -1)
+    q_max, abs_max = symmetric_levels(bits), rows.abs().amax(dim=1)
+
+    def error(ratio: torch.Tensor) -> torch.Tensor:
+        scale = (abs_max * ratio / q_max).clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)
+        return ((torch.clamp(torch.round(rows / scale), -q_max, q_max) * scale) - rows).pow(2).sum(dim=1)
+
+    return (abs_max * _one_at_a_time(error) / q_max).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def _reference_activation(sample: torch.Tensor, lo: float, hi: float, bits: int) -> tuple[float, int]:
+    def quantizer(ratio: float) -> ActivationQuantizer:
+        q_max = 2**bits - 1
+        if lo >= 0:
+            return ActivationQuantizer(max(hi * ratio, 1e-12) / q_max, 0, 0, q_max)
+        low, high = min(lo * ratio, 0.0), max(hi * ratio, 0.0)
+        scale = max(high - low, 1e-12) / q_max
+        return ActivationQuantizer(scale, int(min(max(round(-low / scale), 0), q_max)), 0, q_max)
+
+    def error(ratio: torch.Tensor) -> torch.Tensor:
+        q = quantizer(float(ratio))
+        levels = torch.clamp(torch.round(sample * (1.0 / q.scale)) + q.zero_point, q.q_min, q.q_max)
+        return ((levels - q.zero_point) * q.scale - sample).pow(2).sum().reshape(1)
+
+    found = quantizer(float(_one_at_a_time(error)[0]))
+    return found.scale, found.zero_point
+
+
+def test_every_bit_width_searched_at_once_equals_one_at_a_time_bit_for_bit():
+    generator = torch.Generator().manual_seed(7)
+    bits = list(range(2, 9))
+    weight = torch.randn(12, 5, 3, 3, generator=generator) * torch.rand(12, 1, 1, 1, generator=generator)
+    scales = weight_scales(weight, bits)
+    for row, b in zip(scales, bits, strict=True):
+        assert torch.equal(row, _reference_weight_scale(weight, b)), b
+    for sample in (torch.randn(3000, generator=generator).relu(), torch.randn(3000, generator=generator) - 0.3):
+        lo, hi = float(sample.min()), float(sample.max())
+        found = activation_quantizers(sample, lo, hi, bits)
+        assert [(q.scale, q.zero_point) for q in found] == [_reference_activation(sample, lo, hi, b) for b in bits]

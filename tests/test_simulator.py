@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mpq_rl.errors import UserError
+from mpq_rl.formats import TableQuantizer, precision_code
 from mpq_rl.policy import uniform_policy
 from mpq_rl.quant import quantization_error
 from mpq_rl.simulator import QuantSimulator
@@ -25,6 +26,7 @@ def make_model() -> nn.Module:
 
 
 NAMES = ["0", "2", "5", "7"]
+FP, FLINT = precision_code("fp", 0), precision_code("flint", 0)
 
 
 @pytest.fixture
@@ -134,3 +136,26 @@ def test_a_second_simulator_on_the_same_layers_is_refused_until_the_first_detach
         QuantSimulator(model, NAMES)
     sim.detach()
     QuantSimulator(model, NAMES).detach()
+
+
+def test_prepared_candidates_equal_the_lazy_ones_bit_for_bit():
+    torch.manual_seed(1)
+    batches = [torch.randn(16, 1, 6, 6) for _ in range(2)]  # signed inputs to the first layer, ReLU after
+    codes = [2, 3, 4, 8, 16, FP + 4, FLINT + 5]
+    lazy = QuantSimulator(make_model(), NAMES, seed=0)
+    prepared = QuantSimulator(make_model(), NAMES, seed=0)
+    for sim in (lazy, prepared):
+        sim.calibrate(batches)
+    prepared.prepare({name: (codes, codes) for name in NAMES})
+    assert (prepared.cached_weights, prepared.cached_quantizers) == (len(NAMES) * 6, len(NAMES) * 6)
+    for name in NAMES:
+        for code in codes:
+            assert torch.equal(prepared.weight(name, code), lazy.weight(name, code)), (name, code)
+            got, expected = prepared.activation(name, code), lazy.activation(name, code)
+            if code == 16:
+                assert got is None and expected is None
+            elif isinstance(expected, TableQuantizer):
+                assert got.scale == expected.scale and torch.equal(got.table, expected.table), (name, code)
+            else:
+                assert got == expected, (name, code)
+    assert (prepared.cached_weights, prepared.cached_quantizers) == (lazy.cached_weights, lazy.cached_quantizers)

@@ -26,5 +26,6 @@ def stochastic_round(x: torch.Tensor, wl: int, fl: int, generator: torch.Generat
     level (so the expected value is ``x`` inside the range), clamped to the range."""
     q = fixed_point(wl, fl)
     steps = x * (1.0 / q.scale)
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    # drawn on the CPU, whatever the device, so a seed gives the same rounding everywhere
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return torch.clamp(torch.floor(steps + noise), q.q_min, q.q_max) * q.scale

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from mpq_rl.adapt.fixed_point import fixed_point, stochastic_round
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
+from mpq_rl.data import to_device
 from mpq_rl.errors import UserError
 from mpq_rl.layers import call_model
 from mpq_rl.metrics import model_outputs, output_tensor, top1
@@ -132,6 +133,7 @@ def _loop(
     for _ in range(epochs):
         total, count = 0.0, 0
         for inputs, targets in loader:
+            inputs, targets = to_device(inputs, workload.device), targets.to(workload.device)
             logits = output_tensor(call_model(model, inputs))
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
             optimizer.zero_grad()
