@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from mpq_rl import formats
 from mpq_rl.cli import main
 from mpq_rl.config import load_config
 from mpq_rl.evaluator import calibrated_simulator
@@ -20,6 +21,7 @@ from mpq_rl.finetune import SCALES_FILE, WEIGHTS_FILE, FinetuneResult, finetune,
 from mpq_rl.metrics import model_outputs
 from mpq_rl.policy import save_policy
 from mpq_rl.qat import LsqAttachment, LsqQuantizer, calibrated_scales, load_scales
+from mpq_rl.quant import QuantParams
 from mpq_rl.workload import Workload, load_workload
 
 EDGE_LAYERS = ("stem", "classifier")
@@ -35,6 +37,16 @@ def fresh_workload() -> Workload:
 
 def aggressive_policy(workload: Workload) -> dict[str, tuple[int, int]]:
     return {name: (8, 8) if name in EDGE_LAYERS else (2, 4) for name in workload.layers.names}
+
+
+def mixed_format_policy(workload: Workload) -> dict[str, tuple[int, int]]:
+    """fp and flint at 4 bits on the inner layers (weights and inputs of each), integers at the edges."""
+    fp4, flint4 = formats.precision_code("fp", 4), formats.precision_code("flint", 4)
+    inner = [name for name in workload.layers.names if name not in EDGE_LAYERS]
+    pairs = [(fp4, flint4), (flint4, 4), (4, fp4), (flint4, flint4)]
+    return {
+        name: (8, 8) if name in EDGE_LAYERS else pairs[inner.index(name) % len(pairs)] for name in workload.layers.names
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +74,7 @@ def test_finetuning_reports_each_epoch(finetuned):
 
 
 def test_lsq_step_size_gets_the_lsq_gradient_and_values_pass_straight_through():
-    quantizer = LsqQuantizer(torch.tensor(0.5), zero_point=1, q_min=0, q_max=3, channel_axis=None).train()
+    quantizer = LsqQuantizer(QuantParams(0.5, zero_point=1, q_min=0, q_max=3)).train()
     x = torch.tensor([[-2.0, -0.2, 0.3, 0.55, 4.0]], requires_grad=True)
     out = quantizer(x)
     assert out.tolist() == [[-0.5, 0.0, 0.5, 0.5, 1.0]]
@@ -76,9 +88,24 @@ def test_lsq_step_size_gets_the_lsq_gradient_and_values_pass_straight_through():
     assert quantizer.scale.grad.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_lsq_on_a_value_table_gets_the_generalised_gradient():
+    code = formats.precision_code("fp", 4)  # E2M1: +-{0, 0.5, 1, 1.5, 2, 3, 4, 6}
+    quantizer = LsqQuantizer(formats.TableQuantizer(0.5, formats.value_table(code, True), code)).train()
+    x = torch.tensor([[-4.0, 0.3, 1.1, 2.2, 5.0]], requires_grad=True)
+    out = quantizer(x)
+    assert out.tolist() == [[-3.0, 0.25, 1.0, 2.0, 3.0]]  # nearest of the table times 0.5, the ends clipped
+    out.sum().backward()
+    assert x.grad.tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0]]
+    # T(v) - v inside, the clipped end T(v) outside, times g = 1 / sqrt(numel * largest table value).
+    v = x.detach()[0] / 0.5
+    inside = [float(t - v[i]) for i, t in ((1, 0.5), (2, 2.0), (3, 4.0))]
+    expected = (-6.0 + sum(inside) + 6.0) / math.sqrt(5 * 6)
+    assert quantizer.scale.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_per_channel_weight_quantizer_learns_one_step_per_output_channel():
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
-    quantizer = LsqQuantizer(torch.full((4,), 0.3), 0, -1, 1, channel_axis=0).train()
+    quantizer = LsqQuantizer(QuantParams(torch.full((4,), 0.3), 0, -1, 1, axis=0)).train()
     out = quantizer(weight)
     assert set(torch.unique(out[0] / 0.3).round().tolist()) <= {-1.0, 0.0, 1.0}
     out.pow(2).sum().backward()
@@ -100,6 +127,21 @@ def test_lsq_in_eval_mode_reproduces_the_simulator_exactly():
     finally:
         attachment.detach()
     assert not hasattr(workload.model.stem, "parametrizations")
+
+
+def test_lsq_in_eval_mode_reproduces_the_simulator_on_a_mixed_format_policy():
+    workload = fresh_workload()
+    policy = mixed_format_policy(workload)
+    simulator = calibrated_simulator(workload)
+    with simulator.applied(policy):
+        simulated = model_outputs(workload.model, workload.test)
+    scales = calibrated_scales(simulator, policy)
+    simulator.detach()
+    attachment = LsqAttachment(workload.model, scales)
+    try:
+        assert torch.equal(model_outputs(workload.model, workload.test), simulated)
+    finally:
+        attachment.detach()
 
 
 # --- finetuning ----------------------------------------------------------------------------------------------------
@@ -135,8 +177,8 @@ def test_saved_weights_reload_bit_identically_without_pickle(finetuned, tmp_path
     learned = load_finetuned(model, tmp_path)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in result.state_dict.items())
     assert learned is not None and set(learned) == set(result.scales)
-    assert torch.equal(learned["dw"].weight_scale, result.scales["dw"].weight_scale)
-    assert learned["dw"].input_scale == result.scales["dw"].input_scale
+    assert torch.equal(learned["dw"].weight.scale, result.scales["dw"].weight.scale)
+    assert learned["dw"].input.scale == result.scales["dw"].input.scale
     with safe_open(str(tmp_path / SCALES_FILE), framework="pt") as handle:
         assert json.loads(handle.metadata()["bits"])["dw"] == [2, 4]
     assert load_scales(tmp_path / SCALES_FILE)["stem"].w_bits == 8
