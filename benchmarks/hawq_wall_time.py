@@ -40,6 +40,10 @@ from mpq_rl.config import load_config
 
 NAME = "hawq_wall_time"
 TARGET = 2.0
+BEFORE = (
+    "Before hawq's ranked solutions (commit 45a0c69: one MILP per solution with no-good cuts, HiGHS), the same "
+    "run (150 episodes, one repeat) measured hawq 140.3 s against random 22.9 s: **6.12x** (load 1.7 to 5.5)."
+)
 AGENTS = ("random", "hawq")
 
 
@@ -84,6 +88,8 @@ def report(outcome: dict[str, Any]) -> list[str]:
         *table(["agent", "episodes", "evaluations", "median wall s"], rows),
         "",
         f"hawq / random: **{ratio:.2f}x** (target <= {TARGET}x: {verdict(ratio, TARGET, at_most=True)})",
+        "",
+        BEFORE,
     ]
 
 

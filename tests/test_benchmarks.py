@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not part of the installed package
 
-from benchmarks import episode_cost, step_overhead  # noqa: E402
+from benchmarks import episode_cost, format_cost, step_overhead  # noqa: E402
 from benchmarks.harness import interleaved, write_section  # noqa: E402
 
 
@@ -63,3 +63,10 @@ def test_step_overhead_runs_and_reports_per_step_times():
         assert result["step_ms"] > 0 and result["step_vs_shallowest"] > 0
     assert outcome["target_met"] is None
     assert "step mean µs" in "\n".join(written[step_overhead.NAME])
+
+
+def test_format_cost_reports_fp_and_flint_against_int(digits_model):
+    outcome = format_cost.run(repeats=1, bits=(4,))
+    (result,) = outcome["results"]
+    assert result["vs_int"]["int"] == 1.0 and result["vs_int"]["fp"] > 0 and result["vs_int"]["flint"] > 0
+    assert "| 4 |" in "\n".join(format_cost.report(outcome))
