@@ -119,18 +119,19 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Score a policy on the held-out test split (FP32 alongside), optionally after LSQ finetuning."""
-    from mpq_rl.finetune import DEFAULT_LR, checked_policy, finetune, render_result
+    from mpq_rl.finetune import DEFAULT_LR, finetune
+    from mpq_rl.policy import checked_policy
     from mpq_rl.workload import load_workload
 
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, config.quantization, policy_file)
+    policy = checked_policy(policy_file, workload.layers.names, workload.fixed, config.quantization)
     epochs = args.finetune_epochs or 0
     lr = DEFAULT_LR if args.lr is None else args.lr
     result = finetune(workload, policy, epochs, lr=lr, seed=config.seed, progress=True)
     print(f"model {config.model.source}, policy {policy_file}, {workload.test.num_samples} test samples")
-    print(render_result(result))
+    print(result.table())
     output = args.output or (config.output / "evaluate" if epochs else None)
     if output is not None:
         result.save(output)
@@ -143,14 +144,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     """Export the model quantized by a policy as ONNX (Q/DQ per layer) with a JSON sidecar of bits and scales."""
     from mpq_rl.export import export_policy, sidecar_path
     from mpq_rl.export_check import ExportCheck
-    from mpq_rl.finetune import checked_policy
+    from mpq_rl.policy import checked_policy
     from mpq_rl.workload import load_workload
 
     check_output_file(Path(args.output), "--output")
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
-    policy = checked_policy(workload, config.quantization, policy_file)
+    policy = checked_policy(policy_file, workload.layers.names, workload.fixed, config.quantization)
     sidecar = export_policy(
         workload, policy, args.output, weights=args.weights, min_agreement=args.min_agreement, threads=args.threads
     )
@@ -161,7 +162,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     """Search per-layer bit-widths under the budget; write the run folder and print the best policy on test data."""
-    from mpq_rl.trainer import run_config, run_search
+    from mpq_rl.trainer import run_search
 
     flags = {
         "agent.name": args.agent,
@@ -175,10 +176,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     if args.resume is not None:
         if args.config is not None:
             raise UserError("give --resume DIR or --config FILE, not both: a resumed run keeps DIR/config.yaml")
-        config = run_config(args.resume).with_overrides(**overrides)
+        result = run_search(None, resume=args.resume, progress=not args.no_progress, overrides=overrides)
     else:
-        config = _config(args).with_overrides(**overrides)
-    result = run_search(config, resume=args.resume, progress=not args.no_progress)
+        result = run_search(_config(args).with_overrides(**overrides), progress=not args.no_progress)
     print(result.report())
 
 
@@ -260,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(export)
     export.add_argument("--policy", help="policy.json giving each layer's bits (or --run DIR for DIR/policy.json)")
     export.add_argument("--weights", help="finetuned weights: an evaluate --output folder or its model.safetensors")
-    export.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
     export.add_argument("--output", required=True, help="the model file to write, e.g. model.onnx")
     export.add_argument(
         "--min-agreement",

@@ -63,7 +63,9 @@ def compare(
     its folder's lock, so a second comparison on ``output`` is refused at the first run still in progress.
     """
     from mpq_rl.agents import SEARCHERS
-    from mpq_rl.trainer import CONFIG_FILE, finished_result, run_config, run_search
+    from mpq_rl.run_folder import CONFIG_FILE, run_config
+    from mpq_rl.summary import finished_result
+    from mpq_rl.trainer import run_search
 
     for name in agents:
         SEARCHERS.resolve(name)  # an unknown name stops the comparison before any run

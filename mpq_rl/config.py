@@ -229,6 +229,26 @@ class RunConfig(_Section):
             return {"fraction": float(v)}
         return v
 
+    def hparams(self) -> dict[str, Any]:
+        """The run's settings as flat HParams values (numbers, strings and booleans), for TensorBoard."""
+        flat: dict[str, Any] = {
+            "agent": self.agent.name,
+            "episodes": self.agent.episodes,
+            "n_envs": self.agent.n_envs,
+            "seed": self.seed,
+            "budget": self.budget.fraction,
+            "enforcement": self.budget.enforcement,
+            "hardware": self.hardware.preset,
+            "metric": self.hardware.metric,
+            "reward": self.reward.name,
+            "proxy": self.proxy.key,
+            "weight_bits": str(self.quantization.weight_bits),
+            "activation_bits": str(self.quantization.activation_bits),
+        }
+        for key, value in sorted(self.agent.kwargs.items()):
+            flat[f"agent.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        return flat
+
     def with_overrides(self, **changes: Any) -> RunConfig:
         """A copy with dotted keys replaced, e.g. ``{"agent.episodes": 10}``; validated like a file."""
         data = self.model_dump(mode="json")

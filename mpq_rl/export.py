@@ -44,7 +44,7 @@ from mpq_rl.errors import UserError
 from mpq_rl.evaluator import calibrated_simulator
 from mpq_rl.export_check import check_export, require_agreement
 from mpq_rl.export_int4 import transpose_for_matmul_nbits
-from mpq_rl.finetune import load_finetuned
+from mpq_rl.finetuned_weights import load_finetuned
 from mpq_rl.format_export import add_format_layers, splice
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.layers import layer_modules

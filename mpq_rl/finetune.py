@@ -1,8 +1,8 @@
 """Held-out evaluation of a policy, optionally after quantization-aware finetuning (LSQ) on the train split.
 
-:func:`finetune` is what ``mpq-rl evaluate --finetune-epochs N`` runs, and what a search calls on its best policy:
-it scores the policy on the test split with the calibrated simulator (before), attaches LSQ quantizers initialized
-from that simulator's ranges (:mod:`mpq_rl.qat`), trains weights and step sizes on the train split, and scores
+:func:`finetune` is what ``mpq-rl evaluate [--finetune-epochs N]`` runs (a search does not finetune): it scores
+the policy on the test split with the calibrated simulator (before), attaches LSQ quantizers initialized from that
+simulator's ranges (:mod:`mpq_rl.qat`), trains weights and step sizes on the train split, and scores
 again (after). The model is finetuned in place: detach any evaluator's simulator (``Evaluator.close()``) first.
 
 BatchNorm: the model trains with every BatchNorm layer in eval mode. Normalization uses the frozen running
@@ -12,7 +12,7 @@ statistics are not re-estimated from a handful of small batches of a network who
 then bake in. (A deployment backend folds BN into the per-channel weight scale, exactly: the integers stay.)
 
 Outputs (:meth:`FinetuneResult.save`): ``model.safetensors`` (the finetuned float state dict, loadable with
-``model.load_state_dict``), ``lsq_scales.safetensors`` (learned step sizes, see :func:`mpq_rl.qat.save_scales`)
+``model.load_state_dict``), ``lsq_scales.safetensors`` (learned step sizes, see :mod:`mpq_rl.finetuned_weights`)
 and ``evaluation.json``.
 """
 
@@ -28,27 +28,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from mpq_rl import formats
-from mpq_rl.config import QuantizationConfig
-from mpq_rl.data import split_item
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import Metrics, calibrated_simulator
-from mpq_rl.formats import candidate_codes, is_integer_code
-from mpq_rl.io import atomic_write_bytes, atomic_write_json
+from mpq_rl.finetuned_weights import SCALES_FILE, WEIGHTS_FILE, save_finetuned
+from mpq_rl.formats import is_integer_code
+from mpq_rl.io import atomic_write_json
 from mpq_rl.layers import call_model
 from mpq_rl.metrics import model_outputs, output_tensor, score
-from mpq_rl.policy import BitPair, Policy, load_policy, policy_to_json, validate_policy
-from mpq_rl.qat import LayerScales, LsqAttachment, calibrated_scales, load_scales, save_scales
+from mpq_rl.policy import BitPair, Policy, policy_to_json
+from mpq_rl.qat import LayerScales, LsqAttachment, calibrated_scales
 from mpq_rl.text_table import render_table
-from mpq_rl.workload import Workload, check_labels, finite
+from mpq_rl.train_split import train_loader
+from mpq_rl.workload import Workload
 
 EVALUATION_FORMAT = "mpq_rl.evaluation/1"
-WEIGHTS_FILE = "model.safetensors"
-SCALES_FILE = "lsq_scales.safetensors"
 EVALUATION_FILE = "evaluation.json"
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH_SIZE = 32
@@ -88,10 +85,19 @@ class FinetuneResult:
         """Write ``evaluation.json`` and, after finetuning, the weights and scales into ``folder``."""
         folder = Path(folder)
         if self.epochs:
-            tensors = {k: v.detach().contiguous() for k, v in self.state_dict.items()}
-            atomic_write_bytes(folder / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
-            save_scales(folder / SCALES_FILE, self.scales)
+            save_finetuned(folder, self.state_dict, self.scales)
         atomic_write_json(folder / EVALUATION_FILE, self.to_json())
+
+    def table(self) -> str:
+        """The held-out metrics as a small table: FP32, the simulated policy, and the policy after finetuning."""
+        keys = [k for k in ("top1", "agreement", "kl", "cosine") if k in self.fp32]
+        rows = [("test split", *keys)]
+        named = [("fp32", self.fp32), ("policy (simulated)", self.before)]
+        if self.after is not None:
+            named.append((f"policy after {self.epochs} epochs LSQ", self.after))
+        for label, metrics in named:
+            rows.append((label, *(f"{metrics[k]:.4f}" for k in keys)))
+        return render_table(rows, right=tuple(range(1, len(keys) + 1)))
 
 
 @dataclass
@@ -177,38 +183,6 @@ def _non_integer(policy: Mapping[str, BitPair]) -> tuple[str, int] | None:
     return None
 
 
-def _collate(items: list[Any]) -> tuple[Any, torch.Tensor]:
-    pairs = [split_item(item) for item in items]
-    return default_collate([x for x, _ in pairs]), default_collate([t for _, t in pairs])
-
-
-def train_loader(workload: Workload, batch_size: int, seed: int) -> DataLoader:
-    """The labelled train split, shuffled by ``seed``: what finetuning and adaptive-precision training learn from."""
-    train = workload.train
-    if train is None or len(train) == 0:
-        raise UserError("training needs a train split: use a dataset (or data.factory) that returns 'train'")
-    if split_item(train[0])[1] is None:
-        raise UserError("training uses labels, but the train split has no targets: give (input, target) items")
-    if batch_size < 1:
-        raise UserError(f"training batch size must be at least 1, got {batch_size}")
-    _check_train(train, workload, batch_size)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_collate)
-
-
-def _check_train(train: Any, workload: Workload, batch_size: int) -> None:
-    """Refuse, before training, a train split whose inputs are not finite or whose labels are not class ids of
-    the model's output (one pass, in order); a NaN in training data would otherwise surface as a diverged loss."""
-    with torch.no_grad():
-        classes = output_tensor(call_model(workload.model, workload.calibration.example())).shape[-1]
-    labels = []
-    for number, (inputs, targets) in enumerate(DataLoader(train, batch_size=batch_size, collate_fn=_collate), 1):
-        if not finite(inputs):
-            raise UserError(f"the train split has NaN or infinite inputs (batch {number}): clean or drop those samples")
-        labels.append(targets)
-    check_labels(labels, "train", classes)
-
-
 def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
     """Put every BatchNorm layer of ``model`` in eval mode (running statistics used, never updated)."""
     frozen = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -266,61 +240,3 @@ def _to(value: Any, device: torch.device) -> Any:
     if isinstance(value, Mapping):
         return {k: _to(v, device) for k, v in value.items()}
     return value
-
-
-def load_finetuned(model: nn.Module, path: str | Path) -> dict[str, LayerScales] | None:
-    """Load finetuned weights into ``model``; return the learned scales saved beside them (None if there are none).
-
-    ``path`` is an ``evaluate --finetune-epochs`` output folder, its ``model.safetensors``, or a plain state dict
-    saved with ``torch.save(model.state_dict(), path)``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    if not path.is_file():
-        raise UserError(f"weights file {str(path)!r} does not exist: pass an evaluate --output folder or its weights")
-    if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except Exception as exc:
-            raise UserError(f"weights {str(path)!r} cannot be read as safetensors ({type(exc).__name__})") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise UserError(f"weights {str(path)!r} do not fit the model: {first}") from None
-    else:
-        from mpq_rl.models import load_weights
-
-        load_weights(model, path)
-    scales = path.parent / SCALES_FILE
-    return load_scales(scales) if scales.is_file() else None
-
-
-def checked_policy(workload: Workload, quantization: QuantizationConfig, path: str | Path) -> Policy:
-    """Load a policy file and check it against the workload: every layer, no unknown layer, allowed bits.
-
-    Allowed bits are the configured candidates plus the bits the configuration fixes for unsearched layers.
-    """
-    weight_bits = sorted(
-        {*candidate_codes(quantization.formats, quantization.weight_bits), *(w for w, _ in workload.fixed.values())}
-    )
-    activation_bits = sorted(
-        {
-            *candidate_codes(quantization.formats, quantization.activation_candidates),
-            *(a for _, a in workload.fixed.values()),
-        }
-    )
-    return validate_policy(load_policy(path), workload.layers.names, weight_bits, activation_bits)
-
-
-def render_result(result: FinetuneResult) -> str:
-    """The held-out metrics as a small table: FP32, the simulated policy, and the policy after finetuning."""
-    keys = [k for k in ("top1", "agreement", "kl", "cosine") if k in result.fp32]
-    rows = [("test split", *keys)]
-    named = [("fp32", result.fp32), ("policy (simulated)", result.before)]
-    if result.after is not None:
-        named.append((f"policy after {result.epochs} epochs LSQ", result.after))
-    for label, metrics in named:
-        rows.append((label, *(f"{metrics[k]:.4f}" for k in keys)))
-    return render_table(rows, right=tuple(range(1, len(keys) + 1)))

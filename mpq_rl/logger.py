@@ -23,7 +23,6 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from mpq_rl.config import RunConfig
 from mpq_rl.episode import Episode
 
 TB_DIR = "tb"
@@ -57,27 +56,6 @@ def layout() -> dict[str, dict[str, list[Any]]]:
     }
 
 
-def hyperparameters(config: RunConfig) -> dict[str, Any]:
-    """The run's settings as flat HParams values (numbers, strings and booleans)."""
-    flat: dict[str, Any] = {
-        "agent": config.agent.name,
-        "episodes": config.agent.episodes,
-        "n_envs": config.agent.n_envs,
-        "seed": config.seed,
-        "budget": config.budget.fraction,
-        "enforcement": config.budget.enforcement,
-        "hardware": config.hardware.preset,
-        "metric": config.hardware.metric,
-        "reward": config.reward.name,
-        "proxy": config.proxy.key,
-        "weight_bits": str(config.quantization.weight_bits),
-        "activation_bits": str(config.quantization.activation_bits),
-    }
-    for key, value in sorted(config.agent.kwargs.items()):
-        flat[f"agent.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
-
-
 def bits_figure(policy: Mapping[str, tuple[int, int] | list[int]], title: str):
     """A bar chart of weight and activation bits per layer."""
     import matplotlib
@@ -101,11 +79,13 @@ def bits_figure(policy: Mapping[str, tuple[int, int] | list[int]], title: str):
 class TensorBoardLogger:
     """Writes the search's TensorBoard events; a :class:`~mpq_rl.recorder.Recorder` listener."""
 
-    def __init__(self, folder: Path, config: RunConfig, searched: tuple[str, ...], keep: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, hyperparameters: Mapping[str, Any], searched: tuple[str, ...], keep: int | None = None
+    ) -> None:
         """A new run's logger, or with ``keep`` a resumed run's, which drops what was logged after episode
-        ``keep``."""
+        ``keep``. ``hyperparameters`` are the run's settings as flat HParams values (:meth:`RunConfig.hparams`)."""
         self.folder = Path(folder) / TB_DIR
-        self.config = config
+        self.hyperparameters = dict(hyperparameters)
         self.searched = searched
         self.writer = SummaryWriter(str(self.folder), purge_step=None if keep is None else keep + 1)
         self._window: list[Episode] = []
@@ -148,7 +128,7 @@ class TensorBoardLogger:
         for key, value in (test or {}).items():
             metrics[BEST_TEST.format(key)] = value
             self.writer.add_scalar(BEST_TEST.format(key), float(value), episodes)
-        experiment, start, end = hparams(hyperparameters(self.config), metrics)
+        experiment, start, end = hparams(self.hyperparameters, metrics)
         file_writer = self.writer._get_file_writer()
         for summary in (experiment, start, end):
             file_writer.add_summary(summary)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpq_rl.errors import UserError
 from mpq_rl.formats import (
     FORMAT_CODE_STRIDE,
     FORMAT_NAMES,
     bits_of,
+    candidate_codes,
     check_code,
     format_of,
     is_integer_code,
@@ -24,6 +25,9 @@ from mpq_rl.formats import (
     precision_code,
 )
 from mpq_rl.io import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from mpq_rl.config import QuantizationConfig
 
 BitPair = tuple[int, int]
 Policy = dict[str, BitPair]
@@ -139,3 +143,23 @@ def _whole(value: Any, name: str, key: str, path: Path) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     raise UserError(f"policy file {path}: layer {name!r} has {key} {value!r}: bit-widths are whole numbers like 4")
+
+
+def checked_policy(
+    path: str | Path, layers: Sequence[str], fixed: Mapping[str, BitPair], quantization: QuantizationConfig
+) -> Policy:
+    """Load a policy file and check it against the workload: every layer, no unknown layer, allowed bits.
+
+    ``layers`` are the workload's layer names; allowed bits are the configured candidates plus the bits the
+    configuration fixes for unsearched layers (``fixed``).
+    """
+    weight_bits = sorted(
+        {*candidate_codes(quantization.formats, quantization.weight_bits), *(w for w, _ in fixed.values())}
+    )
+    activation_bits = sorted(
+        {
+            *candidate_codes(quantization.formats, quantization.activation_candidates),
+            *(a for _, a in fixed.values()),
+        }
+    )
+    return validate_policy(load_policy(path), layers, weight_bits, activation_bits)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import platform
+import shlex
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,10 +24,10 @@ from typing import Any
 
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
-from mpq_rl.io import atomic_write_json, read_json
+from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
 
 CONFIG_FILE = "config.yaml"
-"""The run's resolved config (written by :func:`mpq_rl.trainer.write_config`), after a first line of
+"""The run's resolved config (written by :func:`write_config`), after a first line of
 :data:`CONFIG_HEADER`."""
 CONFIG_HEADER = "# mpq_rl run configuration"
 CHECKPOINT_DIR = "checkpoint"
@@ -32,6 +35,8 @@ CHECKPOINT_DIR = "checkpoint"
 MANIFEST_FILE = "mpq_rl_run.json"
 LOCK_FILE = "mpq_rl.lock"
 FORMAT = "mpq_rl.run/1"
+RESUMABLE_CHANGES = ("agent.episodes",)
+"""What a resumed run may change in the saved config."""
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -154,3 +159,58 @@ def exclusive(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def versions() -> dict[str, str]:
+    """The versions a run depends on, for its config.yaml and summary.json."""
+    import gymnasium
+    import numpy
+    import stable_baselines3
+    import torch
+
+    import mpq_rl
+
+    return {
+        "mpq_rl": mpq_rl.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def write_config(folder: Path, config: RunConfig) -> None:
+    """``config.yaml``: the resolved config, preceded by comments naming the versions and the command."""
+    header = [f"{CONFIG_HEADER} (resolved); load it with `mpq-rl search --config` or resume the run"]
+    header += [f"# {name} {version}" for name, version in versions().items()]
+    header.append("# command: " + shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    atomic_write_text(folder / CONFIG_FILE, "\n".join(header) + "\n" + config.to_yaml())
+
+
+def resumed_config(saved: RunConfig, asked: RunConfig) -> RunConfig:
+    """The saved config of a run being resumed, with what ``asked`` may change in it (:data:`RESUMABLE_CHANGES`);
+    any other difference is a user error naming the key."""
+    keep = saved.model_dump(mode="json")
+    want = asked.model_dump(mode="json")
+    for section, values in keep.items():
+        if section == "output":
+            continue
+        if isinstance(values, dict):
+            for key, value in values.items():
+                dotted = f"{section}.{key}"
+                if dotted not in RESUMABLE_CHANGES and want[section][key] != value:
+                    raise UserError(
+                        f"cannot resume with {dotted} = {want[section][key]!r}: the run used {value!r}; "
+                        f"only {', '.join(RESUMABLE_CHANGES)} may change"
+                    )
+        elif want[section] != values:
+            raise UserError(f"cannot resume with {section} = {want[section]!r}: the run used {values!r}")
+    return saved.with_overrides(**{k: _get(asked, k) for k in RESUMABLE_CHANGES})
+
+
+def _get(config: RunConfig, dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    return node

@@ -18,7 +18,8 @@ from mpq_rl.cli import main  # noqa: E402
 from mpq_rl.config import load_config  # noqa: E402
 from mpq_rl.evaluator import calibrated_simulator  # noqa: E402
 from mpq_rl.export import export_policy, sidecar_path  # noqa: E402
-from mpq_rl.finetune import finetune, load_finetuned  # noqa: E402
+from mpq_rl.finetune import finetune  # noqa: E402
+from mpq_rl.finetuned_weights import load_finetuned  # noqa: E402
 from mpq_rl.metrics import model_outputs  # noqa: E402
 from mpq_rl.policy import save_policy  # noqa: E402
 from mpq_rl.qat import LsqAttachment  # noqa: E402
@@ -135,7 +136,7 @@ def test_finetuned_weights_export_with_their_learned_scales(finetuned_dir, tmp_p
     workload = load_workload(load_config())
     save_policy(tmp_path / "policy.json", MIXED)
     argv = ["export", "--policy", str(tmp_path / "policy.json"), "--weights", str(finetuned_dir)]
-    assert main([*argv, "--format", "onnx", "--output", str(tmp_path / "model.onnx")]) == 0
+    assert main([*argv, "--output", str(tmp_path / "model.onnx")]) == 0
     assert "learned scales" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
     assert sidecar["scales"] == "learned"

@@ -17,7 +17,8 @@ from mpq_rl import formats
 from mpq_rl.cli import main
 from mpq_rl.config import load_config
 from mpq_rl.evaluator import calibrated_simulator
-from mpq_rl.finetune import SCALES_FILE, WEIGHTS_FILE, FinetuneResult, finetune, load_finetuned
+from mpq_rl.finetune import FinetuneResult, finetune
+from mpq_rl.finetuned_weights import SCALES_FILE, WEIGHTS_FILE, load_finetuned
 from mpq_rl.metrics import model_outputs
 from mpq_rl.policy import save_policy
 from mpq_rl.qat import LsqAttachment, LsqQuantizer, calibrated_scales, load_scales

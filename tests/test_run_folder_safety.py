@@ -27,8 +27,9 @@ from mpq_rl.cli import EXIT_USER_ERROR, main
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_text
 from mpq_rl.recorder import Recorder
-from mpq_rl.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive
-from mpq_rl.trainer import finished_result, run_config, run_search
+from mpq_rl.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive, run_config
+from mpq_rl.summary import finished_result
+from mpq_rl.trainer import run_search
 
 EPISODES = 8
 CHECKPOINT_AT = 4

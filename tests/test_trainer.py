@@ -14,7 +14,8 @@ from mpq_rl.evaluator import EvaluationCache, Evaluator
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.policy import load_policy
 from mpq_rl.recorder import Recorder
-from mpq_rl.trainer import SearchInterrupted, run_config, run_search
+from mpq_rl.run_folder import run_config
+from mpq_rl.trainer import SearchInterrupted, run_search
 from mpq_rl.workload import load_workload
 
 EPISODES = 12
@@ -259,9 +260,9 @@ def test_budget_conditioned_search_reports_the_best_policy_of_every_budget(digit
 
 
 def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, capsys, monkeypatch):
-    from mpq_rl import trainer
+    from mpq_rl import progress
 
-    monkeypatch.setattr(trainer, "PROGRESS_SECONDS", 3600.0)
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 3600.0)
     config = small_config(tmp_path / "run", episodes=40, name="random", kwargs={})
     run_search(config, progress=True)  # stderr is captured here, not a terminal
     lines = capsys.readouterr().err.splitlines()
@@ -274,11 +275,11 @@ def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, ca
 def test_time_left_leaves_out_the_first_episode_and_its_one_off_work(capsys, monkeypatch):
     from types import SimpleNamespace
 
-    from mpq_rl import trainer
+    from mpq_rl import progress
 
     clock = [0.0]
-    monkeypatch.setattr(trainer.time, "monotonic", lambda: clock[0])
-    bar = trainer._Progress(total=5, initial=0, enabled=True, proxy="top1", metric="latency")
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = progress.SearchProgress(total=5, initial=0, enabled=True, proxy="top1", metric="latency")
     nobody = SimpleNamespace(best=None)  # what the bar reads of the recorder
     for number, at in [(1, 1000.0), (2, 1002.0), (3, 1004.0)]:  # 1000 s of Hessians, then 2 s per episode
         clock[0] = at

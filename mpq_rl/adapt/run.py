@@ -204,7 +204,7 @@ def _write(
     history: _History,
     summary: dict[str, Any],
 ) -> None:
-    from mpq_rl.trainer import write_config
+    from mpq_rl.run_folder import write_config
 
     quant = config.quantization
     w_bits = sorted({*quant.weight_bits, *(w for w, _ in policy.values())})

@@ -25,9 +25,9 @@ from mpq_rl.adapt.fixed_point import fixed_point, stochastic_round
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.errors import UserError
-from mpq_rl.finetune import train_loader
 from mpq_rl.layers import call_model
 from mpq_rl.metrics import model_outputs, output_tensor, top1
+from mpq_rl.train_split import train_loader
 from mpq_rl.workload import Workload
 
 StepCallback = Callable[[int, float, AdaptRule, OpsCounter], None]
