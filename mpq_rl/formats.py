@@ -5,9 +5,12 @@ cost tables as one integer, the *precision code*: ``FORMAT_CODE_STRIDE * k + bit
 :data:`FORMAT_NAMES`, so an integer bit-width is its own code (every integer-only policy, table and cache is
 unchanged) and ``104`` is fp4, ``204`` flint4. Policy files spell the format out (``w_format``, ``a_format``).
 
-Integers keep their affine path (:mod:`mpq_rl.quant`, the compiled kernels); the other formats quantize to their
-value table, scaled per output channel (weights) or per tensor (activations) by the same clipping-ratio search as
-integers, rounding to the nearest value (ties to the smaller) with a straight-through estimator for QAT. Weights
+Integers keep their affine path (:class:`mpq_rl.quant.QuantParams`); the other formats quantize to their value
+table, scaled per output channel (weights) or per tensor (activations) by the same clipping-ratio search as
+integers, rounding to the nearest value (ties to the smaller) with a straight-through estimator for QAT. Their
+quantizer, :class:`TableQuantizer`, has QuantParams' shape (a scale, float or per-channel tensor, and an axis)
+and operations (``fake_quantize``, ``values``, ``integers``, ``grid_ste``), with a sorted value table in place
+of the integer range and zero point, so the simulator, LSQ and export take either without asking which. Weights
 are signed; an activation is unsigned when its calibration input is non-negative, and then the sign bit becomes
 one more mantissa bit. ``fp`` and ``flint`` start at 3 bits (1 sign bit and at least 2 for the magnitude); the
 2-bit candidate stays integer-only.
