@@ -181,7 +181,7 @@ def save_scales(path: str | Path, scales: Mapping[str, LayerScales]) -> None:
             if isinstance(s.input, QuantParams):
                 tensors[f"{name}.input_zero_point"] = torch.tensor(s.input.zero_point, dtype=torch.int32)
             else:
-                tensors[f"{name}.input_values"] = s.input.table.contiguous()
+                tensors[f"{name}.input_values"] = s.input.table.clone()  # tables are shared (cached)
     bits = {name: [s.w_bits, s.a_bits] for name, s in scales.items()}
     metadata = {"format": SCALES_FORMAT, "bits": json.dumps(bits)}
     atomic_write_bytes(path, save(tensors, metadata=metadata))

@@ -21,7 +21,6 @@ from mpq_rl.hardware import build_cost_table
 from mpq_rl.metrics import model_outputs
 from mpq_rl.policy import load_policy, save_policy
 from mpq_rl.problem import build_problem
-from mpq_rl.qat import load_scales
 from mpq_rl.workload import load_workload
 
 FP, FLINT = formats.precision_code("fp", 0), formats.precision_code("flint", 0)
@@ -213,24 +212,12 @@ def test_a_policy_mixing_formats_goes_through_search_cost_and_evaluate(digits_mo
     assert main(["evaluate", *argv, "--policy", str(policy_file), "--output", str(tmp_path / "eval")]) == 0
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert 0.5 < evaluation["test"]["before"]["top1"] <= 1.0
-    # LSQ finetuning of the mixed policy (fp / flint step sizes learned through the value tables), then its export.
+    # LSQ finetuning of a mixed policy (accuracy and export: tests/test_qat.py)
     finetuned = tmp_path / "finetuned"
     evaluate = ["evaluate", *argv, "--policy", str(policy_file), "--finetune-epochs", "1", "--output", str(finetuned)]
     assert main(evaluate) == 0
-    held_out = json.loads((finetuned / "evaluation.json").read_text())["test"]
-    assert held_out["after"]["top1"] >= held_out["before"]["top1"]
-    learned = load_scales(finetuned / "lsq_scales.safetensors")
-    table_sides = [(n, s.weight) for n, s in learned.items() if isinstance(s.weight, formats.TableQuantizer)]
-    assert table_sides, "the random policy has an fp or flint weight"
-    onnx_file = tmp_path / "model.onnx"
-    export = ["export", *argv, "--policy", str(policy_file), "--weights", str(finetuned), "--output", str(onnx_file)]
-    assert main(export) == 0  # refused below 0.99 top-1 agreement of onnxruntime with the finetuned simulation
-    sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
-    assert sidecar["scales"] == "learned" and sidecar["check"]["agreement"] >= 0.99
-    name, weight = table_sides[0]
-    record = next(r for r in sidecar["layers"] if r["name"] == name)["weight"]
-    assert record["format"] == formats.format_of(weight.code)
-    assert record["scale"] == pytest.approx(weight.scale.tolist())
+    assert json.loads((finetuned / "evaluation.json").read_text())["test"]["after"]["top1"] > 0.5
+    assert (finetuned / "lsq_scales.safetensors").is_file()
 
 
 def test_export_decodes_format_layers_in_onnx_like_the_simulator(digits_model, tmp_path):

@@ -17,6 +17,7 @@ from mpq_rl import formats
 from mpq_rl.cli import main
 from mpq_rl.config import load_config
 from mpq_rl.evaluator import calibrated_simulator
+from mpq_rl.export import export_policy
 from mpq_rl.finetune import FinetuneResult, finetune
 from mpq_rl.finetuned_weights import SCALES_FILE, WEIGHTS_FILE, load_finetuned
 from mpq_rl.metrics import model_outputs
@@ -41,10 +42,10 @@ def aggressive_policy(workload: Workload) -> dict[str, tuple[int, int]]:
 
 
 def mixed_format_policy(workload: Workload) -> dict[str, tuple[int, int]]:
-    """fp and flint at 4 bits on the inner layers (weights and inputs of each), integers at the edges."""
-    fp4, flint4 = formats.precision_code("fp", 4), formats.precision_code("flint", 4)
+    """fp, flint and integers at 3 bits on the inner layers (mixed within layers too), W8A8 at the edges."""
+    fp3, flint3 = formats.precision_code("fp", 3), formats.precision_code("flint", 3)
     inner = [name for name in workload.layers.names if name not in EDGE_LAYERS]
-    pairs = [(fp4, flint4), (flint4, 4), (4, fp4), (flint4, flint4)]
+    pairs = [(fp3, flint3), (flint3, 3), (3, fp3), (flint3, flint3)]
     return {
         name: (8, 8) if name in EDGE_LAYERS else pairs[inner.index(name) % len(pairs)] for name in workload.layers.names
     }
@@ -155,6 +156,31 @@ def test_finetuning_an_aggressive_policy_recovers_held_out_accuracy(finetuned):
     assert result.after["top1"] > result.before["top1"] + 0.04
     assert result.after["top1"] > result.fp32["top1"] - 0.03
     assert len(result.losses) == 2 and result.losses[1] < result.losses[0]
+
+
+def test_finetuning_a_mixed_format_policy_holds_held_out_accuracy_and_exports(tmp_path):
+    workload = fresh_workload()
+    policy = mixed_format_policy(workload)
+    result = finetune(workload, policy, epochs=2, seed=0)
+    # On digits this policy loses about half a point; LSQ through the value tables wins it back (0.9849 -> 0.9874
+    # when measured). From a near-lossless start the recipe can lose a little, integers included (W4A4 0.9924 ->
+    # 0.9874), so the test takes a policy that starts below FP32.
+    assert result.before["top1"] < result.fp32["top1"]
+    assert result.after["top1"] >= result.before["top1"]
+    assert result.losses[1] < result.losses[0]
+    learned = result.scales["block.conv1"]
+    assert isinstance(learned.weight, formats.TableQuantizer) and isinstance(learned.input, formats.TableQuantizer)
+    assert learned.weight.scale.shape == (workload.model.block.conv1.out_channels,)
+    result.save(tmp_path / "finetuned")
+    reloaded = load_scales(tmp_path / "finetuned" / SCALES_FILE)["block.conv1"]
+    assert torch.equal(reloaded.weight.scale, learned.weight.scale) and reloaded.input.scale == learned.input.scale
+    assert torch.equal(reloaded.input.table, learned.input.table) and reloaded.input.code == learned.input.code
+    sidecar = export_policy(fresh_workload(), policy, tmp_path / "model.onnx", weights=tmp_path / "finetuned")
+    assert sidecar["scales"] == "learned" and sidecar["check"]["agreement"] >= 0.99
+    record = next(r for r in sidecar["layers"] if r["name"] == "block.conv1")
+    assert record["weight"]["format"] == "fp" and record["input"]["format"] == "flint"
+    assert record["weight"]["scale"] == pytest.approx(learned.weight.scale.tolist())
+    assert record["input"]["scale"] == pytest.approx(learned.input.scale)
 
 
 def test_batchnorm_statistics_stay_frozen_while_its_affine_parameters_learn(finetuned):
