@@ -7,11 +7,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mpq_rl.config import RunConfig, load_config
+from mpq_rl.config import BACKENDS, RunConfig, load_config
 from mpq_rl.errors import UserError
 from mpq_rl.io import check_output_file, json_text
 from mpq_rl.layers import LayerTable
 from mpq_rl.text_table import render_table
+from mpq_rl.threads import set_torch_threads, threads_per_process
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -162,6 +163,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     """Search per-layer bit-widths under the budget; write the run folder and print the best policy on test data."""
+    from mpq_rl.run_folder import run_config
     from mpq_rl.trainer import run_search
 
     flags = {
@@ -171,15 +173,49 @@ def cmd_search(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "output": args.output,
         "agent.n_envs": args.n_envs,
+        **_parallel_flags(args),
     }
     overrides = {key: value for key, value in flags.items() if value is not None}
     if args.resume is not None:
         if args.config is not None:
             raise UserError("give --resume DIR or --config FILE, not both: a resumed run keeps DIR/config.yaml")
+        _set_threads(run_config(args.resume).with_overrides(**overrides))  # the run_search below checks it
         result = run_search(None, resume=args.resume, progress=not args.no_progress, overrides=overrides)
     else:
-        result = run_search(_config(args).with_overrides(**overrides), progress=not args.no_progress)
+        config = _config(args).with_overrides(**overrides)
+        _set_threads(config)
+        result = run_search(config, progress=not args.no_progress)
     print(result.report())
+
+
+def _set_threads(config: RunConfig) -> None:
+    """This process's torch threads: its share of the cores with the workers it starts on this machine (the
+    workers, and a comparison's Ray tasks, set their own)."""
+    from mpq_rl.pool import local_processes
+
+    set_torch_threads(threads_per_process(local_processes(config.evaluation)))
+
+
+def _parallel_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The ``parallel`` keys given as ``--backend``, ``--workers`` and ``--address``."""
+    return {"parallel.backend": args.backend, "parallel.workers": args.workers, "parallel.address": args.address}
+
+
+def add_parallel_flags(command: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--workers`` and ``--address``: where evaluations (or a comparison's runs) run."""
+    command.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="where evaluations run: local (one at a time), process (worker processes) or ray (a Ray cluster); "
+        "parallel.backend",
+    )
+    command.add_argument("--workers", type=int, metavar="N", help="evaluations at once (parallel.workers)")
+    command.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --backend ray: auto (the cluster `ray start --head` started here) or host:port; "
+        "default a local cluster (parallel.address)",
+    )
 
 
 def _int_list(text: str) -> list[int]:
@@ -193,9 +229,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     """Run several searchers (and seeds) on one config at the same evaluation budget; table and Pareto plot."""
     from mpq_rl.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
 
-    flags = {"agent.episodes": args.episodes, "budget.fraction": args.budget}
+    flags = {"agent.episodes": args.episodes, "budget.fraction": args.budget, **_parallel_flags(args)}
     config = _config(args).with_overrides(**{key: value for key, value in flags.items() if value is not None})
     agents = [name.strip() for name in args.agents.split(",") if name.strip()]
+    _set_threads(config)
     compare(config, agents, args.seeds, args.output, progress=not args.no_progress)
     print((Path(args.output) / COMPARE_MD).read_text(), end="")
     print(f"wrote {Path(args.output) / COMPARE_MD}, {COMPARE_JSON} and {PARETO_PNG}")
@@ -279,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
     search.add_argument("--seed", type=int, metavar="S", help="seed of the search (data split, agent, evaluator)")
     search.add_argument("--output", metavar="DIR", help="run folder (default: output in the config, runs/default)")
-    search.add_argument("--n-envs", type=int, metavar="N", help="policies evaluated in parallel processes")
+    search.add_argument("--n-envs", type=int, metavar="N", help="RL agents' parallel environments (agent.n_envs)")
+    add_parallel_flags(search)
     search.add_argument("--resume", metavar="DIR", help="continue the interrupted search in the run folder DIR")
     search.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare = add("compare", cmd_compare)
@@ -291,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
     compare.add_argument("--output", required=True, metavar="DIR", help="folder for the runs and the comparison")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_parallel_flags(compare)
     adapt = add("adapt", cmd_adapt)
     adapt.add_argument("--epochs", type=int, required=True, metavar="N", help="epochs over the train split")
     adapt.add_argument("--output", required=True, metavar="DIR", help="run folder to create")

@@ -1,10 +1,12 @@
 """``mpq-rl compare``: several searchers on one config and budget, at the same evaluation budget, over seeds.
 
 Each (searcher, seed) is an ordinary run (:func:`mpq_rl.trainer.run_search`) in ``OUTPUT/{name}-seed{seed}``, so
-every run folder can be inspected or resumed on its own. The comparison then writes ``compare.md`` (per searcher:
-held-out score of the best in-budget policy, mean and standard deviation over seeds; its calibration proxy; its
-cost ratio; evaluations; wall time), ``compare.json`` (the same, and every run) and ``pareto.png`` (each
-searcher's calibration Pareto front, and the held-out score of each run's best policy against its cost).
+every run folder can be inspected or resumed on its own; with ``parallel.backend: ray`` the runs are Ray tasks on
+the cluster (:mod:`mpq_rl.compare_on_ray`), with the same folders and results. The comparison then writes
+``compare.md`` (per searcher: held-out score of the best in-budget policy, mean and standard deviation over seeds;
+its calibration proxy; its cost ratio; evaluations; wall time), ``compare.json`` (the same, and every run) and
+``pareto.png`` (each searcher's calibration Pareto front, and the held-out score of each run's best policy against
+its cost).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ COMPARE_MD = "compare.md"
 COMPARE_JSON = "compare.json"
 PARETO_PNG = "pareto.png"
 FORMAT = "mpq_rl.compare/1"
+RUN_ON_ONE_CPU = {"parallel.backend": "local", "parallel.workers": None, "parallel.address": None}
+"""The ``parallel`` section of each run of a comparison on a Ray cluster: the runs are what runs in parallel."""
 
 
 def run_folder(output: Path, name: str, seed: int) -> Path:
@@ -73,23 +77,40 @@ def compare(
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)
     _check_output(output)
-    runs, results = [], []
-    total = len(agents) * len(seeds)
-    for name in agents:
-        for seed in seeds:
-            if progress:
-                print(f"mpq-rl: run {len(runs) + 1} of {total}: agent {name}, seed {seed}", file=sys.stderr, flush=True)
-            folder = run_folder(output, name, seed)
-            run = config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)})
-            result = finished_result(folder, run)
-            if result is not None:
-                print(f"mpq-rl: {folder} holds this run finished: reading it back", file=sys.stderr)
-            elif (folder / CONFIG_FILE).is_file() and run_config(folder) == run:
-                result = run_search(run, resume=folder, progress=progress)
-            else:
-                result = run_search(run, progress=progress)
-            results.append(result)
-            runs.append(_run_row(name, seed, result))
+    parallel = config.evaluation
+    on_ray = parallel.backend == "ray"
+    if on_ray:  # the runs share the cluster's CPUs, each evaluating in its own task
+        config = config.with_overrides(**RUN_ON_ONE_CPU)
+    grid = [(name, seed) for name in agents for seed in seeds]
+
+    def announce(index: int) -> None:
+        if progress and not on_ray:
+            name, seed = grid[index]
+            print(f"mpq-rl: run {index + 1} of {len(grid)}: agent {name}, seed {seed}", file=sys.stderr, flush=True)
+
+    found: dict[int, Any] = {}
+    pending: list[tuple[int, RunConfig, Path | None]] = []
+    for index, (name, seed) in enumerate(grid):
+        folder = run_folder(output, name, seed)
+        run = config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)})
+        result = finished_result(folder, run)
+        if result is not None:
+            announce(index)
+            print(f"mpq-rl: {folder} holds this run finished: reading it back", file=sys.stderr)
+            found[index] = result
+        else:
+            resumable = (folder / CONFIG_FILE).is_file() and run_config(folder).same_search(run)
+            pending.append((index, run, folder if resumable else None))
+    if on_ray:
+        from mpq_rl.compare_on_ray import run_on_ray
+
+        found.update(run_on_ray(pending, parallel, progress))
+    else:
+        for index, run, resume in pending:
+            announce(index)
+            found[index] = run_search(run, resume=resume, progress=progress)
+    results = [found[index] for index in range(len(grid))]
+    runs = [_run_row(name, seed, result) for (name, seed), result in zip(grid, results, strict=True)]
     last = results[-1]
     comparison = {
         "format": FORMAT,

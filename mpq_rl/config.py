@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -208,6 +208,55 @@ class AgentConfig(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+BackendName = Literal["local", "process", "ray"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+_CLUSTER_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d+")
+
+
+class ParallelConfig(_Section):
+    """Where a search's evaluations run: ``local`` (in the search's process, one at a time), ``process`` (spawned
+    worker processes on this machine) or ``ray`` (actors on a Ray cluster: a local one started for the run when
+    ``address`` is null, else the cluster at ``auto`` or ``host:port``). ``workers`` evaluate at once.
+
+    Left out (null), the backend is ``process`` with ``agent.n_envs`` workers when ``agent.n_envs > 1`` (the
+    environments' episodes are evaluated in parallel, as before this section existed) and ``local`` otherwise;
+    ``workers`` left out is ``agent.n_envs`` when above 1, else the cores this process may use. See
+    :meth:`resolved`."""
+
+    backend: BackendName | None = None
+    workers: int | None = Field(None, gt=0)
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParallelConfig:
+        if self.backend == "local" and self.workers not in (None, 1):
+            raise ValueError(
+                f"parallel.backend local evaluates one policy at a time, got workers: {self.workers}: "
+                "set parallel.backend to process or ray, or workers to 1"
+            )
+        if self.address is not None and self.backend != "ray":
+            raise ValueError(
+                f"parallel.address names a Ray cluster, got {self.address!r} with backend "
+                f"{self.backend or 'unset'}: set parallel.backend: ray, or remove the address"
+            )
+        if self.address not in (None, "auto") and not _CLUSTER_ADDRESS.fullmatch(self.address):
+            raise ValueError(
+                "parallel.address must be null (start a local Ray cluster), auto (the cluster `ray start` "
+                f"started on this machine) or host:port like 10.0.0.5:6379, got {self.address!r}"
+            )
+        return self
+
+    def resolved(self, n_envs: int) -> ParallelConfig:
+        """This section with its backend and workers filled in for a run with ``agent.n_envs = n_envs``."""
+        from mpq_rl.threads import usable_cores
+
+        backend = self.backend or ("process" if n_envs > 1 or (self.workers or 1) > 1 else "local")
+        if backend == "local":
+            return self.model_copy(update={"backend": backend, "workers": 1})
+        workers = self.workers or (n_envs if n_envs > 1 else usable_cores())
+        return self.model_copy(update={"backend": backend, "workers": workers})
+
+
 class RunConfig(_Section):
     """One run of mpq_rl. ``budget`` may be a number (a fraction of W8A8) or a mapping."""
 
@@ -220,6 +269,7 @@ class RunConfig(_Section):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     output: FilePath = Path("runs/default")
 
     @field_validator("budget", mode="before")
@@ -228,6 +278,16 @@ class RunConfig(_Section):
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return {"fraction": float(v)}
         return v
+
+    @property
+    def evaluation(self) -> ParallelConfig:
+        """Where this run's evaluations run: :attr:`parallel` resolved against ``agent.n_envs``."""
+        return self.parallel.resolved(self.agent.n_envs)
+
+    def same_search(self, other: RunConfig) -> bool:
+        """Whether ``other`` is this search, wherever its evaluations run: equal but for ``parallel`` (a parallel
+        run records exactly what a serial one does), so a run finished or begun on one backend counts on another."""
+        return self.model_copy(update={"parallel": other.parallel}) == other
 
     def hparams(self) -> dict[str, Any]:
         """The run's settings as flat HParams values (numbers, strings and booleans), for TensorBoard."""

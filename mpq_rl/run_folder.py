@@ -35,8 +35,8 @@ CHECKPOINT_DIR = "checkpoint"
 MANIFEST_FILE = "mpq_rl_run.json"
 LOCK_FILE = "mpq_rl.lock"
 FORMAT = "mpq_rl.run/1"
-RESUMABLE_CHANGES = ("agent.episodes",)
-"""What a resumed run may change in the saved config."""
+RESUMABLE_CHANGES = ("agent.episodes", "parallel.backend", "parallel.workers", "parallel.address")
+"""What a resumed run may change in the saved config (where evaluations run does not change what they give)."""
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -100,7 +100,7 @@ def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | Non
     folder = Path(folder)
     if not (folder / SUMMARY_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         return None
-    if run_config(folder) != config.with_overrides(output=str(folder)):
+    if not run_config(folder).same_search(config.with_overrides(output=str(folder))):
         return None
     fix = "delete it, and the next compare resumes the run and redoes its held-out evaluation"
     saved = read_json(folder / SUMMARY_FILE, fix)

@@ -35,6 +35,7 @@ from mpq_rl.evaluator import EvaluationCache
 from mpq_rl.held_out import held_out_scores
 from mpq_rl.io import atomic_write_json
 from mpq_rl.logger import TB_DIR, TensorBoardLogger, logged_episodes
+from mpq_rl.pool import EvaluationPool
 from mpq_rl.problem import SearchProblem, build_problem
 from mpq_rl.progress import SearchProgress
 from mpq_rl.recorder import (
@@ -115,13 +116,14 @@ def run_search(
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
     problem = build_problem(config)
+    pool = EvaluationPool(problem, config.evaluation)  # nothing starts yet, but a missing Ray stops the run here
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)
         elif not is_run_folder(folder):
             write_manifest(folder)  # a run folder of an mpq_rl from before manifests
         return _search(
-            folder, config, searcher, problem, resuming=resume is not None, progress=progress, started=started
+            folder, config, searcher, problem, pool, resuming=resume is not None, progress=progress, started=started
         )
 
 
@@ -130,6 +132,7 @@ def _search(
     config: RunConfig,
     searcher: Searcher,
     problem: SearchProblem,
+    pool: EvaluationPool,
     resuming: bool,
     progress: bool,
     started: float,
@@ -163,6 +166,7 @@ def _search(
         record=recorder,
         output=folder,
         n_envs=config.agent.n_envs,
+        pool=pool,
     )
     if previous:
         if kept < len(previous):

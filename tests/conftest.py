@@ -86,3 +86,28 @@ def digits_costs(digits_workload):
     from mpq_rl.hardware import build_cost_table
 
     return build_cost_table(digits_workload.layers, load_config().hardware)
+
+
+@pytest.fixture(scope="session")
+def small_digits_config():
+    """The digits default with a small calibration split and few candidates: quick to build in worker processes."""
+    from mpq_rl.config import parse_config
+
+    return parse_config(
+        {"data": {"calibration_samples": 64}, "quantization": {"weight_bits": [2, 4, 8], "activation_bits": [4, 8]}}
+    )
+
+
+@pytest.fixture(scope="session")
+def episodes_of():
+    """``episodes_of(problem, searcher, episodes, pool=None)``: the JSON of the episodes a seed-0 search records."""
+    from mpq_rl.agents import build_searcher
+    from mpq_rl.agents.base import SearchContext
+
+    def run(problem, name, episodes, pool=None):
+        seen = []
+        context = SearchContext(problem, episodes, 0, seen.append, None, pool=pool)
+        build_searcher(name, {}).search(context)
+        return [episode.to_json() for episode in seen]
+
+    return run

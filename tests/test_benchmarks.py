@@ -3,9 +3,11 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not part of the installed package
 
-from benchmarks import episode_cost, format_cost, step_overhead  # noqa: E402
+from benchmarks import episode_cost, format_cost, parallel_scaling, step_overhead  # noqa: E402
 from benchmarks.harness import interleaved, write_section  # noqa: E402
 
 
@@ -19,6 +21,16 @@ def test_interleaved_times_every_variant_with_counts_and_setup():
     )
     assert [len(times["a"]), len(times["b"])] == [3, 1]
     assert calls.count("setup") == 3 and calls.count("b") == 1
+
+
+def test_simulated_speedup_against_hand_computed_values():
+    speedup = parallel_scaling.simulated_speedup
+    # 4 workers, 10 ms evaluations, 2 ms overhead of which 1 ms in the driver, half the episodes from the cache
+    # at 0.1 ms: (0.5 * 0.1 + 0.5 * 10) / (0.5 * 0.1 + 0.5 * (1 + 11 / 4)) = 5.05 / 1.925
+    assert speedup(4, 10e-3, 2e-3, 1e-3, 0.5, 0.1e-3) == pytest.approx(5.05 / 1.925)
+    assert speedup(1, 10e-3, 2e-3, 1e-3, 0.0, 0.0) == pytest.approx(10 / 12)  # one worker only adds the overhead
+    # Amdahl's bound: the driver's serial share caps the speed-up, whatever the workers
+    assert speedup(10**9, 10e-3, 2e-3, 1e-3, 0.0, 0.0) == pytest.approx(10.0, rel=1e-6)
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):

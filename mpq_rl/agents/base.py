@@ -33,11 +33,13 @@ class SearchContext:
     """Called once per scored policy, in order; the trainer logs, checkpoints and tracks the best."""
     output: Path
     n_envs: int = 1
+    """The RL agents' parallel environments, and the batch of searchers whose results depend on how they batch."""
+    pool: EvaluationPool | None = None
+    """Where batches are evaluated in parallel (the run's ``parallel`` section); None: one at a time, here."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What a searcher reports about its own work besides episodes (e.g. pre-pass wall times); summary.json."""
     recorded: int = 0
     """Episodes recorded so far in this run (including those of an interrupted run being resumed)."""
-    _pool: EvaluationPool | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
@@ -56,24 +58,23 @@ class SearchContext:
         self.add(episode)
         return episode
 
+    @property
+    def batch(self) -> int:
+        """How many policies to propose at once when the results do not depend on it (random, exhaustive): enough
+        to keep every worker busy, and at least ``n_envs``."""
+        return max(self.n_envs, self.pool.workers if self.pool is not None else 1)
+
     def score_many(self, batch: Sequence[Sequence[Choice]]) -> list[Episode]:
-        """Score several policies and record them in order; with ``n_envs > 1`` the evaluation :attr:`pool`
+        """Score several policies and record them in order; with a parallel backend the evaluation :attr:`pool`
         evaluates the ones not in the cache in parallel first. Stops early once the evaluation budget is spent."""
         batch = [list(c) for c in batch[: self.remaining]]
         self.prefetch(batch)
         return [self.score(c) for c in batch]
 
-    @property
-    def pool(self) -> EvaluationPool:
-        """The search's one evaluation pool (``n_envs`` workers), started on first use and closed with the run."""
-        if self._pool is None:
-            self._pool = EvaluationPool(self.problem, self.n_envs)
-        return self._pool
-
     def prefetch(self, batch: Sequence[Sequence[Choice]]) -> None:
         """Evaluate the policies of ``batch`` (as :meth:`score` would enforce them) through the pool, without
         recording them: the RL environments' last steps come here before they score."""
-        if self.n_envs > 1 and len(batch) > 1:
+        if self.pool is not None and len(batch) > 1:
             self.pool.prefetch([self.problem.policy(self.problem.enforce(c)[0]) for c in batch])
 
     def add(self, episode: Episode) -> None:
@@ -82,9 +83,8 @@ class SearchContext:
         self.record(episode)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        if self.pool is not None:
+            self.pool.close()
 
 
 def check_options(searcher: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class Exhaustive(Searcher):
     def search(self, context: SearchContext) -> None:
         policies = in_budget_policies(context.problem.budget)
         while not context.done:
-            batch = list(itertools.islice(policies, max(context.n_envs, 1)))
+            batch = list(itertools.islice(policies, context.batch))
             if not batch:
                 return
             context.score_many(batch)

@@ -15,7 +15,8 @@ Algorithm for Post-Training Quantization"), under a hardware budget instead of B
 3. **Refinement** (``refine``). The remaining evaluations go to in-budget neighbours of the best policy found
    (one or two layers changed to another measured pair), most promising first by the summed layer losses,
    moving to a neighbour whenever it scores better, until the evaluations or the neighbours run out; neighbours
-   one unmeasured pair away come last.
+   one unmeasured pair away come last. Neighbours are scored ``agent.n_envs`` at a time: a batch is recorded whole
+   before moving, so the results depend on ``n_envs`` (not on the workers); phases 1 and 2 use every worker.
 
 ``agent.kwargs``: ``sensitivity_share`` (0.75), ``pareto_points`` (8), ``refine`` (true).
 """

@@ -3,8 +3,9 @@
 Each layer's weight and activation candidates are drawn uniformly (seeded by the run's seed), then the layers are
 walked in order with :meth:`~mpq_rl.budget.Budget.projected`, which clips each choice to the highest bits that
 still leave room for the remaining layers at their lowest bits. Every proposal is therefore within budget, and
-random search sees exactly the policies an RL agent acting at random would. Policies are scored ``n_envs`` at a
-time, in parallel when ``agent.n_envs > 1``.
+random search sees exactly the policies an RL agent acting at random would. Policies are scored a batch at a time
+(:attr:`~mpq_rl.agents.base.SearchContext.batch`), in parallel with a parallel backend; the batch size does not
+change which policies are drawn.
 """
 
 from __future__ import annotations
@@ -35,5 +36,5 @@ class RandomSearch(Searcher):
         budget = context.problem.budget
         rng = context.rng()
         while not context.done:
-            batch = [sample_policy(budget, rng) for _ in range(min(context.n_envs, context.remaining))]
+            batch = [sample_policy(budget, rng) for _ in range(min(context.batch, context.remaining))]
             context.score_many(batch)
