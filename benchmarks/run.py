@@ -12,9 +12,17 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import ablation, episode_cost, search_quality, search_stats, step_overhead
+from benchmarks import (
+    ablation,
+    episode_cost,
+    format_cost,
+    hawq_wall_time,
+    search_quality,
+    search_stats,
+    step_overhead,
+)
 
-BENCHMARKS = (episode_cost, step_overhead, search_stats, search_quality, ablation)
+BENCHMARKS = (episode_cost, step_overhead, format_cost, hawq_wall_time, search_stats, search_quality, ablation)
 
 
 def main() -> None:

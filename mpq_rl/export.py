@@ -2,7 +2,7 @@
 
 While the model is traced, every quantized layer runs through two markers (:class:`_WeightMarker` on its weight, a
 parametrization, and :class:`_InputMarker` on its input, a forward pre-hook). In PyTorch they compute the
-simulator's fake quantization with the layer's :class:`~mpq_rl.qat.LayerScales`; in the exported graph each is a
+simulator's fake quantization with the layer's :class:`~mpq_rl.quant.QuantParams`; in the exported graph each is a
 placeholder node (domain ``mpq_rl``) at exactly the place the quantizer acts, whatever the exporter makes of the
 surrounding layer (Gemm, MatMul on a 3-D input, Conv, attention projections, a module called several times).
 The placeholders are then replaced:
@@ -45,12 +45,13 @@ from mpq_rl.evaluator import calibrated_simulator
 from mpq_rl.export_check import check_export, require_agreement
 from mpq_rl.export_int4 import transpose_for_matmul_nbits
 from mpq_rl.finetuned_weights import load_finetuned
-from mpq_rl.format_export import FormatLayer, add_format_layers, format_layers, integer_view, splice
+from mpq_rl.format_export import add_format_layers, splice
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.layers import layer_modules
 from mpq_rl.metrics import model_outputs
 from mpq_rl.policy import BitPair
-from mpq_rl.qat import LayerScales, calibrated_scales
+from mpq_rl.qat import LayerScales, LsqAttachment, calibrated_scales
+from mpq_rl.quant import QuantParams
 from mpq_rl.workload import Workload
 
 OPSET = 21
@@ -104,22 +105,12 @@ def _float_tensor(name: str, values: np.ndarray):
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
 
 
-def weight_integers(weight: torch.Tensor, scale: torch.Tensor, q_max: int) -> torch.Tensor:
-    """The integers the simulator's fused fake-quantize kernel puts on each weight (symmetric, per channel)."""
-    zero = torch.zeros(scale.numel(), dtype=torch.int32)
-    fake = torch.fake_quantize_per_channel_affine(weight.float(), scale.float(), zero, 0, -q_max, q_max)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return torch.round(fake / scale.float().reshape(shape)).to(torch.int64)
-
-
 class _WeightMarker(torch.autograd.Function):
     """The simulator's weight fake quantization in PyTorch; a ``mpq_rl::Weight`` placeholder in the graph."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, layer: str, s: LayerScales) -> torch.Tensor:
-        zero = torch.zeros(s.weight_scale.numel(), dtype=torch.int32, device=weight.device)
-        scale = s.weight_scale.to(weight.device, weight.dtype)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -s.weight_q_max, s.weight_q_max)
+        return s.weight.fake_quantize(weight)
 
     @staticmethod
     def symbolic(g, weight, layer: str, s: LayerScales):
@@ -133,7 +124,7 @@ class _InputMarker(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: str, s: LayerScales) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, s.input_scale, s.input_zero_point, 0, s.input_q_max)
+        return s.input.fake_quantize(x)
 
     @staticmethod
     def symbolic(g, x, layer: str, s: LayerScales):
@@ -159,7 +150,8 @@ class _QuantizedWeight(nn.Module):
 
 @contextmanager
 def quantized_for_export(model: nn.Module, scales: Mapping[str, LayerScales]) -> Iterator[nn.Module]:
-    """``model`` with the markers on every layer of ``scales`` for the duration of the block, in eval mode."""
+    """``model`` with the markers on every integer side of the layers of ``scales`` for the duration of the block,
+    in eval mode (fp / flint sides are left to :mod:`mpq_rl.format_export`)."""
     modules = layer_modules(model)
     unknown = [name for name in scales if name not in modules]
     if unknown:
@@ -170,10 +162,10 @@ def quantized_for_export(model: nn.Module, scales: Mapping[str, LayerScales]) ->
     try:
         for name, s in scales.items():
             module = modules[name]
-            if s.weight_scale is not None:
+            if isinstance(s.weight, QuantParams):
                 parametrize.register_parametrization(module, "weight", _QuantizedWeight(name, s), unsafe=True)
                 parametrized.append(module)
-            if s.input_scale is not None:
+            if isinstance(s.input, QuantParams):
 
                 def hook(module: nn.Module, args: tuple, name: str = name, s: LayerScales = s) -> tuple:
                     return (_InputMarker.apply(args[0], name, s), *args[1:])
@@ -237,8 +229,9 @@ def _weight_nodes(name: str, s: LayerScales, weight: torch.Tensor, output: str) 
 
     signed, _ = _types()
     data_type = signed.get(s.w_bits, signed[8])
-    levels = weight_integers(weight.detach().cpu(), s.weight_scale, s.weight_q_max).numpy()
-    scale = s.weight_scale.float().numpy()
+    quantizer = s.weight
+    levels = quantizer.integers(weight.detach().cpu()).numpy()
+    scale = quantizer.scale.float().numpy()
     initializers = [
         _integer_tensor(f"{name}.weight_quantized", data_type, levels),
         _float_tensor(f"{name}.weight_scale", scale),
@@ -254,8 +247,8 @@ def _weight_nodes(name: str, s: LayerScales, weight: torch.Tensor, output: str) 
     record = {
         "type": _type_name(data_type),
         "axis": 0,
-        "q_min": -s.weight_q_max,
-        "q_max": s.weight_q_max,
+        "q_min": quantizer.q_min,
+        "q_max": quantizer.q_max,
         "scale": scale.tolist(),
         "zero_point": 0,
     }
@@ -266,16 +259,17 @@ def _input_initializers(name: str, s: LayerScales) -> tuple[list, dict]:
     """The scale, zero point (and clip bounds) of layer ``name``'s input quantizer, and its sidecar record."""
     _, unsigned = _types()
     data_type = unsigned.get(s.a_bits, unsigned[8])
-    scale = np.float32(s.input_scale)
+    quantizer = s.input
+    scale = np.float32(quantizer.scale)
     clip = None
     if s.a_bits not in unsigned:
         clip = [
-            float(np.float32(-s.input_zero_point) * scale),
-            float(np.float32(s.input_q_max - s.input_zero_point) * scale),
+            float(np.float32(quantizer.q_min - quantizer.zero_point) * scale),
+            float(np.float32(quantizer.q_max - quantizer.zero_point) * scale),
         ]
     initializers = [
         _float_tensor(f"{name}.input_scale", scale),
-        _integer_tensor(f"{name}.input_zero_point", data_type, np.array(s.input_zero_point)),
+        _integer_tensor(f"{name}.input_zero_point", data_type, np.array(quantizer.zero_point)),
     ]
     if clip is not None:
         initializers += [
@@ -284,10 +278,10 @@ def _input_initializers(name: str, s: LayerScales) -> tuple[list, dict]:
         ]
     record = {
         "type": _type_name(data_type),
-        "q_min": 0,
-        "q_max": s.input_q_max,
+        "q_min": quantizer.q_min,
+        "q_max": quantizer.q_max,
         "scale": float(scale),
-        "zero_point": s.input_zero_point,
+        "zero_point": quantizer.zero_point,
         "clip": clip,
     }
     return initializers, record
@@ -365,8 +359,8 @@ def replace_markers(
     for node in nodes:
         for i, value in enumerate(node.input):
             node.input[i] = renamed.get(value, value)
-    missing = [name for name, s in scales.items() if s.weight_scale is not None and name not in dequantized]
-    missing += [name for name, s in scales.items() if s.input_scale is not None and name not in calls]
+    missing = [name for name, s in scales.items() if isinstance(s.weight, QuantParams) and name not in dequantized]
+    missing += [name for name, s in scales.items() if isinstance(s.input, QuantParams) and name not in calls]
     if missing:
         raise UserError(f"layer {missing[0]!r} did not run while the model was exported: check the example input")
     del graph.node[:]
@@ -409,24 +403,21 @@ def export_onnx(
     check_on: Batches | None = None,
     min_agreement: float = MIN_AGREEMENT,
     threads: int = 1,
-    tables: Mapping[str, FormatLayer] | None = None,
-    simulated: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write the quantized ONNX graph to ``path`` and its sidecar to ``path`` + ``.json``; return the sidecar.
 
     ``source`` says where the scales came from (``"calibrated"`` or ``"learned"``); it is recorded in the sidecar.
     With ``check_on`` (the calibration batches), onnxruntime runs the graph against the simulation, the FP32
     export and their latencies (:mod:`mpq_rl.export_check`); the sidecar's ``check`` holds the figures, and an
-    agreement below ``min_agreement`` is a :class:`UserError` after the files are written. ``tables`` holds the
-    fp / flint sides of layers (:mod:`mpq_rl.format_export`, decoded in the graph), which ``scales`` leave in
-    floating point; the simulation to check against is then ``simulated`` (the simulator's outputs on
-    ``check_on``).
+    agreement below ``min_agreement`` is a :class:`UserError` after the files are written. Integer sides become
+    Q/DQ (the markers), fp / flint sides value tables decoded in the graph (:mod:`mpq_rl.format_export`); the
+    simulation checked against is the model quantized by ``scales`` in PyTorch (LSQ's quantizers in eval mode, the
+    simulator's arithmetic).
     """
     import onnx
 
     graph_model, layers = onnx_graph(model, example, scales)
-    if tables:
-        splice(graph_model.graph, add_format_layers(graph_model, tables, layers))
+    splice(graph_model.graph, add_format_layers(graph_model, scales, layers))
     onnx.checker.check_model(graph_model, full_check=True)
     path = Path(path)
     quantized = graph_model.SerializeToString()
@@ -444,9 +435,12 @@ def export_onnx(
     }
     check = None
     if check_on is not None:
-        if simulated is None:
-            with quantized_for_export(model, scales):
+        attachment = LsqAttachment(model, scales)
+        try:
+            with torch.no_grad():
                 simulated = model_outputs(model, check_on).numpy()
+        finally:
+            attachment.detach()
         fp32 = onnx_graph(model, example, {})[0].SerializeToString()
         check = check_export(quantized, fp32, names, check_on, simulated, threads)
         sidecar["check"] = check.to_dict()
@@ -483,27 +477,13 @@ def export_policy(
                     f"layer {name!r}: the learned scales next to {str(weights)!r} are for bits {have}, the policy "
                     f"gives {tuple(bits)}: export with the policy the weights were finetuned with"
                 )
-        scales, source, tables, simulated = {name: learned[name] for name in policy}, "learned", {}, None
+        scales, source = {name: learned[name] for name in policy}, "learned"
     else:
         simulator = calibrated_simulator(workload)
         try:
-            scales, source = calibrated_scales(simulator, integer_view(policy)), "calibrated"
-            tables = format_layers(simulator, policy)
-            simulated = None
-            if tables:  # the export's own Q/DQ markers cannot simulate fp / flint: the simulator does
-                with simulator.applied(policy):
-                    simulated = model_outputs(workload.model, workload.calibration).numpy()
+            scales, source = calibrated_scales(simulator, policy), "calibrated"
         finally:
             simulator.detach()
     return export_onnx(
-        workload.model,
-        workload.example,
-        scales,
-        output,
-        source,
-        workload.calibration,
-        min_agreement,
-        threads,
-        tables=tables,
-        simulated=simulated,
+        workload.model, workload.example, scales, output, source, workload.calibration, min_agreement, threads
     )

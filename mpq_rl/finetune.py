@@ -31,12 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mpq_rl import formats
 from mpq_rl.data import to_device
 from mpq_rl.errors import UserError
 from mpq_rl.evaluator import Metrics, calibrated_simulator
 from mpq_rl.finetuned_weights import SCALES_FILE, WEIGHTS_FILE, save_finetuned
-from mpq_rl.formats import is_integer_code
 from mpq_rl.io import atomic_write_json
 from mpq_rl.layers import call_model
 from mpq_rl.metrics import model_outputs, output_tensor, score
@@ -119,7 +117,7 @@ def _baseline(workload: Workload, policy: Mapping[str, BitPair]) -> _Baseline:
         targets = workload.test.targets()
         with simulator.applied(policy):
             quantized = model_outputs(workload.model, workload.test)
-        scales = calibrated_scales(simulator, policy) if not _non_integer(policy) else {}
+        scales = calibrated_scales(simulator, policy)
     finally:
         simulator.detach()
     return _Baseline(reference, score(reference, reference, targets), score(quantized, reference, targets), scales)
@@ -147,13 +145,6 @@ def finetune(
     if lr <= 0:
         raise UserError(f"finetune learning rate must be positive, got {lr}")
     policy = workload.full_policy(dict(policy))
-    non_integer = _non_integer(policy)
-    if epochs > 0 and non_integer:
-        name, code = non_integer
-        raise UserError(
-            f"LSQ finetuning learns integer step sizes, but layer {name!r} uses {formats.label(code)}: "
-            "finetune a policy in integers, or evaluate this one without --finetune-epochs"
-        )
     baseline = _baseline(workload, policy)
     result = FinetuneResult(policy, epochs, lr, seed, baseline.fp32, baseline.before)
     if epochs == 0:
@@ -173,15 +164,6 @@ def finetune(
         model.eval()
     result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return result
-
-
-def _non_integer(policy: Mapping[str, BitPair]) -> tuple[str, int] | None:
-    """The first layer (and its code) that uses a format other than integers, if any."""
-    for name, pair in policy.items():
-        for code in pair:
-            if not is_integer_code(code):
-                return name, code
-    return None
 
 
 def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:

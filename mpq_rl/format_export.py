@@ -16,7 +16,6 @@ The sidecar's ``weight`` / ``input`` records give the format, bits, signedness, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,15 +23,8 @@ import torch
 
 from mpq_rl import formats
 from mpq_rl.errors import UserError
-
-
-@dataclass(frozen=True, eq=False)
-class FormatLayer:
-    """A layer's non-integer sides: weight code and per-channel scale, and the input's table quantizer."""
-
-    weight_code: int | None
-    weight_scale: torch.Tensor | None
-    input_quantizer: formats.TableQuantizer | None
+from mpq_rl.qat import LayerScales
+from mpq_rl.quant import broadcast_scale
 
 
 def _float(name: str, values: Any):
@@ -41,54 +33,37 @@ def _float(name: str, values: Any):
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
 
 
-def format_layers(simulator, policy: Mapping[str, tuple[int, int]]) -> dict[str, FormatLayer]:
-    """The calibrated simulator's fp / flint quantizers for the layers of ``policy`` that use them."""
-    layers = {}
-    for name, (w, a) in policy.items():
-        if formats.is_integer_code(w) and formats.is_integer_code(a):
-            continue
-        weight_scale = None
-        if not formats.is_integer_code(w):
-            fp32 = simulator.fp32_weights[name]
-            weight_scale = formats.weight_scale(fp32, w, simulator.weight_range, simulator.percentile)
-        input_quantizer = None if formats.is_integer_code(a) else simulator.activation(name, a)
-        layers[name] = FormatLayer(None if formats.is_integer_code(w) else w, weight_scale, input_quantizer)
-    return layers
-
-
-def integer_view(policy: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
-    """``policy`` with fp / flint sides in floating point (32), for the integer exporter to leave alone."""
-    return {name: tuple(c if formats.is_integer_code(c) else 32 for c in pair) for name, pair in policy.items()}
-
-
-def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: list[dict[str, Any]]) -> dict[int, list]:
-    """Rewire ``graph_model`` (in place) for every layer of ``layers`` and fill in their sidecar ``records``;
-    return the new nodes to insert ahead of each node index (the caller splices them in)."""
+def add_format_layers(graph_model, scales: Mapping[str, LayerScales], records: list[dict[str, Any]]) -> dict[int, list]:
+    """Rewire ``graph_model`` (in place) for every fp / flint side of the layers of ``scales`` and fill in their
+    sidecar ``records``; return the new nodes to insert ahead of each node index (the caller splices them in)."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = graph_model.graph
     initializers = {init.name: init for init in graph.initializer}
     by_name = {record["name"]: record for record in records}
     before: dict[int, list] = {}
-    for name, layer in layers.items():
+    for name, layer in scales.items():
+        weight = layer.weight if isinstance(layer.weight, formats.TableQuantizer) else None
+        quantizer = layer.input if isinstance(layer.input, formats.TableQuantizer) else None
+        if weight is None and quantizer is None:
+            continue
         weight_name = f"{name}.weight"
         # A layer whose weight is integer reads it from the integer exporter's DequantizeLinear.
         dequantized = {out for node in graph.node if node.name == f"{name}/weight_dequantize" for out in node.output}
         weight_inputs = {weight_name, *dequantized}
         consumers = [i for i, node in enumerate(graph.node) if set(node.input[1:2]) & weight_inputs]
-        if not consumers or (layer.weight_code is not None and weight_name not in initializers):
+        if not consumers or (weight is not None and weight_name not in initializers):
             raise UserError(f"layer {name!r}: its weight is not a constant input of a node in the exported graph")
         record = by_name[name]
-        if layer.weight_code is not None:
-            weight = torch.from_numpy(numpy_helper.to_array(initializers[weight_name]).copy())
-            table = formats.value_table(layer.weight_code, signed=True)
-            codes = formats.codes_of(weight, layer.weight_scale, table).to(torch.uint8).numpy()
+        if weight is not None:
+            floats = torch.from_numpy(numpy_helper.to_array(initializers[weight_name]).copy())
+            codes = weight.integers(floats).to(torch.uint8).numpy()
             graph.initializer.remove(initializers[weight_name])
             graph.initializer.extend(
                 [
                     numpy_helper.from_array(codes, f"{name}.weight_codes"),
-                    _float(f"{name}.weight_values", table.numpy()),
-                    _float(f"{name}.weight_scale", layer.weight_scale.numpy()),
+                    _float(f"{name}.weight_values", weight.table.numpy()),
+                    _float(f"{name}.weight_scale", broadcast_scale(weight.scale, weight.axis, floats).numpy()),
                 ]
             )
             decode = [
@@ -100,16 +75,12 @@ def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: l
             for i in consumers:
                 graph.node[i].input[1] = f"{name}.weight_decoded"
             record["weight"] = {
-                **formats.table_record(layer.weight_code, signed=True),
-                "axis": 0,
+                **formats.table_record(weight.code, signed=True),
+                "axis": weight.axis,
                 "codes": f"{name}.weight_codes",
-                "scale": layer.weight_scale.reshape(-1).tolist(),
+                "scale": weight.scale.reshape(-1).tolist(),
             }
-            record["w_bits"], record["w_format"] = (
-                formats.bits_of(layer.weight_code),
-                formats.format_of(layer.weight_code),
-            )
-        quantizer = layer.input_quantizer
+            record["w_bits"], record["w_format"] = formats.bits_of(weight.code), formats.format_of(weight.code)
         if quantizer is not None:
             table = quantizer.table
             graph.initializer.extend(
@@ -143,7 +114,7 @@ def add_format_layers(graph_model, layers: Mapping[str, FormatLayer], records: l
                     )
                 before.setdefault(i, []).extend(nodes)
                 node.input[0] = f"{tag}.input_decoded"
-            record["input"] = {**formats.table_record(quantizer.code, bool(table[0] < 0)), "scale": quantizer.scale}
+            record["input"] = {**formats.table_record(quantizer.code, quantizer.signed), "scale": quantizer.scale}
             record["a_bits"] = formats.bits_of(quantizer.code)
             record["a_format"] = formats.format_of(quantizer.code)
     return before

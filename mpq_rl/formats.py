@@ -5,9 +5,12 @@ cost tables as one integer, the *precision code*: ``FORMAT_CODE_STRIDE * k + bit
 :data:`FORMAT_NAMES`, so an integer bit-width is its own code (every integer-only policy, table and cache is
 unchanged) and ``104`` is fp4, ``204`` flint4. Policy files spell the format out (``w_format``, ``a_format``).
 
-Integers keep their affine path (:mod:`mpq_rl.quant`, the compiled kernels); the other formats quantize to their
-value table, scaled per output channel (weights) or per tensor (activations) by the same clipping-ratio search as
-integers, rounding to the nearest value (ties to the smaller) with a straight-through estimator for QAT. Weights
+Integers keep their affine path (:class:`mpq_rl.quant.QuantParams`); the other formats quantize to their value
+table, scaled per output channel (weights) or per tensor (activations) by the same clipping-ratio search as
+integers, rounding to the nearest value (ties to the smaller) with a straight-through estimator for QAT. Their
+quantizer, :class:`TableQuantizer`, has QuantParams' shape (a scale, float or per-channel tensor, and an axis)
+and operations (``fake_quantize``, ``values``, ``integers``, ``grid_ste``), with a sorted value table in place
+of the integer range and zero point, so the simulator, LSQ and export take either without asking which. Weights
 are signed; an activation is unsigned when its calibration input is non-negative, and then the sign bit becomes
 one more mantissa bit. ``fp`` and ``flint`` start at 3 bits (1 sign bit and at least 2 for the magnitude); the
 2-bit candidate stays integer-only.
@@ -15,6 +18,7 @@ one more mantissa bit. ``fp`` and ``flint`` start at 3 bits (1 sign bit and at l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,11 +27,10 @@ from functools import cache
 import torch
 
 from mpq_rl.errors import UserError
-from mpq_rl.quant import mse_ratio_search, scored_in_slices
+from mpq_rl.quant import broadcast_scale, mse_ratio_search, scored_in_slices
 
 FORMAT_NAMES = ("int", "fp", "flint")
 FORMAT_CODE_STRIDE = 100
-_COARSE_GRID, _FINE_GRID = 40, 20
 
 
 class IntegerFormat:
@@ -209,28 +212,61 @@ def weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentil
     return scale_of(clip).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
+def weight_quantizer(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> TableQuantizer:
+    """The per-output-channel quantizer of ``weight`` in ``code``'s format (:func:`weight_scale`)."""
+    return TableQuantizer(weight_scale(weight, code, method, percentile).reshape(-1), value_table(code, True), code, 0)
+
+
 def quantize_weight(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
     """The fake-quantized copy of ``weight`` in ``code``'s format (no gradient)."""
     with torch.no_grad():
-        table = value_table(code, True).to(weight.device)
-        return fake_quantize(weight, weight_scale(weight, code, method, percentile), table)
+        return weight_quantizer(weight, code, method, percentile).fake_quantize(weight)
 
 
 @dataclass(frozen=True, eq=False)
 class TableQuantizer:
-    """A per-tensor activation quantizer onto ``table * scale``, used like
-    :class:`mpq_rl.quant.ActivationQuantizer`."""
+    """A quantizer onto ``table * scale``, rounding to the nearest value (ties to the smaller): per tensor
+    (``axis`` None, ``scale`` a float) or per slice along ``axis`` (``scale`` a 1-D tensor). The shape of
+    :class:`mpq_rl.quant.QuantParams` (scale and axis, with the same operations) where a sorted value table takes
+    the place of the integer range and zero point; ``integers`` are indices into the table (the codes export
+    stores). ``code`` is the format's precision code."""
 
-    scale: float
+    scale: float | torch.Tensor
     table: torch.Tensor
     code: int
+    axis: int | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(x, self.scale, self.table)
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` rounded to the nearest scaled table value, with the straight-through gradient (0 where clipped)."""
+        return fake_quantize(x, broadcast_scale(self.scale, self.axis, x), self.table)
+
+    __call__ = fake_quantize
 
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized values of ``x`` without a gradient."""
-        return _nearest(x / self.scale, self.table) * self.scale
+        scale = broadcast_scale(self.scale, self.axis, x)
+        return _nearest(x / scale, self.table) * scale
+
+    def integers(self, x: torch.Tensor) -> torch.Tensor:
+        """The index into :attr:`table` of each element's quantized value."""
+        return codes_of(x, broadcast_scale(self.scale, self.axis, x), self.table)
+
+    def grid_ste(self, units: torch.Tensor) -> torch.Tensor:
+        """``units`` (``x / scale``) on the table with the straight-through gradient: 1 inside the table's range,
+        0 where clipped (LSQ's training forward pass)."""
+        return fake_quantize(units, 1.0, self.table)
+
+    @property
+    def top_level(self) -> float:
+        """The largest table value (LSQ's ``Q_P`` generalised, see :mod:`mpq_rl.qat`)."""
+        return float(self.table[-1])
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.table[0] < 0)
+
+    def with_scale(self, scale: float | torch.Tensor) -> TableQuantizer:
+        return dataclasses.replace(self, scale=scale)
 
 
 def activation_quantizer(

@@ -1,17 +1,24 @@
 """Learned step size quantization (LSQ): fake quantizers with trainable step sizes on the named layers of a model.
 
 LSQ (Esser et al., "Learned Step Size Quantization", ICLR 2020) makes each quantizer's step size ``s`` a parameter.
-The forward pass is the usual fake quantization ``(clamp(round(x / s) + z, q_min, q_max) - z) * s``; the backward
-pass sends the rounding straight through (STE: gradient 1 inside the range, 0 where clipped) and gives ``s`` the
-gradient of that expression (``round(x / s) - x / s`` inside, the clip level outside), scaled by
-``g = 1 / sqrt(numel * q_max)`` (paper, section 2.2) so step sizes and weights learn at comparable rates.
+The forward pass is the usual fake quantization ``x_q = T(x / s) * s``, where ``T`` puts ``v = x / s`` on the
+quantizer's grid; the backward pass sends the rounding straight through (STE: gradient 1 inside the grid's range,
+0 where clipped) and gives ``s`` the gradient of that expression,
 
-The quantizers follow mpq_rl's conventions (:mod:`mpq_rl.quant`): weights symmetric per output channel in the
-narrow range ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, activations per tensor in ``[0, 2^b - 1]`` with a zero point (0
-for non-negative inputs). They start from the calibrated simulator's ranges (:class:`LayerScales`); the zero point
-stays at its calibrated value and only the step size is learned. In eval mode a quantizer runs PyTorch's fused
-fake-quantize kernels, the very ones :class:`~mpq_rl.simulator.QuantSimulator` uses, so a finetuned model is
-scored (and exported) exactly as the simulator would score it with the learned scales.
+    d x_q / d s = T(v) - v   inside the range,        T(v) (the end of the range it was clipped to) outside,
+
+scaled by ``g = 1 / sqrt(numel * Q_P)`` (paper, section 2.2) so step sizes and weights learn at comparable rates.
+For integers ``T(v) = clamp(round(v) + z, q_min, q_max) - z`` and ``Q_P = q_max``: LSQ's eq. 3 exactly. For the
+value-table formats (fp, flint; :class:`~mpq_rl.formats.TableQuantizer`) ``T(v)`` is the nearest table value,
+the range is the table's ``[t_0, t_max]``, and ``Q_P`` generalises to the largest table value ``t_max`` (the
+integer table's largest value is ``q_max``): the same formula with the table in place of the integer grid.
+
+Each quantizer is built from the layer's :class:`~mpq_rl.quant.QuantParams` or table quantizer (the calibrated
+simulator's, :func:`calibrated_scales`) and returns it with the learned scale (:meth:`LsqQuantizer.params`); only
+the scale is learned (zero point, integer range, table and axis stay). Weights are per output channel, inputs per
+tensor. In eval mode a quantizer runs its parameters' own ``fake_quantize``, the one the
+:class:`~mpq_rl.simulator.QuantSimulator` uses, so a finetuned model is scored (and exported) exactly as the
+simulator would score it with the learned scales.
 """
 
 from __future__ import annotations
@@ -27,57 +34,38 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn.utils import parametrize
 
+from mpq_rl import formats
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes
-from mpq_rl.layers import layer_modules
+from mpq_rl.layers import claim_layers, layer_modules, release_layers
 from mpq_rl.policy import BitPair, Policy
-from mpq_rl.quant import is_float_bits, symmetric_levels, weight_scale
-from mpq_rl.simulator import _ATTACHED, QuantSimulator
+from mpq_rl.quant import Quantizer, QuantParams, broadcast_scale
+from mpq_rl.simulator import QuantSimulator
 
 SCALES_FORMAT = "mpq_rl.lsq_scales/1"
 _MIN_SCALE = 1e-12
 """Step sizes are kept positive: a learned scale that reaches zero is held at this floor."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LayerScales:
-    """The quantizer parameters of one layer at its policy bits: what LSQ starts from and what export writes.
-
-    ``weight_scale`` is per output channel (None for floating-point weights); the input quantizer is per tensor
-    with levels ``[0, 2^a_bits - 1]`` and ``input_zero_point`` (``input_scale`` None for floating-point inputs).
-    """
+    """The quantizers of one layer at its policy's precision codes: what LSQ starts from and returns, and what
+    export writes. ``weight`` is per output channel (axis 0), ``input`` per tensor; None where that side stays in
+    floating point. Each is a :class:`~mpq_rl.quant.QuantParams` (integers) or a
+    :class:`~mpq_rl.formats.TableQuantizer` (fp, flint)."""
 
     w_bits: int
     a_bits: int
-    weight_scale: torch.Tensor | None
-    input_scale: float | None
-    input_zero_point: int = 0
-
-    @property
-    def weight_q_max(self) -> int:
-        return symmetric_levels(self.w_bits)
-
-    @property
-    def input_q_max(self) -> int:
-        return 2**self.a_bits - 1
+    weight: Quantizer | None
+    input: Quantizer | None
 
 
 def calibrated_scales(simulator: QuantSimulator, policy: Mapping[str, BitPair]) -> dict[str, LayerScales]:
     """The calibrated simulator's quantizers for ``policy``: MSE (or configured) ranges of weights and inputs."""
-    scales = {}
-    for name, (w_bits, a_bits) in policy.items():
-        weight = None
-        if not is_float_bits(w_bits):
-            weight = weight_scale(simulator.fp32_weights[name], w_bits, simulator.weight_range, simulator.percentile)
-        activation = simulator.activation(name, a_bits)
-        scales[name] = LayerScales(
-            w_bits,
-            a_bits,
-            weight,
-            None if activation is None else float(activation.scale),
-            0 if activation is None else int(activation.zero_point),
-        )
-    return scales
+    return {
+        name: LayerScales(w_bits, a_bits, simulator.weight_quantizer(name, w_bits), simulator.activation(name, a_bits))
+        for name, (w_bits, a_bits) in policy.items()
+    }
 
 
 def _grad_scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -85,42 +73,29 @@ def _grad_scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
     return (x - x * factor).detach() + x * factor
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return (x.round() - x).detach() + x
-
-
 class LsqQuantizer(nn.Module):
-    """A fake quantizer with a learned step size: per output channel (``channel_axis=0``) or per tensor (None).
+    """A fake quantizer with a learned step size, started from ``quantizer`` (integer or value table, per tensor
+    or per slice along its axis). Used as a weight parametrization (per channel) or on a layer's input."""
 
-    Used as a weight parametrization (per channel, symmetric) or on a layer's input (per tensor, zero point).
-    """
-
-    def __init__(self, scale: torch.Tensor, zero_point: int, q_min: int, q_max: int, channel_axis: int | None) -> None:
+    def __init__(self, quantizer: Quantizer) -> None:
         super().__init__()
-        self.scale = nn.Parameter(scale.detach().clone().float())
-        self.zero_point = zero_point
-        self.q_min = q_min
-        self.q_max = q_max
-        self.channel_axis = channel_axis
+        self.scale = nn.Parameter(torch.as_tensor(quantizer.scale).detach().clone().float())
+        self.quantizer = quantizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.scale.clamp_min(_MIN_SCALE)
         if not self.training:
-            return self._fused(x, scale.detach())
-        per_sample = x.numel() if self.channel_axis is not None else x[0].numel()
-        scale = _grad_scaled(scale, 1.0 / math.sqrt(per_sample * self.q_max))
-        if self.channel_axis is not None:
-            scale = scale.reshape(-1, *([1] * (x.dim() - 1)))
-        levels = torch.clamp(_round_ste(x / scale) + self.zero_point, self.q_min, self.q_max)
-        return (levels - self.zero_point) * scale
+            return self.params().fake_quantize(x)
+        axis = self.quantizer.axis
+        per_sample = x.numel() if axis is not None else x[0].numel()
+        scale = self.scale.clamp_min(_MIN_SCALE)
+        scale = _grad_scaled(scale, 1.0 / math.sqrt(per_sample * self.quantizer.top_level))
+        scale = broadcast_scale(scale, axis, x)
+        return self.quantizer.grid_ste(x / scale) * scale
 
-    def _fused(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if self.channel_axis is None:
-            return torch.fake_quantize_per_tensor_affine(x, float(scale), self.zero_point, self.q_min, self.q_max)
-        zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)
-        return torch.fake_quantize_per_channel_affine(
-            x, scale.to(x.dtype), zero, self.channel_axis, self.q_min, self.q_max
-        )
+    def params(self) -> Quantizer:
+        """The quantizer with the current learned step size."""
+        scale = self.scale.detach().clamp_min(_MIN_SCALE)
+        return self.quantizer.with_scale(float(scale) if self.quantizer.axis is None else scale)
 
 
 class LsqAttachment:
@@ -137,8 +112,7 @@ class LsqAttachment:
         for name in scales:
             if name not in modules:
                 raise UserError(f"the model has no module named {name!r}: check the policy's layer names")
-            if getattr(modules[name], _ATTACHED, False):
-                raise UserError(f"layer {name!r} is already quantized (a QuantSimulator or LSQ): detach that first")
+        claim_layers({name: modules[name] for name in scales}, "quantized by LSQ")
         self.model = model
         self.policy: Policy = {name: (s.w_bits, s.a_bits) for name, s in scales.items()}
         self.weights: dict[str, LsqQuantizer] = {}
@@ -147,34 +121,26 @@ class LsqAttachment:
         self._handles = []
         for name, s in scales.items():
             module = modules[name]
-            if s.weight_scale is not None:
-                quantizer = LsqQuantizer(s.weight_scale, 0, -s.weight_q_max, s.weight_q_max, channel_axis=0)
+            if s.weight is not None:
+                quantizer = LsqQuantizer(s.weight)
                 parametrize.register_parametrization(module, "weight", quantizer)
                 self.weights[name] = quantizer
-            if s.input_scale is not None:
-                quantizer = LsqQuantizer(torch.tensor(s.input_scale), s.input_zero_point, 0, s.input_q_max, None)
+            if s.input is not None:
+                quantizer = LsqQuantizer(s.input)
                 quantizer.to(next(module.parameters()).device)
                 self.inputs[name] = quantizer
                 self._handles.append(module.register_forward_pre_hook(_input_hook(quantizer)))
-            setattr(module, _ATTACHED, True)
 
     def step_sizes(self) -> list[nn.Parameter]:
         """Every learned step size (weights' per-channel vectors and inputs' scalars)."""
         return [q.scale for q in (*self.weights.values(), *self.inputs.values())]
 
     def scales(self) -> dict[str, LayerScales]:
-        """The current (learned) quantizer parameters of every layer."""
-        result = {}
-        for name, (w_bits, a_bits) in self.policy.items():
-            weight, act = self.weights.get(name), self.inputs.get(name)
-            result[name] = LayerScales(
-                w_bits,
-                a_bits,
-                None if weight is None else weight.scale.detach().clamp_min(_MIN_SCALE).cpu().clone(),
-                None if act is None else float(act.scale.detach().clamp_min(_MIN_SCALE)),
-                0 if act is None else act.zero_point,
-            )
-        return result
+        """The current (learned) quantizers of every layer, on the CPU."""
+        return {
+            name: LayerScales(w_bits, a_bits, _on_cpu(self.weights.get(name)), _on_cpu(self.inputs.get(name)))
+            for name, (w_bits, a_bits) in self.policy.items()
+        }
 
     def detach(self) -> None:
         """Remove the quantizers: the model keeps its (finetuned) float weights, with no hooks left."""
@@ -184,8 +150,14 @@ class LsqAttachment:
         for module in self._layers.values():
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-            if hasattr(module, _ATTACHED):
-                delattr(module, _ATTACHED)
+        release_layers(self._layers.values())
+
+
+def _on_cpu(quantizer: LsqQuantizer | None) -> Quantizer | None:
+    if quantizer is None:
+        return None
+    params = quantizer.params()
+    return params if params.axis is None else params.with_scale(params.scale.cpu().clone())
 
 
 def _input_hook(quantizer: LsqQuantizer):
@@ -197,14 +169,19 @@ def _input_hook(quantizer: LsqQuantizer):
 
 
 def save_scales(path: str | Path, scales: Mapping[str, LayerScales]) -> None:
-    """Write the quantizer parameters as safetensors (tensors only) with the bits in the file's metadata."""
+    """Write the quantizers' scales as safetensors (tensors only) with the precision codes in the file's metadata:
+    ``<layer>.weight_scale`` per channel; ``<layer>.input_scale`` with ``input_zero_point`` (integers) or
+    ``input_values``, the value table (fp, flint, whose table depends on the input's sign)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, s in scales.items():
-        if s.weight_scale is not None:
-            tensors[f"{name}.weight_scale"] = s.weight_scale.detach().float().contiguous()
-        if s.input_scale is not None:
-            tensors[f"{name}.input_scale"] = torch.tensor(s.input_scale, dtype=torch.float32)
-            tensors[f"{name}.input_zero_point"] = torch.tensor(s.input_zero_point, dtype=torch.int32)
+        if s.weight is not None:
+            tensors[f"{name}.weight_scale"] = s.weight.scale.detach().float().contiguous()
+        if s.input is not None:
+            tensors[f"{name}.input_scale"] = torch.tensor(s.input.scale, dtype=torch.float32)
+            if isinstance(s.input, QuantParams):
+                tensors[f"{name}.input_zero_point"] = torch.tensor(s.input.zero_point, dtype=torch.int32)
+            else:
+                tensors[f"{name}.input_values"] = s.input.table.clone()  # tables are shared (cached)
     bits = {name: [s.w_bits, s.a_bits] for name, s in scales.items()}
     metadata = {"format": SCALES_FORMAT, "bits": json.dumps(bits)}
     atomic_write_bytes(path, save(tensors, metadata=metadata))
@@ -225,13 +202,22 @@ def load_scales(path: str | Path) -> dict[str, LayerScales]:
         raise UserError(f"scales file {str(path)!r} is not an mpq_rl LSQ scales file (format {SCALES_FORMAT})")
     scales = {}
     for name, (w_bits, a_bits) in json.loads(metadata["bits"]).items():
-        input_scale = tensors.get(f"{name}.input_scale")
-        zero_point = tensors.get(f"{name}.input_zero_point")
-        scales[name] = LayerScales(
-            int(w_bits),
-            int(a_bits),
-            tensors.get(f"{name}.weight_scale"),
-            None if input_scale is None else float(input_scale),
-            0 if zero_point is None else int(zero_point),
-        )
+        w_bits, a_bits = int(w_bits), int(a_bits)
+        weight_scale, input_scale = tensors.get(f"{name}.weight_scale"), tensors.get(f"{name}.input_scale")
+        weight = None
+        if weight_scale is not None:
+            weight = (
+                QuantParams.symmetric(weight_scale, w_bits)
+                if formats.is_integer_code(w_bits)
+                else formats.TableQuantizer(weight_scale, formats.value_table(w_bits, True), w_bits, 0)
+            )
+        activation = None
+        if input_scale is not None:
+            table = tensors.get(f"{name}.input_values")
+            activation = (
+                QuantParams(float(input_scale), int(tensors[f"{name}.input_zero_point"]), 0, 2**a_bits - 1)
+                if table is None
+                else formats.TableQuantizer(float(input_scale), table, a_bits)
+            )
+        scales[name] = LayerScales(w_bits, a_bits, weight, activation)
     return scales

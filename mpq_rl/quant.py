@@ -1,17 +1,23 @@
-"""Uniform affine fake quantization: quantizer parameters, range selection, and the straight-through estimator.
+"""Uniform affine quantization: the one quantizer type (:class:`QuantParams`), range selection, and the STE.
 
 Conventions follow the quantization survey of Gholami et al. (2021): ``x_q = (clamp(round(x / s) + z, q_min,
 q_max) - z) * s``. Weights are symmetric per output channel (narrow range, ``[-(2^(b-1) - 1), 2^(b-1) - 1]``);
 activations are per tensor, unsigned ``[0, 2^b - 1]`` when the calibration data are non-negative, asymmetric
 otherwise. Bit-widths 16 and 32 mean "leave in floating point". Rounding is passed straight through in the
 backward pass (STE, zero gradient where the value was clipped), using PyTorch's fused fake-quantize kernels.
+
+A quantizer's parameters (scale, zero point, integer range, axis) are one :class:`QuantParams`, with
+``fake_quantize`` (STE, for QAT and the fallback path), ``values`` (no gradient, for range search),
+``integers`` (for export) and ``grid_ste`` (LSQ); the simulator, LSQ (:mod:`mpq_rl.qat`) and export use it.
+The value-table formats' :class:`~mpq_rl.formats.TableQuantizer` has the same operations (:class:`Quantizer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -28,35 +34,102 @@ def is_float_bits(bits: int) -> bool:
     return bits in FLOAT_BITS
 
 
-@dataclass(frozen=True)
-class ActivationQuantizer:
-    """Per-tensor affine quantizer parameters for one activation at one bit-width."""
+class Quantizer(Protocol):
+    """What every quantizer offers, integer (:class:`QuantParams`) or value table
+    (:class:`mpq_rl.formats.TableQuantizer`): the simulator, LSQ and export use only this."""
 
-    scale: float
+    scale: float | torch.Tensor
+    axis: int | None
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor: ...
+    def values(self, x: torch.Tensor) -> torch.Tensor: ...
+    def integers(self, x: torch.Tensor) -> torch.Tensor: ...
+    def grid_ste(self, units: torch.Tensor) -> torch.Tensor: ...
+    def with_scale(self, scale: float | torch.Tensor) -> Quantizer: ...
+    @property
+    def top_level(self) -> float: ...
+
+
+@dataclass(frozen=True, eq=False)
+class QuantParams:
+    """One uniform affine quantizer, ``x_q = (clamp(round(x / scale) + zero_point, q_min, q_max) - zero_point) *
+    scale``: per tensor (``axis`` None, ``scale`` a float) or per slice along ``axis`` (``scale`` a 1-D tensor,
+    the same zero point for every slice). The simulator, LSQ and export all quantize through this one type.
+    """
+
+    scale: float | torch.Tensor
     zero_point: int
     q_min: int
     q_max: int
+    axis: int | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.q_min, self.q_max)
+    @classmethod
+    def symmetric(cls, scale: torch.Tensor, bits: int, axis: int = 0) -> QuantParams:
+        """The narrow-range symmetric quantizer (``[-(2^(b-1) - 1), 2^(b-1) - 1]``, zero point 0) of weights."""
+        q_max = symmetric_levels(bits)
+        return cls(scale, 0, -q_max, q_max, axis)
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x_q`` by PyTorch's fused kernels, with the straight-through gradient (zero where clipped)."""
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.q_min, self.q_max)
+        zero = torch.full((self.scale.numel(),), self.zero_point, dtype=torch.int32, device=x.device)
+        scale = self.scale.to(x.device, x.dtype)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero, self.axis, self.q_min, self.q_max)
+
+    __call__ = fake_quantize
 
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized values of ``x`` by plain elementwise arithmetic: no gradient, several times faster on CPU
         than the fused kernel (which also builds the STE mask); used to score candidate ranges."""
-        levels = torch.clamp(torch.round(x * (1.0 / self.scale)) + self.zero_point, self.q_min, self.q_max)
-        return (levels - self.zero_point) * self.scale
+        scale = broadcast_scale(self.scale, self.axis, x)
+        levels = torch.clamp(torch.round(x * (1.0 / scale)) + self.zero_point, self.q_min, self.q_max)
+        return (levels - self.zero_point) * scale
+
+    def integers(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer levels (zero point included) that :meth:`fake_quantize` puts on ``x``: what export stores."""
+        fake = self.fake_quantize(x.float())
+        scale = broadcast_scale(self.scale, self.axis, fake)
+        scale = scale.float() if isinstance(scale, torch.Tensor) else scale
+        return (torch.round(fake / scale) + self.zero_point).to(torch.int64)
+
+    def grid_ste(self, units: torch.Tensor) -> torch.Tensor:
+        """``units`` (``x / scale``) on the level grid, less the zero point, with the straight-through gradient:
+        1 inside ``[q_min - z, q_max - z]``, 0 where clipped (LSQ's training forward pass)."""
+        rounded = (units.round() - units).detach() + units
+        return torch.clamp(rounded + self.zero_point, self.q_min, self.q_max) - self.zero_point
+
+    @property
+    def top_level(self) -> float:
+        """The largest level (LSQ's ``Q_P``, in its step-size gradient scale)."""
+        return float(self.q_max)
+
+    def with_scale(self, scale: float | torch.Tensor) -> QuantParams:
+        return dataclasses.replace(self, scale=scale)
+
+    def _key(self) -> tuple:
+        scale = self.scale if self.axis is None else tuple(self.scale.reshape(-1).tolist())
+        return (scale, self.zero_point, self.q_min, self.q_max, self.axis)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QuantParams) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+def broadcast_scale(scale: float | torch.Tensor, axis: int | None, x: torch.Tensor) -> float | torch.Tensor:
+    """``scale`` shaped to broadcast against ``x`` along ``axis`` (a float per tensor is returned as it is)."""
+    if axis is None:
+        return scale
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return scale.to(x.device).reshape(shape)
 
 
 def symmetric_levels(bits: int) -> int:
     """The largest integer level of a narrow-range symmetric quantizer (``2^(b-1) - 1``)."""
     return 2 ** (bits - 1) - 1
-
-
-def fake_quantize_weight_per_channel(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric per-output-channel fake quantization of ``weight`` (channel axis 0) with STE gradients."""
-    q_max = symmetric_levels(bits)
-    zero = torch.zeros(scale.numel(), dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight, scale.to(weight.dtype), zero, 0, -q_max, q_max)
 
 
 _ELEMENTS_PER_CHUNK = 1 << 22
@@ -153,6 +226,13 @@ def weight_scale(
     return weight_scales(weight, [bits], method, percentile)[0]
 
 
+def weight_quantizer(
+    weight: torch.Tensor, bits: int, method: RangeMethod = "mse", percentile: float = 99.99
+) -> QuantParams:
+    """The symmetric per-output-channel quantizer of ``weight`` at integer ``bits`` (:func:`weight_scale`)."""
+    return QuantParams.symmetric(weight_scale(weight, bits, method, percentile), bits)
+
+
 def quantize_weight(
     weight: torch.Tensor, bits: int, method: RangeMethod = "mse", percentile: float = 99.99
 ) -> torch.Tensor:
@@ -160,18 +240,17 @@ def quantize_weight(
     if is_float_bits(bits):
         return weight
     with torch.no_grad():
-        scale = weight_scale(weight, bits, method, percentile)
-        return fake_quantize_weight_per_channel(weight, scale, bits)
+        return weight_quantizer(weight, bits, method, percentile).fake_quantize(weight)
 
 
-def _affine(lo: float, hi: float, bits: int, unsigned: bool) -> ActivationQuantizer:
+def _affine(lo: float, hi: float, bits: int, unsigned: bool) -> QuantParams:
     q_max = 2**bits - 1
     if unsigned:
-        return ActivationQuantizer(max(hi, 1e-12) / q_max, 0, 0, q_max)
+        return QuantParams(max(hi, 1e-12) / q_max, 0, 0, q_max)
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-12) / q_max
     zero_point = int(min(max(round(-lo / scale), 0), q_max))
-    return ActivationQuantizer(scale, zero_point, 0, q_max)
+    return QuantParams(scale, zero_point, 0, q_max)
 
 
 def activation_quantizers(
@@ -181,7 +260,7 @@ def activation_quantizers(
     bits: Sequence[int],
     method: RangeMethod = "mse",
     percentile: float = 99.99,
-) -> list[ActivationQuantizer]:
+) -> list[QuantParams]:
     """Per-tensor quantizers at each of ``bits`` for an activation observed in ``[lo, hi]`` with values ``sample``
     (1-D), every bit-width's range searched at once.
 
@@ -200,7 +279,7 @@ def activation_quantizers(
     q_max = torch.tensor([2**b - 1 for b in bits], dtype=torch.float64, device=sample.device)
 
     def errors_of(ratios: torch.Tensor) -> torch.Tensor:  # [K, bits]
-        # _affine's arithmetic in float64 for every candidate at once, then ActivationQuantizer.values' in float32
+        # _affine's arithmetic in float64 for every candidate at once, then QuantParams.values' in float32
         ratio = ratios.double()
         low, high = lo * ratio, hi * ratio
         if unsigned:
@@ -240,7 +319,7 @@ def activation_quantizer(
     bits: int,
     method: RangeMethod = "mse",
     percentile: float = 99.99,
-) -> ActivationQuantizer:
+) -> QuantParams:
     """A per-tensor quantizer for an activation observed in ``[lo, hi]`` with values ``sample`` (1-D), as
     :func:`activation_quantizers` chooses it."""
     return activation_quantizers(sample, lo, hi, [bits], method, percentile)[0]

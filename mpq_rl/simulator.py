@@ -11,7 +11,7 @@ original FP32 tensors back, bit-identical.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,20 +22,11 @@ from torch import nn
 
 from mpq_rl import formats
 from mpq_rl.errors import UserError
-from mpq_rl.kernels import fake_quantize
-from mpq_rl.layers import batch_size_of, call_model, layer_modules
+from mpq_rl.kernels import fake_quantize, table_quantize
+from mpq_rl.layers import batch_size_of, call_model, claim_layers, layer_modules, release_layers
 from mpq_rl.policy import BitPair
-from mpq_rl.quant import (
-    ActivationQuantizer,
-    RangeMethod,
-    activation_quantizers,
-    fake_quantize_weight_per_channel,
-    is_float_bits,
-    weight_scales,
-)
+from mpq_rl.quant import Quantizer, QuantParams, RangeMethod, activation_quantizers, is_float_bits, weight_scales
 
-_ATTACHED = "_mpq_rl_simulated"
-"""Set on each module a simulator hooks into, so a second simulator on the same layers is refused."""
 SAMPLE_VALUES_PER_LAYER = 65536
 """Activation values kept per layer for range search (a seeded random subsample of the calibration pass)."""
 _MAX_SCRATCH_VIEWS = 64
@@ -52,14 +43,16 @@ class _ActivationStats:
 class _InferenceFakeQuant:
     """``quantizer(x)``, bit for bit, several times faster on CPU when no gradient is needed.
 
-        PyTorch's fused per-tensor fake-quantize kernel on CPU also writes the STE mask and is not vectorized: on a
-        digits activation it costs as much as 15 to 30 ReLUs, a third of the convolution it feeds. Outside autograd
-        one pass of a compiled loop (:func:`mpq_rl.kernels.fake_quantize`) computes the kernel's arithmetic (``x * (1 /
-        scale)`` with both in float32, round half to even, ``+ zero point``, clamp, ``- zero point``, ``* scale``):
-        adding and subtracting the integer zero point around the clamp is the same as clamping to the shifted integer
-        range. Non-contiguous inputs take the kernel too: a transposed or permuted input directly, in memory order,
-    keeping its layout; one with gaps (a slice) after one copy into the buffer. Elsewhere (gradients, GPU, other
-    dtypes, table formats) the fused kernel runs.
+    PyTorch's fused per-tensor fake-quantize kernel on CPU also writes the STE mask and is not vectorized: on a
+    digits activation it costs as much as 15 to 30 ReLUs, a third of the convolution it feeds. Outside autograd
+    one pass of a compiled loop (:func:`mpq_rl.kernels.fake_quantize`) computes the kernel's arithmetic (``x * (1 /
+    scale)`` with both in float32, round half to even, ``+ zero point``, clamp, ``- zero point``, ``* scale``):
+    adding and subtracting the integer zero point around the clamp is the same as clamping to the shifted integer
+    range. A value-table quantizer (fp, flint) runs :func:`mpq_rl.kernels.table_quantize`, which finds the nearest
+    value by the same bisection as ``torch.bucketize`` in the same pass as the scaling. Non-contiguous inputs take the
+    kernels too: a transposed or permuted input directly, in memory order, keeping its layout; one with gaps (a slice)
+    after one copy into the buffer. Elsewhere (gradients, GPU, other dtypes, per-channel quantizers) the quantizer's
+    own ``fake_quantize`` runs.
 
         The loop writes into one scratch buffer, grown to the largest activation seen, instead of a new tensor per
         layer: large allocations come from fresh ``mmap`` pages, and their page faults (about 600 more per digits
@@ -71,31 +64,32 @@ class _InferenceFakeQuant:
     def __init__(self) -> None:
         self.scratch = torch.empty(0)
         self._views: dict[tuple[torch.Size, tuple[int, ...]], torch.Tensor] = {}
-        self._constants: dict[ActivationQuantizer, tuple[float, float, float, float]] = {}
+        self._kernels: dict[Quantizer, _KernelCall] = {}
 
-    def __call__(self, quantizer: ActivationQuantizer | formats.TableQuantizer, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, quantizer: Quantizer, x: torch.Tensor) -> torch.Tensor:
         # This runs once per quantized layer per batch: its overhead shows next to small layers, hence the cached
         # views and constants, and a kernel called on raw pointers (a third of the cost of passing arrays).
         if (
-            not isinstance(quantizer, ActivationQuantizer)
+            not isinstance(quantizer, QuantParams | formats.TableQuantizer)
+            or quantizer.axis is not None
             or x.dtype is not torch.float32
             or not x.is_cpu
             or (x.requires_grad and torch.is_grad_enabled())
         ):
-            return quantizer(x)
-        constants = self._constants.get(quantizer)
-        if constants is None:
-            constants = self._constants[quantizer] = _float32_constants(quantizer)
+            return quantizer.fake_quantize(x)
+        call = self._kernels.get(quantizer)
+        if call is None:
+            call = self._kernels[quantizer] = _kernel_call(quantizer)
         key = (x.shape, x.stride())
         out = self._views.get(key)
         if out is None:
             out = self._view(x)
         if out.stride() == x.stride():
-            fake_quantize()(x.data_ptr(), out.data_ptr(), x.numel(), *constants)
+            call.kernel(x.data_ptr(), out.data_ptr(), x.numel(), *call.constants)
         else:
             # strided with gaps (a slice): one copy into the dense buffer, then the kernel in place
             out.copy_(x)
-            fake_quantize()(out.data_ptr(), out.data_ptr(), x.numel(), *constants)
+            call.kernel(out.data_ptr(), out.data_ptr(), x.numel(), *call.constants)
         return out
 
     def _view(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +118,26 @@ def _dense(x: torch.Tensor) -> bool:
     return True
 
 
-def _float32_constants(quantizer: ActivationQuantizer) -> tuple[float, float, float, float]:
+@dataclass(frozen=True)
+class _KernelCall:
+    """A compiled kernel and its arguments after ``(x, out, n)`` for one quantizer; ``arrays`` keeps alive the
+    tensors whose addresses are among the arguments."""
+
+    kernel: Callable[..., None]
+    constants: tuple[float | int, ...]
+    arrays: tuple[torch.Tensor, ...] = ()
+
+
+def _kernel_call(quantizer: QuantParams | formats.TableQuantizer) -> _KernelCall:
+    if isinstance(quantizer, QuantParams):
+        return _KernelCall(fake_quantize(), _float32_constants(quantizer))
+    values = quantizer.table.float().contiguous()
+    midpoints = ((values[1:] + values[:-1]) * 0.5).contiguous()  # as formats.codes_of computes them
+    constants = (float(np.float32(quantizer.scale)), midpoints.data_ptr(), values.data_ptr(), values.numel())
+    return _KernelCall(table_quantize(), constants, (midpoints, values))
+
+
+def _float32_constants(quantizer: QuantParams) -> tuple[float, float, float, float]:
     """``1 / scale`` and ``scale`` as the fused kernel computes them (float32), and the shifted integer range;
     as Python floats, which hold float32 values exactly."""
     scale = np.float32(quantizer.scale)
@@ -167,12 +180,7 @@ class QuantSimulator:
         missing = [name for name in layer_names if name not in modules]
         if missing:
             raise UserError(f"the model has no module named {missing[0]!r}: check the layer names")
-        taken = [name for name in layer_names if getattr(modules[name], _ATTACHED, False)]
-        if taken:
-            raise UserError(
-                f"layer {taken[0]!r} is already simulated by another QuantSimulator: detach() that one first "
-                "(or build the model again)"
-            )
+        claim_layers({name: modules[name] for name in layer_names}, "simulated by another QuantSimulator")
         self.model = model
         self.layer_names = tuple(layer_names)
         self.modules = {name: modules[name] for name in self.layer_names}
@@ -182,16 +190,15 @@ class QuantSimulator:
         self.seed = seed
         self.fp32_weights = {name: module.weight.data for name, module in self.modules.items()}
         self._weights: dict[tuple[str, int], torch.Tensor] = {}
-        self._quantizers: dict[tuple[str, int], ActivationQuantizer | formats.TableQuantizer] = {}
+        self._weight_quantizers: dict[tuple[str, int], Quantizer] = {}
+        self._quantizers: dict[tuple[str, int], Quantizer] = {}
         self._stats: dict[str, _ActivationStats] | None = None
-        self._active: dict[str, ActivationQuantizer | formats.TableQuantizer | None] = dict.fromkeys(self.layer_names)
+        self._active: dict[str, Quantizer | None] = dict.fromkeys(self.layer_names)
         self._current: dict[str, BitPair] = {}
         self._fake_quant = _InferenceFakeQuant()
         self._handles = [
             module.register_forward_pre_hook(self._make_hook(name)) for name, module in self.modules.items()
         ]
-        for module in self.modules.values():
-            setattr(module, _ATTACHED, True)
 
     def _make_hook(self, name: str):
         active, fake_quant = self._active, self._fake_quant
@@ -246,6 +253,15 @@ class QuantSimulator:
         self._stats = stats
         self._quantizers.clear()
 
+    def weight_quantizer(self, name: str, bits: int) -> Quantizer | None:
+        """The cached weight quantizer of layer ``name`` at ``bits`` (a precision code of :mod:`mpq_rl.formats`;
+        None for floating point): its range chosen once, on first use unless :meth:`prepare` did it."""
+        if is_float_bits(bits):
+            return None
+        if (name, bits) not in self._weight_quantizers:
+            self._quantize_weights(name, [bits])
+        return self._weight_quantizers[(name, bits)]
+
     def weight(self, name: str, bits: int) -> torch.Tensor:
         """The cached quantized weight of layer ``name`` at ``bits`` (a precision code of
         :mod:`mpq_rl.formats`; computed on first use unless :meth:`prepare` did it)."""
@@ -264,7 +280,7 @@ class QuantSimulator:
             raise UserError(f"layer {name!r} did not run during calibration, so its input range is unknown")
         return torch.cat(record.samples)
 
-    def activation(self, name: str, bits: int) -> ActivationQuantizer | formats.TableQuantizer | None:
+    def activation(self, name: str, bits: int) -> Quantizer | None:
         """The cached input quantizer of layer ``name`` at ``bits`` (a precision code; None for floating point;
         computed on first use unless :meth:`prepare` did it)."""
         if is_float_bits(bits):
@@ -288,16 +304,23 @@ class QuantSimulator:
                 self._search_activations(name, [c for c in activation_codes if (name, c) not in self._quantizers])
 
     def _quantize_weights(self, name: str, codes: Sequence[int]) -> None:
+        """Choose the weight quantizers of layer ``name`` at ``codes`` (integer bit-widths in one search) and cache
+        them with the quantized weights."""
         weight = self.fp32_weights[name]
         integers = [c for c in codes if formats.is_integer_code(c) and not is_float_bits(c)]
-        with torch.no_grad():
-            if integers:
-                scales = weight_scales(weight, integers, self.weight_range, self.percentile)
-                for bits, scale in zip(integers, scales, strict=True):
-                    self._weights[(name, bits)] = fake_quantize_weight_per_channel(weight, scale, bits)
+        quantizers: dict[int, Quantizer] = {}
+        if integers:
+            scales = weight_scales(weight, integers, self.weight_range, self.percentile)
+            quantizers.update(
+                {bits: QuantParams.symmetric(scale, bits) for bits, scale in zip(integers, scales, strict=True)}
+            )
         for code in codes:
             if not formats.is_integer_code(code):
-                self._weights[(name, code)] = formats.quantize_weight(weight, code, self.weight_range, self.percentile)
+                quantizers[code] = formats.weight_quantizer(weight, code, self.weight_range, self.percentile)
+        with torch.no_grad():
+            for code, quantizer in quantizers.items():
+                self._weight_quantizers[(name, code)] = quantizer
+                self._weights[(name, code)] = quantizer.fake_quantize(weight)
 
     def _search_activations(self, name: str, codes: Sequence[int]) -> None:
         if not codes:
@@ -350,9 +373,7 @@ class QuantSimulator:
             handle.remove()
         self._handles.clear()
         self._fake_quant = _InferenceFakeQuant()  # drops the scratch buffer
-        for module in self.modules.values():
-            if hasattr(module, _ATTACHED):
-                delattr(module, _ATTACHED)
+        release_layers(self.modules.values())
 
     @property
     def cached_weights(self) -> int:

@@ -181,7 +181,7 @@ def test_qat_finetunes_the_attention_projections():
     initial = finetune(workload_of(EncoderClassifier, labelled=True), policy, epochs=0).before
     assert initial == result.before
     learned = result.scales["encoder.self_attn.in_proj"]
-    assert learned.weight_scale.shape == (3 * WIDTH,) and learned.input_scale is not None
+    assert learned.weight.scale.shape == (3 * WIDTH,) and learned.input is not None
 
 
 @pytest.fixture(scope="module")

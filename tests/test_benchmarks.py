@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not part of the installed package
 
-from benchmarks import episode_cost, gpu_check, many_layers, parallel_scaling, step_overhead  # noqa: E402
+from benchmarks import episode_cost, format_cost, gpu_check, many_layers, parallel_scaling, step_overhead  # noqa: E402
 from benchmarks.harness import interleaved, write_section  # noqa: E402
 
 
@@ -99,3 +99,10 @@ def test_many_layers_runs_and_reports_build_and_episode_ratios():
         assert result["ranges"] == f"{7 * result['depth']} weights + {7 * result['depth']} activation ranges"
         assert result["build_s"] > 0 and result["episode_vs_fp32"] > 0 and result["first_vs_steady"] > 0
     assert "episode / FP32" in "\n".join(written[many_layers.NAME])
+
+
+def test_format_cost_reports_fp_and_flint_against_int(digits_model):
+    outcome = format_cost.run(repeats=1, bits=(4,))
+    (result,) = outcome["results"]
+    assert result["vs_int"]["int"] == 1.0 and result["vs_int"]["fp"] > 0 and result["vs_int"]["flint"] > 0
+    assert "| 4 |" in "\n".join(format_cost.report(outcome))

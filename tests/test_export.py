@@ -150,7 +150,7 @@ def test_finetuned_weights_export_with_their_learned_scales(finetuned_dir, tmp_p
     differences = np.abs(outputs - expected)
     assert differences.max() < 0.05  # a value on a rounding boundary may land one integer step apart
     assert (differences.max(axis=1) < 1e-4).mean() >= 0.99
-    assert sidecar["layers"][1]["input"]["scale"] == pytest.approx(learned["block.conv1"].input_scale)
+    assert sidecar["layers"][1]["input"]["scale"] == pytest.approx(learned["block.conv1"].input.scale)
 
 
 def test_weights_finetuned_for_other_bits_are_refused(finetuned_dir, tmp_path, capsys):

@@ -5,19 +5,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mpq_rl import formats
 from mpq_rl.metrics import Scorer
-from mpq_rl.quant import ActivationQuantizer, activation_quantizer
+from mpq_rl.quant import QuantParams, activation_quantizer
 from mpq_rl.simulator import QuantSimulator, _InferenceFakeQuant
 
 QUANTIZERS = [
-    ActivationQuantizer(scale=0.05, zero_point=0, q_min=0, q_max=3),  # unsigned 2 bits
-    ActivationQuantizer(scale=0.0123, zero_point=0, q_min=0, q_max=255),  # unsigned 8 bits
-    ActivationQuantizer(scale=0.3, zero_point=4, q_min=0, q_max=7),  # asymmetric 3 bits
-    ActivationQuantizer(scale=1e-3, zero_point=100, q_min=0, q_max=255),  # asymmetric 8 bits, narrow scale
+    QuantParams(scale=0.05, zero_point=0, q_min=0, q_max=3),  # unsigned 2 bits
+    QuantParams(scale=0.0123, zero_point=0, q_min=0, q_max=255),  # unsigned 8 bits
+    QuantParams(scale=0.3, zero_point=4, q_min=0, q_max=7),  # asymmetric 3 bits
+    QuantParams(scale=1e-3, zero_point=100, q_min=0, q_max=255),  # asymmetric 8 bits, narrow scale
 ]
 
 
-def awkward_values(quantizer: ActivationQuantizer, n: int = 4099) -> torch.Tensor:
+def awkward_values(quantizer: QuantParams, n: int = 4099) -> torch.Tensor:
     """Values around and beyond the range, including exact ties (k + 0.5) * scale that round half to even."""
     generator = torch.Generator().manual_seed(n)
     low = (quantizer.q_min - quantizer.zero_point) * quantizer.scale
@@ -103,6 +104,25 @@ def test_activation_quantizers_from_calibration_round_trip_through_the_fast_path
         quantizer = activation_quantizer(sample, float(sample.min()), float(sample.max()), bits, "mse", 99.99)
         with torch.no_grad():
             assert torch.equal(_InferenceFakeQuant()(quantizer, sample), quantizer(sample))
+
+
+@pytest.mark.parametrize(
+    ("name", "bits", "signed"), [("fp", 4, True), ("fp", 8, False), ("flint", 3, True), ("flint", 6, False)]
+)
+def test_table_kernel_equals_bucketize_bit_for_bit(name, bits, signed):
+    code = formats.precision_code(name, bits)
+    table = formats.value_table(code, signed)
+    quantizer = formats.TableQuantizer(0.0371, table, code)
+    generator = torch.Generator().manual_seed(bits)
+    top = float(table[-1]) * quantizer.scale
+    spread = torch.empty(20000).uniform_(-1.5 * top, 1.5 * top, generator=generator)
+    midpoints = (table[1:] + table[:-1]) * 0.5  # exact ties, which round to the smaller value
+    special = torch.tensor([0.0, -0.0, 1e30, -1e30, float("inf"), float("-inf"), float("nan")])
+    x = torch.cat([spread, midpoints * np.float32(quantizer.scale), special])
+    with torch.no_grad():
+        got = _InferenceFakeQuant()(quantizer, x)
+    expected = formats.fake_quantize(x, quantizer.scale, table)
+    assert torch.equal(got, expected)  # NaN too: bucketize and the kernel both put it past the last midpoint
 
 
 def test_scores_pick_the_first_of_tied_maxima_and_floor_zero_norms():

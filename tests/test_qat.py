@@ -13,14 +13,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from mpq_rl import formats
 from mpq_rl.cli import main
 from mpq_rl.config import load_config
 from mpq_rl.evaluator import calibrated_simulator
+from mpq_rl.export import export_policy
 from mpq_rl.finetune import FinetuneResult, finetune
 from mpq_rl.finetuned_weights import SCALES_FILE, WEIGHTS_FILE, load_finetuned
 from mpq_rl.metrics import model_outputs
 from mpq_rl.policy import save_policy
 from mpq_rl.qat import LsqAttachment, LsqQuantizer, calibrated_scales, load_scales
+from mpq_rl.quant import QuantParams
 from mpq_rl.workload import Workload, load_workload
 
 EDGE_LAYERS = ("stem", "classifier")
@@ -36,6 +39,16 @@ def fresh_workload() -> Workload:
 
 def aggressive_policy(workload: Workload) -> dict[str, tuple[int, int]]:
     return {name: (8, 8) if name in EDGE_LAYERS else (2, 4) for name in workload.layers.names}
+
+
+def mixed_format_policy(workload: Workload) -> dict[str, tuple[int, int]]:
+    """fp, flint and integers at 3 bits on the inner layers (mixed within layers too), W8A8 at the edges."""
+    fp3, flint3 = formats.precision_code("fp", 3), formats.precision_code("flint", 3)
+    inner = [name for name in workload.layers.names if name not in EDGE_LAYERS]
+    pairs = [(fp3, flint3), (flint3, 3), (3, fp3), (flint3, flint3)]
+    return {
+        name: (8, 8) if name in EDGE_LAYERS else pairs[inner.index(name) % len(pairs)] for name in workload.layers.names
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +76,7 @@ def test_finetuning_reports_each_epoch(finetuned):
 
 
 def test_lsq_step_size_gets_the_lsq_gradient_and_values_pass_straight_through():
-    quantizer = LsqQuantizer(torch.tensor(0.5), zero_point=1, q_min=0, q_max=3, channel_axis=None).train()
+    quantizer = LsqQuantizer(QuantParams(0.5, zero_point=1, q_min=0, q_max=3)).train()
     x = torch.tensor([[-2.0, -0.2, 0.3, 0.55, 4.0]], requires_grad=True)
     out = quantizer(x)
     assert out.tolist() == [[-0.5, 0.0, 0.5, 0.5, 1.0]]
@@ -77,9 +90,24 @@ def test_lsq_step_size_gets_the_lsq_gradient_and_values_pass_straight_through():
     assert quantizer.scale.grad.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_lsq_on_a_value_table_gets_the_generalised_gradient():
+    code = formats.precision_code("fp", 4)  # E2M1: +-{0, 0.5, 1, 1.5, 2, 3, 4, 6}
+    quantizer = LsqQuantizer(formats.TableQuantizer(0.5, formats.value_table(code, True), code)).train()
+    x = torch.tensor([[-4.0, 0.3, 1.1, 2.2, 5.0]], requires_grad=True)
+    out = quantizer(x)
+    assert out.tolist() == [[-3.0, 0.25, 1.0, 2.0, 3.0]]  # nearest of the table times 0.5, the ends clipped
+    out.sum().backward()
+    assert x.grad.tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0]]
+    # T(v) - v inside, the clipped end T(v) outside, times g = 1 / sqrt(numel * largest table value).
+    v = x.detach()[0] / 0.5
+    inside = [float(t - v[i]) for i, t in ((1, 0.5), (2, 2.0), (3, 4.0))]
+    expected = (-6.0 + sum(inside) + 6.0) / math.sqrt(5 * 6)
+    assert quantizer.scale.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_per_channel_weight_quantizer_learns_one_step_per_output_channel():
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
-    quantizer = LsqQuantizer(torch.full((4,), 0.3), 0, -1, 1, channel_axis=0).train()
+    quantizer = LsqQuantizer(QuantParams(torch.full((4,), 0.3), 0, -1, 1, axis=0)).train()
     out = quantizer(weight)
     assert set(torch.unique(out[0] / 0.3).round().tolist()) <= {-1.0, 0.0, 1.0}
     out.pow(2).sum().backward()
@@ -103,6 +131,21 @@ def test_lsq_in_eval_mode_reproduces_the_simulator_exactly():
     assert not hasattr(workload.model.stem, "parametrizations")
 
 
+def test_lsq_in_eval_mode_reproduces_the_simulator_on_a_mixed_format_policy():
+    workload = fresh_workload()
+    policy = mixed_format_policy(workload)
+    simulator = calibrated_simulator(workload)
+    with simulator.applied(policy):
+        simulated = model_outputs(workload.model, workload.test)
+    scales = calibrated_scales(simulator, policy)
+    simulator.detach()
+    attachment = LsqAttachment(workload.model, scales)
+    try:
+        assert torch.equal(model_outputs(workload.model, workload.test), simulated)
+    finally:
+        attachment.detach()
+
+
 # --- finetuning ----------------------------------------------------------------------------------------------------
 
 
@@ -113,6 +156,31 @@ def test_finetuning_an_aggressive_policy_recovers_held_out_accuracy(finetuned):
     assert result.after["top1"] > result.before["top1"] + 0.04
     assert result.after["top1"] > result.fp32["top1"] - 0.03
     assert len(result.losses) == 2 and result.losses[1] < result.losses[0]
+
+
+def test_finetuning_a_mixed_format_policy_holds_held_out_accuracy_and_exports(tmp_path):
+    workload = fresh_workload()
+    policy = mixed_format_policy(workload)
+    result = finetune(workload, policy, epochs=2, seed=0)
+    # On digits this policy loses about half a point; LSQ through the value tables wins it back (0.9849 -> 0.9874
+    # when measured). From a near-lossless start the recipe can lose a little, integers included (W4A4 0.9924 ->
+    # 0.9874), so the test takes a policy that starts below FP32.
+    assert result.before["top1"] < result.fp32["top1"]
+    assert result.after["top1"] >= result.before["top1"]
+    assert result.losses[1] < result.losses[0]
+    learned = result.scales["block.conv1"]
+    assert isinstance(learned.weight, formats.TableQuantizer) and isinstance(learned.input, formats.TableQuantizer)
+    assert learned.weight.scale.shape == (workload.model.block.conv1.out_channels,)
+    result.save(tmp_path / "finetuned")
+    reloaded = load_scales(tmp_path / "finetuned" / SCALES_FILE)["block.conv1"]
+    assert torch.equal(reloaded.weight.scale, learned.weight.scale) and reloaded.input.scale == learned.input.scale
+    assert torch.equal(reloaded.input.table, learned.input.table) and reloaded.input.code == learned.input.code
+    sidecar = export_policy(fresh_workload(), policy, tmp_path / "model.onnx", weights=tmp_path / "finetuned")
+    assert sidecar["scales"] == "learned" and sidecar["check"]["agreement"] >= 0.99
+    record = next(r for r in sidecar["layers"] if r["name"] == "block.conv1")
+    assert record["weight"]["format"] == "fp" and record["input"]["format"] == "flint"
+    assert record["weight"]["scale"] == pytest.approx(learned.weight.scale.tolist())
+    assert record["input"]["scale"] == pytest.approx(learned.input.scale)
 
 
 def test_batchnorm_statistics_stay_frozen_while_its_affine_parameters_learn(finetuned):
@@ -136,8 +204,8 @@ def test_saved_weights_reload_bit_identically_without_pickle(finetuned, tmp_path
     learned = load_finetuned(model, tmp_path)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in result.state_dict.items())
     assert learned is not None and set(learned) == set(result.scales)
-    assert torch.equal(learned["dw"].weight_scale, result.scales["dw"].weight_scale)
-    assert learned["dw"].input_scale == result.scales["dw"].input_scale
+    assert torch.equal(learned["dw"].weight.scale, result.scales["dw"].weight.scale)
+    assert learned["dw"].input.scale == result.scales["dw"].input.scale
     with safe_open(str(tmp_path / SCALES_FILE), framework="pt") as handle:
         assert json.loads(handle.metadata()["bits"])["dw"] == [2, 4]
     assert load_scales(tmp_path / SCALES_FILE)["stem"].w_bits == 8

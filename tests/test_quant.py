@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpq_rl.quant import (
-    ActivationQuantizer,
+    QuantParams,
     activation_quantizer,
     activation_quantizers,
     quantization_error,
@@ -135,13 +135,13 @@ def _reference_weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _reference_activation(sample: torch.Tensor, lo: float, hi: float, bits: int) -> tuple[float, int]:
-    def quantizer(ratio: float) -> ActivationQuantizer:
+    def quantizer(ratio: float) -> QuantParams:
         q_max = 2**bits - 1
         if lo >= 0:
-            return ActivationQuantizer(max(hi * ratio, 1e-12) / q_max, 0, 0, q_max)
+            return QuantParams(max(hi * ratio, 1e-12) / q_max, 0, 0, q_max)
         low, high = min(lo * ratio, 0.0), max(hi * ratio, 0.0)
         scale = max(high - low, 1e-12) / q_max
-        return ActivationQuantizer(scale, int(min(max(round(-low / scale), 0), q_max)), 0, q_max)
+        return QuantParams(scale, int(min(max(round(-low / scale), 0), q_max)), 0, q_max)
 
     def error(ratio: torch.Tensor) -> torch.Tensor:
         q = quantizer(float(ratio))

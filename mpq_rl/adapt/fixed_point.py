@@ -1,6 +1,6 @@
 """Fixed-point numbers ``(wl, fl)``: a ``wl``-bit two's-complement integer times ``2^-fl``.
 
-A fixed-point format is the project's per-tensor integer quantizer (:class:`~mpq_rl.quant.ActivationQuantizer`)
+A fixed-point format is the project's per-tensor integer quantizer (:class:`~mpq_rl.quant.QuantParams`)
 with scale ``2^-fl``, zero point 0 and levels ``[-2^(wl-1), 2^(wl-1) - 1]``: calling it fake-quantizes with the
 fused kernel and a straight-through gradient (the forward pass of training), ``values`` rounds without building
 the gradient mask (the rule's measurements). Gradients are rounded stochastically (:func:`stochastic_round`), as
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from mpq_rl.quant import ActivationQuantizer
+from mpq_rl.quant import QuantParams
 
 
-def fixed_point(wl: int, fl: int) -> ActivationQuantizer:
+def fixed_point(wl: int, fl: int) -> QuantParams:
     """The quantizer of the fixed-point format with word length ``wl`` and fractional length ``fl``."""
     if not 1 <= wl <= 32:
         raise ValueError(f"word length must be 1 to 32 bits, got {wl}")
-    return ActivationQuantizer(2.0**-fl, 0, -(2 ** (wl - 1)), 2 ** (wl - 1) - 1)
+    return QuantParams(2.0**-fl, 0, -(2 ** (wl - 1)), 2 ** (wl - 1) - 1)
 
 
 def stochastic_round(x: torch.Tensor, wl: int, fl: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -13,12 +13,14 @@ evaluations). The loss is cross-entropy on labels for a top-1 proxy, KL divergen
 fidelity on logits (agreement, kl) and squared error to them otherwise (cosine). Traces are clamped at zero: a
 negative estimate (a layer at a saddle, or noise) would otherwise reward quantization error.
 
-The sensitivities are minimized summed over layers, one pair per layer, under the budget, by an integer linear
-program solved exactly with HiGHS (``scipy.optimize.milp``). Computing the sensitivities scores no policy and so
-costs no evaluations; the ILP optimum is the first episode. The remaining evaluations (or ``alternatives`` of
-them) score the next-best ILP solutions, each found by excluding the ones before it (a no-good cut), so the
-measured proxy can overrule the second-order model where it is wrong. HAWQ-V3 sweeps budget-tightened variants
-instead; those are cheaper policies of the same model, which rarely score better than the optimum at the budget.
+The sensitivities are minimized summed over layers, one pair per layer, under the budget: an integer linear
+program (a multiple-choice knapsack), solved exactly by :func:`ranked_policies`, a best-first search that lists
+its solutions in order of objective. Computing the sensitivities scores no policy and so costs no evaluations;
+the ILP optimum is the first episode. The remaining evaluations (or ``alternatives`` of them) score the next-best
+ILP solutions, the next one from the same search (a few heap operations per layer, where re-solving the ILP with
+a no-good cut per solution found took longer than the evaluations), so the measured proxy can overrule the
+second-order model where it is wrong. HAWQ-V3 sweeps budget-tightened variants instead; those are cheaper policies
+of the same model, which rarely score better than the optimum at the budget. Nothing is printed.
 
 ``agent.kwargs``: ``samples`` (32), Rademacher vectors per trace; ``alternatives`` (null: until the evaluation
 budget is spent), how many next-best solutions to score.
@@ -26,12 +28,13 @@ budget is spent), how many next-best solutions to score.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.budget import Choice
@@ -43,7 +46,8 @@ from mpq_rl.quant import is_float_bits
 
 DEFAULTS = {"samples": 32, "alternatives": None}
 ILP_MARGIN = 1e-6
-"""Relative tightening of the ILP's budget row, so HiGHS's feasibility tolerance cannot leave it over budget."""
+"""Relative tightening of the ILP's budget row (in units of the reference cost), so that the costs summed in
+another order can never leave a solution over the budget's own check."""
 
 
 def loss_kind(problem: SearchProblem) -> str:
@@ -109,36 +113,105 @@ def sensitivities(problem: SearchProblem, samples: int = 32, seed: int = 0) -> n
     return 0.5 * ((weight_scale[:, None] * weight_error)[:, :, None] + (input_scale[:, None] * input_error)[:, None, :])
 
 
-def solve_ilp(
-    objective: np.ndarray, costs: np.ndarray, capacity: float, excluded: Sequence[Sequence[Choice]] = ()
-) -> list[Choice] | None:
-    """The choice per layer minimizing ``sum objective[s, w, a]`` with ``sum costs[s, w, a] <= capacity``.
+def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The lower-left convex hull of (cost, objective) points, from the cheapest (least objective among ties) to
+    the least objective (cheapest among ties): costs rise, objectives fall, and the slopes rise towards zero."""
+    hull: list[tuple[float, float]] = []
+    for c, v in sorted(points):
+        if hull and v >= hull[-1][1]:
+            continue  # costs more and is no better
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (c - hull[-2][0]) >= (v - hull[-2][1]) * (
+            hull[-1][0] - hull[-2][0]
+        ):
+            hull.pop()
+        hull.append((c, v))
+    return hull
 
-    ``objective`` and ``costs`` are [layer, w, a]; NaN costs mark pairs that cannot be chosen. Policies in
-    ``excluded`` are cut off. None if no policy fits.
+
+class _RelaxationBound:
+    """Lower bounds on the objective of layers ``k, k+1, ...`` within a cost: the LP relaxation of the
+    multiple-choice knapsack (Sinha and Zoltners, Operations Research 27(3), 1979). Every layer starts at its
+    cheapest choice; then the segments of the layers' lower convex hulls are bought in order of objective saved
+    per unit of cost, the last one in part. The segments of every suffix of layers are sorted once, so a bound is
+    one binary search."""
+
+    def __init__(self, options: list[list[tuple[float, float, Choice]]]) -> None:
+        layers = len(options)
+        self.base_cost = [0.0] * (layers + 1)
+        self.base_value = [0.0] * (layers + 1)
+        self.spent: list[np.ndarray] = [np.zeros(0)] * (layers + 1)
+        self.saved: list[np.ndarray] = [np.zeros(0)] * (layers + 1)
+        segments = np.zeros((0, 3))  # slope, cost, objective change
+        for k in range(layers - 1, -1, -1):
+            hull = np.array(_lower_hull([(c, v) for c, v, _ in options[k]]))
+            self.base_cost[k] = self.base_cost[k + 1] + hull[0, 0]
+            self.base_value[k] = self.base_value[k + 1] + hull[0, 1]
+            steps = np.diff(hull, axis=0)
+            segments = np.concatenate([segments, np.column_stack([steps[:, 1] / steps[:, 0], steps])])
+            segments = segments[np.argsort(segments[:, 0], kind="stable")]
+            self.spent[k] = np.cumsum(segments[:, 1])
+            self.saved[k] = np.cumsum(segments[:, 2])
+
+    def __call__(self, k: int, left: float) -> float | None:
+        """The bound for layers ``k, ...`` within ``left`` (None if even their cheapest choices exceed it)."""
+        extra = left - self.base_cost[k]
+        if extra < 0.0:
+            return None
+        spent, saved = self.spent[k], self.saved[k]
+        i = int(np.searchsorted(spent, extra, side="right"))
+        value = self.base_value[k] + (float(saved[i - 1]) if i else 0.0)
+        if i < len(spent):
+            before, gained = (float(spent[i - 1]), float(saved[i - 1])) if i else (0.0, 0.0)
+            value += (float(saved[i]) - gained) * (extra - before) / (float(spent[i]) - before)
+        return value
+
+
+def ranked_policies(objective: np.ndarray, costs: np.ndarray, capacity: float) -> Iterator[list[Choice]]:
+    """Every choice per layer with ``sum costs[s, w, a] <= capacity``, in increasing order of
+    ``sum objective[s, w, a]``: the ILP's optimum first, then its next-best solutions, lazily.
+
+    ``objective`` and ``costs`` are [layer, w, a]; NaN costs mark pairs that cannot be chosen; of policies with
+    equal objective, the costlier comes first. A best-first
+    (A*) search over the layers in order: a partial policy's key is its objective so far plus a lower bound on
+    the rest (:class:`_RelaxationBound`, the LP relaxation within the capacity left). A complete policy is popped
+    only when no partial one could complete below it, so policies come out exactly in order.
     """
     layers = costs.shape[0]
-    index = [(s, w, a) for s, w, a in np.argwhere(~np.isnan(costs)).tolist()]
-    column = {key: j for j, key in enumerate(index)}
-    cost = np.array([costs[key] for key in index])
-    scale = max(float(cost.max()), 1e-300)
-    value = np.array([objective[key] for key in index])
-    value = value / max(float(np.abs(value).max()), 1e-300)
-    one_hot = np.zeros((layers, len(index)))
-    for j, (s, _, _) in enumerate(index):
-        one_hot[s, j] = 1.0
-    rows = [LinearConstraint(one_hot, 1, 1), LinearConstraint(cost[None, :] / scale, -np.inf, capacity / scale)]
-    for policy in excluded:
-        cut = np.zeros(len(index))
-        cut[[column[(s, w, a)] for s, (w, a) in enumerate(policy)]] = 1.0
-        rows.append(LinearConstraint(cut[None, :], -np.inf, layers - 1))
-    result = milp(
-        value, constraints=rows, integrality=np.ones(len(index)), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0}
-    )
-    if result.x is None:
-        return None
-    chosen = [index[j] for j in np.flatnonzero(result.x > 0.5)]
-    return [(w, a) for _, w, a in sorted(chosen)]
+    options: list[list[tuple[float, float, Choice]]] = [[] for _ in range(layers)]
+    for s, w, a in np.argwhere(~np.isnan(costs)).tolist():
+        options[s].append((float(costs[s, w, a]), float(objective[s, w, a]), (w, a)))
+    if any(not layer for layer in options):
+        return
+    relaxation = _RelaxationBound(options)
+    # Rounding in the bounds' sums must not let a bound exceed what a completion actually reaches.
+    slack = 1e-9 * sum(max(abs(v) for _, v, _ in layer) for layer in options) + 1e-300
+
+    def bound(k: int, left: float) -> float | None:
+        value = relaxation(k, left)
+        return None if value is None else value - slack
+
+    root = bound(0, capacity)
+    if root is None:
+        return
+    order = itertools.count()
+    # (key, minus the cost spent, arrival, depth, cost spent, objective, choices): among policies of equal
+    # objective the costlier comes first (the second-order model cannot tell them apart; more bits is the safer
+    # guess), then the one found first.
+    heap: list[tuple[float, float, int, int, float, float, tuple[Choice, ...]]] = [
+        (root, 0.0, next(order), 0, 0.0, 0.0, ())
+    ]
+    while heap:
+        _, _, _, depth, spent, value, chosen = heapq.heappop(heap)
+        if depth == layers:
+            yield list(chosen)
+            continue
+        for cost, v, choice in options[depth]:
+            rest = bound(depth + 1, capacity - spent - cost)
+            if rest is None:
+                continue
+            total, used = value + v, spent + cost
+            key = total if depth + 1 == layers else total + rest
+            heapq.heappush(heap, (key, -used, next(order), depth + 1, used, total, (*chosen, choice)))
 
 
 class Hawq(Searcher):
@@ -161,21 +234,15 @@ class Hawq(Searcher):
         omega = sensitivities(problem, self.samples, context.seed)
         capacity = (budget.limit - budget.fixed_cost) - ILP_MARGIN * budget.reference
         extra = context.remaining - 1 if self.alternatives is None else int(self.alternatives)
-        found: list[list[Choice]] = []
-        first = solve_ilp(omega, budget.costs, capacity)
-        if first is None or not budget.fits(first):
-            # only when the budget is within the solver's tolerance of the cheapest policy
-            first = budget.projected([budget.top_choice()] * len(omega))
-        found.append(first)
+        ranked = ranked_policies(omega, budget.costs, capacity)
+        # None only when the budget is within the margin of the cheapest policy
+        first = next(ranked, None) or budget.projected([budget.top_choice()] * len(omega))
         context.score(first)
-        while not context.done and len(found) <= extra:
-            batch = []
-            for _ in range(min(max(context.n_envs, 1), extra + 1 - len(found), context.remaining)):
-                policy = solve_ilp(omega, budget.costs, capacity, found)
-                if policy is None:
-                    break
-                found.append(policy)
-                batch.append(policy)
+        found = 1
+        while not context.done and found <= extra:
+            count = min(max(context.n_envs, 1), extra + 1 - found, context.remaining)
+            batch = list(itertools.islice(ranked, count))
             if not batch:
                 return
+            found += len(batch)
             context.score_many(batch)
