@@ -29,10 +29,10 @@ from benchmarks.harness import Writer, machine, machine_lines, publish, table, w
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import parse_config
-from mpq_rl.episode import Episode
-from mpq_rl.evaluator import evaluate_on_test
-from mpq_rl.problem import build_problem
-from mpq_rl.recorder import better
+from mpq_rl.search.episode import Episode
+from mpq_rl.search.evaluator import evaluate_on_test
+from mpq_rl.search.problem import build_problem
+from mpq_rl.search.recorder import better
 
 NAME = "ablation"
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

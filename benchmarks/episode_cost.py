@@ -10,7 +10,7 @@ two medians carries; the ratio of the medians is printed beside it.
 
 Variants, timed interleaved in each round:
 
-* ``fp32``: :func:`mpq_rl.metrics.model_outputs` over the calibration batches, the simulator restored (hooks in
+* ``fp32``: :func:`mpq_rl.search.metrics.model_outputs` over the calibration batches, the simulator restored (hooks in
   place, quantizing nothing).
 * ``quantized``: the evaluation's core alone, the round's policy applied to the simulator and one forward pass
   over the calibration data: the least any episode can cost, so ``episode / quantized`` is the environment's
@@ -18,7 +18,8 @@ Variants, timed interleaved in each round:
 * ``episode``: ``reset`` and every ``step`` of :class:`~mpq_rl.envs.BitWidthEnv` with seeded random actions. The
   round's policy was played once before timing, so the simulator holds its quantized tensors; the evaluation
   cache is emptied and the simulator restored before the timed episode, so the evaluation itself runs in full.
-* ``naive``: ``copy.deepcopy`` of the FP32 model, a fresh :class:`~mpq_rl.simulator.QuantSimulator` on the copy
+* ``naive``: ``copy.deepcopy`` of the FP32 model, a fresh :class:`~mpq_rl.quantization.simulator.QuantSimulator` on the
+copy
   (every quantized weight and activation range computed from scratch, including the FP32 calibration pass that
   activation ranges need), the same policy applied, the calibration data evaluated and scored. Its time is also
   split into those parts, so the speed-up without the calibration pass can be read off too.
@@ -63,13 +64,13 @@ from benchmarks.harness import (
 )
 from mpq_rl.config import RunConfig, parse_config
 from mpq_rl.envs import BitWidthEnv
-from mpq_rl.evaluator import EvaluationCache, Evaluator
 from mpq_rl.hardware import build_cost_table
-from mpq_rl.metrics import model_outputs, score
-from mpq_rl.policy import Policy
-from mpq_rl.problem import build_problem
-from mpq_rl.simulator import QuantSimulator
-from mpq_rl.workload import Workload, load_workload
+from mpq_rl.quantization.policy import Policy
+from mpq_rl.quantization.simulator import QuantSimulator
+from mpq_rl.search.evaluator import EvaluationCache, Evaluator
+from mpq_rl.search.metrics import model_outputs, score
+from mpq_rl.search.problem import build_problem
+from mpq_rl.workloads.workload import Workload, load_workload
 
 NAME = "episode_cost"
 THREADS = (1, 2)

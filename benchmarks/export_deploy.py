@@ -1,7 +1,7 @@
 """What an ONNX export delivers in onnxruntime: agreement with the simulation, file size and latency against FP32.
 
-For each workload and policy, ``mpq_rl.export.export_policy`` writes the quantized graph and measures it
-(:mod:`mpq_rl.export_check`): onnxruntime's top-1 agreement (digits) or cosine (MiniLM embeddings) with the
+For each workload and policy, ``mpq_rl.deployment.export.export_policy`` writes the quantized graph and measures it
+(:mod:`mpq_rl.deployment.export_check`): onnxruntime's top-1 agreement (digits) or cosine (MiniLM embeddings) with the
 simulation on the calibration split, the file size next to the FP32 export, and the median latency of one
 calibration batch next to the FP32 graph, the two timed alternately at the same thread count. The policies show
 where onnxruntime has low-precision kernels on this CPU: W8A8 (QDQ fusion into integer kernels), W4 weights with
@@ -25,10 +25,10 @@ if __package__ in (None, ""):
 
 from benchmarks.harness import Writer, machine, machine_lines, publish, table, write_section
 from mpq_rl.config import load_config
-from mpq_rl.export import export_policy
-from mpq_rl.export_check import ExportCheck
-from mpq_rl.policy import Policy
-from mpq_rl.workload import load_workload
+from mpq_rl.deployment.export import export_policy
+from mpq_rl.deployment.export_check import ExportCheck
+from mpq_rl.quantization.policy import Policy
+from mpq_rl.workloads.workload import load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {name: ROOT / "experiments" / "configs" / f"{name}.yaml" for name in ("digits", "minilm")}

@@ -1,6 +1,6 @@
 """Evaluation cost of fp and flint policies against integer ones at the same bit-widths, on digits.
 
-Variants, timed interleaved: one evaluation (:meth:`~mpq_rl.evaluator.Evaluator.measure`: the policy applied to
+Variants, timed interleaved: one evaluation (:meth:`~mpq_rl.search.evaluator.Evaluator.measure`: the policy applied to
 the simulator, one forward pass over the calibration batches, the outputs scored) of the uniform policy that puts
 every layer at ``W{b}A{b}`` in integers, in fp and in flint, for each bit-width; each policy was evaluated once
 before timing, so its quantized weights and activation quantizers are cached (what a search's later episodes
@@ -34,10 +34,10 @@ from benchmarks.harness import (
     table,
     write_section,
 )
-from mpq_rl import formats
 from mpq_rl.config import load_config
-from mpq_rl.evaluator import Evaluator
-from mpq_rl.workload import load_workload
+from mpq_rl.quantization import formats
+from mpq_rl.search.evaluator import Evaluator
+from mpq_rl.workloads.workload import load_workload
 
 NAME = "format_cost"
 BITS = (4, 6)

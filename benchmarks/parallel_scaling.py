@@ -67,8 +67,8 @@ def simulated_speedup(
 
 
 def _backends(spec: Any, workers: int) -> dict[str, Any]:
-    from mpq_rl.pool import Processes
-    from mpq_rl.ray_backend import RayActors
+    from mpq_rl.search.pool import Processes
+    from mpq_rl.search.ray_backend import RayActors
 
     return {f"process, {workers}": Processes(spec, workers, threads=1), f"ray, {workers}": RayActors(spec, workers)}
 
@@ -76,8 +76,8 @@ def _backends(spec: Any, workers: int) -> dict[str, Any]:
 def run(workload: str = "digits", policies: int = 24, repeats: int = 5) -> dict[str, Any]:
     from mpq_rl.agents.random_search import sample_policy
     from mpq_rl.config import load_config
-    from mpq_rl.problem import build_problem
-    from mpq_rl.ray_cluster import connect, disconnect
+    from mpq_rl.search.problem import build_problem
+    from mpq_rl.search.ray_cluster import connect, disconnect
 
     torch.set_num_threads(1)  # one thread in every process: 2 workers on 2 cores use both, and no more
     info = machine()

@@ -30,8 +30,8 @@ from benchmarks.harness import Writer, machine, machine_lines, publish, table, w
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import parse_config
-from mpq_rl.episode import Episode
-from mpq_rl.problem import SearchProblem, build_problem
+from mpq_rl.search.episode import Episode
+from mpq_rl.search.problem import SearchProblem, build_problem
 
 NAME = "search_quality"
 PROXIES = {"top1": {"metric": "top1"}, "kl": {"metric": "fidelity", "fidelity": "kl"}}

@@ -2,9 +2,9 @@
 
 Target (the environment issue): under 1 ms per step for a 1000-layer model, so the agent, not the environment,
 bounds a deep search. The models are synthetic MLPs (``Linear(16, 16)`` and ReLU, repeated) of 10, 100 and 1000
-layers, built from Python objects the way a user would (:func:`~mpq_rl.workload.assemble_workload` with a tiny
-``TensorDataset``, :func:`~mpq_rl.hardware.build_cost_table`, :class:`~mpq_rl.evaluator.Evaluator`,
-:class:`~mpq_rl.problem.SearchProblem`, :class:`~mpq_rl.envs.BitWidthEnv`).
+layers, built from Python objects the way a user would (:func:`~mpq_rl.workloads.workload.assemble_workload` with a tiny
+``TensorDataset``, :func:`~mpq_rl.hardware.build_cost_table`, :class:`~mpq_rl.search.evaluator.Evaluator`,
+:class:`~mpq_rl.search.problem.SearchProblem`, :class:`~mpq_rl.envs.BitWidthEnv`).
 
 Every ``step`` but the last of each episode is timed on its own (the last one evaluates the policy, which
 ``episode_cost`` measures); ``reset`` is timed too. Episodes of the depths are interleaved, round after round,
@@ -36,10 +36,10 @@ if __package__ in (None, ""):
 from benchmarks.harness import Writer, machine, machine_lines, publish, table, verdict, write_section
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
-from mpq_rl.evaluator import Evaluator
 from mpq_rl.hardware import build_cost_table
-from mpq_rl.problem import build_problem
-from mpq_rl.workload import assemble_workload
+from mpq_rl.search.evaluator import Evaluator
+from mpq_rl.search.problem import build_problem
+from mpq_rl.workloads.workload import assemble_workload
 
 NAME = "step_overhead"
 THREADS = 2

@@ -13,9 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
-from mpq_rl.compare import COMPARE_JSON, PARETO_PNG, render_markdown, uniform_row
 from mpq_rl.io import atomic_write_text
-from mpq_rl.metrics import format_metric
+from mpq_rl.search.compare import COMPARE_JSON, PARETO_PNG, render_markdown, uniform_row
+from mpq_rl.search.metrics import format_metric
 
 DEFAULT_OUTPUT = Path("docs/results.md")
 

@@ -4,7 +4,7 @@
 
 For every quantizable layer, the weights are quantized per output channel with the config's range method (MSE by
 default) in each format; the SQNR is ``10 log10(sum ||W||^2 / sum ||Q(W) - W||^2)`` over all layers together.
-fp and flint have no 2-bit form (see mpq_rl/formats.py). Prints one markdown table per model.
+fp and flint have no 2-bit form (see mpq_rl/quantization/formats.py). Prints one markdown table per model.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import math
 
 import torch
 
-from mpq_rl import formats, quant
 from mpq_rl.config import load_config
-from mpq_rl.workload import load_workload
+from mpq_rl.quantization import formats, quant
+from mpq_rl.workloads.workload import load_workload
 
 BITS = range(2, 9)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from mpq_rl.config import BACKENDS, RunConfig, load_config
 from mpq_rl.errors import UserError
 from mpq_rl.io import check_output_file, json_text
-from mpq_rl.layers import LayerTable
+from mpq_rl.search.threads import set_torch_threads, threads_per_process
 from mpq_rl.text_table import render_table
-from mpq_rl.threads import set_torch_threads, threads_per_process
+from mpq_rl.workloads.layers import LayerTable
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -31,8 +31,8 @@ def _config_and_policy(args: argparse.Namespace) -> tuple[RunConfig, Path | None
     """The config and policy file a command works on: ``--run DIR``'s config.yaml and policy.json (``--policy``
     still picks another policy); else ``--config``, or, without it, the config of the run folder that holds
     ``--policy`` (a policy is only meaningful with the model and data it was searched on)."""
-    from mpq_rl.recorder import POLICY_FILE
-    from mpq_rl.run_folder import CONFIG_FILE, holds_run, run_config
+    from mpq_rl.search.recorder import POLICY_FILE
+    from mpq_rl.search.run_folder import CONFIG_FILE, holds_run, run_config
 
     policy = None if args.policy is None else Path(args.policy)
     if args.run is not None:
@@ -84,7 +84,7 @@ def render_layer_table(table: LayerTable) -> str:
 
 def cmd_layers(args: argparse.Namespace) -> None:
     """Print the quantizable layers of the configured model."""
-    from mpq_rl.workload import load_workload
+    from mpq_rl.workloads.workload import load_workload
 
     config = _config(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
@@ -102,8 +102,8 @@ def cmd_cost(args: argparse.Namespace) -> None:
     """Print the per-layer hardware cost of a policy (W8A8 without --policy)."""
     from mpq_rl.hardware import build_cost_table
     from mpq_rl.hardware.report import cost_report, render_cost_report
-    from mpq_rl.policy import load_policy, validate_policy
-    from mpq_rl.workload import load_workload
+    from mpq_rl.quantization.policy import load_policy, validate_policy
+    from mpq_rl.workloads.workload import load_workload
 
     config, policy_file = _config_and_policy(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
@@ -125,9 +125,9 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Score a policy on the held-out test split (FP32 alongside), optionally after LSQ finetuning."""
-    from mpq_rl.finetune import DEFAULT_LR, finetune
-    from mpq_rl.policy import checked_policy
-    from mpq_rl.workload import load_workload
+    from mpq_rl.deployment.finetune import DEFAULT_LR, finetune
+    from mpq_rl.quantization.policy import checked_policy
+    from mpq_rl.workloads.workload import load_workload
 
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
@@ -148,10 +148,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export the model quantized by a policy as ONNX (Q/DQ per layer) with a JSON sidecar of bits and scales."""
-    from mpq_rl.export import export_policy, sidecar_path
-    from mpq_rl.export_check import ExportCheck
-    from mpq_rl.policy import checked_policy
-    from mpq_rl.workload import load_workload
+    from mpq_rl.deployment.export import export_policy, sidecar_path
+    from mpq_rl.deployment.export_check import ExportCheck
+    from mpq_rl.quantization.policy import checked_policy
+    from mpq_rl.workloads.workload import load_workload
 
     check_output_file(Path(args.output), "--output")
     config, policy_file = _config_and_policy(args)
@@ -170,8 +170,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     """Search per-layer bit-widths under the budget; write the run folder and print the best policy on test data."""
-    from mpq_rl.run_folder import run_config
-    from mpq_rl.trainer import run_search
+    from mpq_rl.search.run_folder import run_config
+    from mpq_rl.search.trainer import run_search
 
     flags = {
         "agent.name": args.agent,
@@ -199,7 +199,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 def _set_threads(config: RunConfig) -> None:
     """This process's torch threads: its share of the cores with the workers it starts on this machine (the
     workers, and a comparison's Ray tasks, set their own)."""
-    from mpq_rl.pool import local_processes
+    from mpq_rl.search.pool import local_processes
 
     set_torch_threads(threads_per_process(local_processes(config.evaluation)))
 
@@ -235,7 +235,7 @@ def _int_list(text: str) -> list[int]:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """Run several searchers (and seeds) on one config at the same evaluation budget; table and Pareto plot."""
-    from mpq_rl.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
+    from mpq_rl.search.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
 
     flags = {"agent.episodes": args.episodes, "budget.fraction": args.budget, **_parallel_flags(args)}
     config = _config(args).with_overrides(**{key: value for key, value in flags.items() if value is not None})

@@ -99,7 +99,7 @@ class QuantizationConfig(_Section):
     activation_range: Literal["mse", "minmax", "percentile"] = "mse"
     percentile: float = Field(99.99, gt=50.0, le=100.0, allow_inf_nan=False)
     formats: list[Literal["int", "fp", "flint"]] = Field(default_factory=lambda: ["int"])
-    """Number formats each layer's weights and activations choose from (see :mod:`mpq_rl.formats`)."""
+    """Number formats each layer's weights and activations choose from (see :mod:`mpq_rl.quantization.formats`)."""
 
     @field_validator("formats")
     @classmethod
@@ -248,7 +248,7 @@ class ParallelConfig(_Section):
 
     def resolved(self, n_envs: int) -> ParallelConfig:
         """This section with its backend and workers filled in for a run with ``agent.n_envs = n_envs``."""
-        from mpq_rl.threads import usable_cores
+        from mpq_rl.search.threads import usable_cores
 
         backend = self.backend or ("process" if n_envs > 1 or (self.workers or 1) > 1 else "local")
         if backend == "local":
@@ -263,7 +263,7 @@ class RunConfig(_Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     device: str = "auto"
     """Where the model, data and quantized tensors live: auto (a GPU when PyTorch sees one, else the CPU), cpu,
-    cuda or cuda:N (see :mod:`mpq_rl.device`)."""
+    cuda or cuda:N (see :mod:`mpq_rl.workloads.device`)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)

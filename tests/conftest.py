@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from mpq_rl.data import Splits
+from mpq_rl.workloads.data import Splits
 from mpq_rl.workloads.digits import CACHE_ENV, load_digits, trained_digits_cnn
 
 
@@ -67,7 +67,7 @@ def minilm_splits() -> Splits:
 def digits_workload(digits_model: nn.Module):
     """The default run's workload (digits CNN, digits data), built from the default config."""
     from mpq_rl.config import load_config
-    from mpq_rl.workload import load_workload
+    from mpq_rl.workloads.workload import load_workload
 
     return load_workload(load_config())
 
@@ -75,7 +75,7 @@ def digits_workload(digits_model: nn.Module):
 @pytest.fixture(scope="session")
 def digits_evaluator(digits_workload):
     """One evaluator (and so one set of simulator hooks) on the shared digits workload."""
-    from mpq_rl.evaluator import Evaluator
+    from mpq_rl.search.evaluator import Evaluator
 
     return Evaluator(digits_workload)
 

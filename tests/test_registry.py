@@ -14,7 +14,7 @@ from mpq_rl.config import HardwareConfig
 from mpq_rl.errors import UserError
 from mpq_rl.hardware import PRESETS, build_cost_table
 from mpq_rl.registry import Registry
-from mpq_rl.rewards import REWARDS, haq
+from mpq_rl.search.rewards import REWARDS, haq
 from mpq_rl.workloads import DATASETS, MODELS
 
 
@@ -53,4 +53,4 @@ def test_hardware_presets_by_module_path(digits_workload):
     for metric in ("latency", "energy", "size", "bops"):
         np.testing.assert_array_equal(by_name.metric(metric), by_path.metric(metric))
     with pytest.raises(UserError, match="is not a cost model"):
-        build_cost_table(digits_workload.layers, HardwareConfig(preset="mpq_rl.rewards:haq"))
+        build_cost_table(digits_workload.layers, HardwareConfig(preset="mpq_rl.search.rewards:haq"))

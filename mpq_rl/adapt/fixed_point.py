@@ -1,6 +1,6 @@
 """Fixed-point numbers ``(wl, fl)``: a ``wl``-bit two's-complement integer times ``2^-fl``.
 
-A fixed-point format is the project's per-tensor integer quantizer (:class:`~mpq_rl.quant.QuantParams`)
+A fixed-point format is the project's per-tensor integer quantizer (:class:`~mpq_rl.quantization.quant.QuantParams`)
 with scale ``2^-fl``, zero point 0 and levels ``[-2^(wl-1), 2^(wl-1) - 1]``: calling it fake-quantizes with the
 fused kernel and a straight-through gradient (the forward pass of training), ``values`` rounds without building
 the gradient mask (the rule's measurements). Gradients are rounded stochastically (:func:`stochastic_round`), as
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mpq_rl.quant import QuantParams
+from mpq_rl.quantization.quant import QuantParams
 
 
 def fixed_point(wl: int, fl: int) -> QuantParams:

@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 from mpq_rl.adapt.fixed_point import fixed_point, stochastic_round
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
-from mpq_rl.data import to_device
+from mpq_rl.deployment.train_split import train_loader
 from mpq_rl.errors import UserError
-from mpq_rl.layers import call_model
-from mpq_rl.metrics import model_outputs, output_tensor, top1
-from mpq_rl.train_split import train_loader
-from mpq_rl.workload import Workload
+from mpq_rl.search.metrics import model_outputs, output_tensor, top1
+from mpq_rl.workloads.data import to_device
+from mpq_rl.workloads.layers import call_model
+from mpq_rl.workloads.workload import Workload
 
 StepCallback = Callable[[int, float, AdaptRule, OpsCounter], None]
 """Called after every adaptive step with the step number (from 1), the batch loss, the rule and the ops so far."""

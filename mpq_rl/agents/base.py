@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.budget import Choice
-from mpq_rl.episode import Episode
 from mpq_rl.errors import UserError
-from mpq_rl.pool import EvaluationPool
-from mpq_rl.problem import SearchProblem
+from mpq_rl.search.budget import Choice
+from mpq_rl.search.episode import Episode
+from mpq_rl.search.pool import EvaluationPool
+from mpq_rl.search.problem import SearchProblem
 
 
 @dataclass

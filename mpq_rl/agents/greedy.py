@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from mpq_rl.agents.base import SearchContext, Searcher, check_options
-from mpq_rl.budget import Budget, Choice
 from mpq_rl.errors import UserError
+from mpq_rl.search.budget import Budget, Choice
 
 DEFAULTS = {"sensitivity_share": 0.75, "pareto_points": 8, "refine": True}
 

@@ -5,7 +5,7 @@ Each searched layer's sensitivity to a bit pair is the second-order estimate of 
 
     Omega(w, a) = 1/2 * ( Tr(H_W) / n_W * ||Q_w(W) - W||^2  +  Tr(H_x) / n_x * ||Q_a(x) - x||^2 )
 
-with the traces estimated by Hutchinson's method (:mod:`mpq_rl.hessian`) on the FP32 model over the
+with the traces estimated by Hutchinson's method (:mod:`mpq_rl.agents.hessian`) on the FP32 model over the
 calibration data only, ``Q_w`` the simulator's cached quantized weights and ``Q_a`` its calibrated input
 quantizer applied to the layer's FP32 inputs on the calibration data (HAWQ-V2's activation extension: the
 Hessian with respect to the layer's input, rather than a measured output error, so that estimating costs no
@@ -37,12 +37,12 @@ import numpy as np
 import torch
 
 from mpq_rl.agents.base import SearchContext, Searcher, check_options
-from mpq_rl.budget import Choice
+from mpq_rl.agents.hessian import calibration_loss, hessian_traces
 from mpq_rl.errors import UserError
-from mpq_rl.hessian import calibration_loss, hessian_traces
-from mpq_rl.metrics import model_outputs
-from mpq_rl.problem import SearchProblem
-from mpq_rl.quant import is_float_bits
+from mpq_rl.quantization.quant import is_float_bits
+from mpq_rl.search.budget import Choice
+from mpq_rl.search.metrics import model_outputs
+from mpq_rl.search.problem import SearchProblem
 
 DEFAULTS = {"samples": 32, "alternatives": None}
 ILP_MARGIN = 1e-6

@@ -6,7 +6,8 @@ real evaluations go only to the policies the agent and the model agree are promi
 
 1. **Sensitivity** (no evaluation; its wall time is reported in ``summary.json`` under ``search``): the relative
    weight and input quantization error of every searched layer at every candidate bit-width
-   (:mod:`mpq_rl.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they are
+   (:mod:`mpq_rl.agents.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they
+   are
    the surrogate's inputs.
 2. **Prior** (``probes``, ``prior``): one evaluation per searched layer measures it alone at its cheapest bits
    (every other layer at the highest), as AMP-style sensitivity analysis does; the surrogate is fitted on these
@@ -19,7 +20,7 @@ real evaluations go only to the policies the agent and the model agree are promi
    optima within the budget (``relaxation``, for the ensemble mean and four members); those not evaluated yet are ranked
    by an upper confidence bound of the surrogate (mean + ``exploration`` x std over the ensemble) and the best
    ``evaluations_per_round`` (default: ``agent.episodes / 20``, at most 16) are evaluated for real (every one
-   counts as an evaluation); the surrogate is refitted on every evaluation so far (:mod:`mpq_rl.surrogate`); the
+   counts as an evaluation); the surrogate is refitted on every evaluation so far (:mod:`mpq_rl.agents.surrogate`); the
    agent trains ``model_episodes`` more episodes on it.
    In the model environment each step's reward is minus the layer's predicted proxy loss (the surrogate is
    additive over layers, so the rewards of an episode sum to its predicted loss): dense rewards, exact credit.
@@ -51,11 +52,11 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mpq_rl.agents.base import SearchContext, Searcher, check_options
-from mpq_rl.budget import Budget, Choice
+from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
+from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.sensitivity import Sensitivity, measure_sensitivity
-from mpq_rl.surrogate import Surrogate
+from mpq_rl.search.budget import Budget, Choice
 
 DEFAULTS: dict[str, Any] = {
     "evaluations_per_round": None,

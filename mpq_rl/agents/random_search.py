@@ -1,7 +1,7 @@
 """Random search: uniformly sampled policies, made to fit the budget the way the environment does.
 
 Each layer's weight and activation candidates are drawn uniformly (seeded by the run's seed), then the layers are
-walked in order with :meth:`~mpq_rl.budget.Budget.projected`, which clips each choice to the highest bits that
+walked in order with :meth:`~mpq_rl.search.budget.Budget.projected`, which clips each choice to the highest bits that
 still leave room for the remaining layers at their lowest bits. Every proposal is therefore within budget, and
 random search sees exactly the policies an RL agent acting at random would. Policies are scored a batch at a time
 (:attr:`~mpq_rl.agents.base.SearchContext.batch`), in parallel with a parallel backend; the batch size does not
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mpq_rl.agents.base import SearchContext, Searcher, check_options
-from mpq_rl.budget import Budget, Choice
+from mpq_rl.search.budget import Budget, Choice
 
 
 def sample_policy(budget: Budget, rng: np.random.Generator) -> list[Choice]:

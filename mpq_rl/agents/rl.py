@@ -3,7 +3,7 @@
 Each episode of :class:`~mpq_rl.envs.BitWidthEnv` walks the searched layers and ends with one scored policy; a
 callback hands every finished episode to the run's recorder and stops training once ``agent.episodes`` are
 recorded. ``agent.n_envs > 1`` steps that many environments together, and the policies they complete in one step
-are evaluated in parallel by the search's evaluation pool (:mod:`mpq_rl.pool`).
+are evaluated in parallel by the search's evaluation pool (:mod:`mpq_rl.search.pool`).
 
 Defaults (every one can be overridden from ``agent.kwargs``; names are stable-baselines3's, plus the few below):
 
@@ -43,8 +43,8 @@ from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_chec
 from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.logger import agent_logger
-from mpq_rl.run_folder import CHECKPOINT_DIR
+from mpq_rl.search.logger import agent_logger
+from mpq_rl.search.run_folder import CHECKPOINT_DIR
 
 HAQ_NET_ARCH = [300, 300]
 HAQ_ACTOR_LR = 1e-4

@@ -12,7 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mpq_rl.agents.base import SearchContext
 from mpq_rl.envs import BitWidthEnv
-from mpq_rl.episode import Episode
+from mpq_rl.search.episode import Episode
 
 DEFAULT_CHECKPOINT_EVERY = 50
 

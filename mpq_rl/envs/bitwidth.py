@@ -11,14 +11,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mpq_rl.budget import Choice
+from mpq_rl.agents.sensitivity import Sensitivity
 from mpq_rl.config import RunConfig
-from mpq_rl.evaluator import Evaluator
-from mpq_rl.formats import bits_of, format_of
 from mpq_rl.hardware import CostTable
-from mpq_rl.problem import SearchProblem, build_problem
-from mpq_rl.sensitivity import Sensitivity
-from mpq_rl.workload import Workload
+from mpq_rl.quantization.formats import bits_of, format_of
+from mpq_rl.search.budget import Choice
+from mpq_rl.search.evaluator import Evaluator
+from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.workloads.workload import Workload
 
 OBSERVATION_FEATURES = (
     ("layer_index", "position of the layer among the searched layers, 0 (first) to 1 (last)", 0.0, 1.0),
@@ -89,7 +89,8 @@ class BitWidthEnv(gym.Env):
     outside its space (an index out of range or not whole, another shape, NaN, ``None`` or text) is a
     ``ValueError`` naming the space; only continuous values beyond [-1, 1] are clipped.
 
-    When ``quantization.formats`` lists more than one number format (:mod:`mpq_rl.formats`), the action gains a
+    When ``quantization.formats`` lists more than one number format (:mod:`mpq_rl.quantization.formats`), the action
+    gains a
     format per side, and the bit components range over the bit-widths instead of the candidates:
 
     | index | name | meaning | shown |
@@ -133,13 +134,13 @@ class BitWidthEnv(gym.Env):
     | next | m_k | ``model``: the model's k-th feature of the layer (``EpisodeModel.features``) | 0 | 1 |
     | last | budget | ``budgets``: this episode's budget, as a fraction of W8A8 | 0 | 2 |
 
-    Errors map to ``(log10(err) + 6) / 6`` clipped to [0, 1] (see :class:`mpq_rl.sensitivity.Sensitivity`).
+    Errors map to ``(log10(err) + 6) / 6`` clipped to [0, 1] (see :class:`mpq_rl.agents.sensitivity.Sensitivity`).
 
     ## Rewards
     Zero before the last step. At the last step, ``reward.name``: ``haq`` (0.1 x the proxy accuracy difference
     to FP32, in percent), ``mnasnet`` (accuracy x (cost / budget) ^ -0.07), ``releq`` (ReLeQ's shaped reward) or
-    a user function of :class:`mpq_rl.rewards.Outcome`. With ``penalty`` enforcement, a policy over budget
-    loses :data:`~mpq_rl.problem.PENALTY_PER_EXCESS` (10) times its relative excess over the budget. With a
+    a user function of :class:`mpq_rl.search.rewards.Outcome`. With ``penalty`` enforcement, a policy over budget
+    loses :data:`~mpq_rl.search.problem.PENALTY_PER_EXCESS` (10) times its relative excess over the budget. With a
     ``model``, every step is rewarded by ``model.reward(step, choice)`` and nothing is evaluated.
 
     ## Starting State
@@ -156,9 +157,9 @@ class BitWidthEnv(gym.Env):
     ## Arguments
     ``config``: a YAML path, a mapping or a :class:`~mpq_rl.config.RunConfig` (defaults: the digits workload).
     ``workload``, ``costs``, ``evaluator``: pieces already built (e.g. a model and data from Python, see
-    :func:`mpq_rl.workload.assemble_workload`); whatever is not given is built from ``config``. With both a
+    :func:`mpq_rl.workloads.workload.assemble_workload`); whatever is not given is built from ``config``. With both a
     workload and a config, the workload decides which layers are searched and the config everything else.
-    ``problem``: a :class:`~mpq_rl.problem.SearchProblem` shared with other searchers (instead of the above).
+    ``problem``: a :class:`~mpq_rl.search.problem.SearchProblem` shared with other searchers (instead of the above).
     ``discrete``: use the ``MultiDiscrete`` action space.
     ``sensitivity``: measured quantization errors of the searched layers, observed per candidate.
     ``budgets``: budget-conditioned episodes: each ``reset`` draws the episode's budget from this list (or takes

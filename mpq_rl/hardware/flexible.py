@@ -4,7 +4,8 @@ ANT (Guo et al., MICRO 2022) builds its simulator on Bit Fusion's (clevercool/AN
 fp and flint operands are decoded at the array's edge into an exponent and an integer mantissa, and the fused
 integer array multiplies them at the operand's bit-width, shifting products by the exponents. This model prices
 that design on top of :class:`~mpq_rl.hardware.bitfusion.BitFusion` (same cycles, roofline and memory energy), with
-the bits of each precision code (:mod:`mpq_rl.formats`) and these additions, every number a parameter because
+the bits of each precision code (:mod:`mpq_rl.quantization.formats`) and these additions, every number a parameter
+because
 none is measured here:
 
 * **Area**: the chip carries an fp and a flint decoder per operand lane; at the area of the integer array it fits
@@ -24,11 +25,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from mpq_rl.formats import FORMAT_CODE_STRIDE
 from mpq_rl.hardware.bitfusion import BitFusion
 from mpq_rl.hardware.energy import ADD_PJ_PER_BIT
 from mpq_rl.hardware.roofline import LayerCosts
 from mpq_rl.hardware.shapes import LayerShapes
+from mpq_rl.quantization.formats import FORMAT_CODE_STRIDE
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import numpy as np
 
 from mpq_rl.config import REFERENCE_BITS, HardwareConfig
 from mpq_rl.errors import UserError
-from mpq_rl.formats import bits_of, candidate_codes
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
 from mpq_rl.hardware.bitfusion import BitFusion
 from mpq_rl.hardware.bitserial import BISMO_PYNQ, BISMO_ULTRA96, LOOM, STRIPES
@@ -21,8 +20,9 @@ from mpq_rl.hardware.flexible import FormatFlexible
 from mpq_rl.hardware.gpu import A100, T4
 from mpq_rl.hardware.lut import LookupTable
 from mpq_rl.hardware.shapes import BITS, LayerShapes, bit_grid
-from mpq_rl.layers import LayerTable
+from mpq_rl.quantization.formats import bits_of, candidate_codes
 from mpq_rl.registry import Registry
+from mpq_rl.workloads.layers import LayerTable
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def build_cost_table(
     reference_bits: tuple[int, int] = REFERENCE_BITS,
 ) -> CostTable:
     """Compile ``layers`` on the hardware of ``hardware`` into a :class:`CostTable` over ``bits`` x ``bits``,
-    extended by the precision codes of ``formats`` (:mod:`mpq_rl.formats`) beyond integers, with budgets relative
+    extended by the precision codes of ``formats`` (:mod:`mpq_rl.quantization.formats`) beyond integers, with budgets
+    relative
     to ``reference_bits`` (``QuantizationConfig.reference_bits``)."""
     model = resolve_model(hardware)
     shapes = LayerShapes.from_table(layers)

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from mpq_rl.config import METRICS
-from mpq_rl.formats import label
 from mpq_rl.hardware.cost_table import CostTable
-from mpq_rl.layers import LayerTable
+from mpq_rl.quantization.formats import label
+from mpq_rl.workloads.layers import LayerTable
 
 TOTAL_KEYS = {"latency": "latency", "energy": "energy", "size": "size_bits", "bops": "bops"}
 """Metric name -> key of its value in a report's rows and totals."""

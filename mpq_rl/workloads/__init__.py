@@ -14,7 +14,7 @@ from mpq_rl.registry import Registry
 if TYPE_CHECKING:
     from torch import nn
 
-    from mpq_rl.data import Splits
+    from mpq_rl.workloads.data import Splits
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry(
     "model.name",

@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from mpq_rl.data import Splits
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
+from mpq_rl.workloads.data import Splits
 
 log = logging.getLogger(__name__)
 

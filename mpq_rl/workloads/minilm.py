@@ -30,8 +30,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from mpq_rl.data import Splits
 from mpq_rl.errors import UserError
+from mpq_rl.workloads.data import Splits
 
 SOURCE_MODULES = (
     "abc",

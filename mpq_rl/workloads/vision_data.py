@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from mpq_rl.data import Splits
 from mpq_rl.errors import UserError
+from mpq_rl.workloads.data import Splits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
