@@ -116,9 +116,10 @@ def test_per_channel_weight_quantizer_learns_one_step_per_output_channel():
     assert bool((quantizer.scale.grad != 0).all())
 
 
-def test_lsq_in_eval_mode_reproduces_the_simulator_exactly():
+@pytest.mark.parametrize("make_policy", [aggressive_policy, mixed_format_policy], ids=["int", "mixed-formats"])
+def test_lsq_in_eval_mode_reproduces_the_simulator_exactly(make_policy):
     workload = fresh_workload()
-    policy = aggressive_policy(workload)
+    policy = make_policy(workload)
     simulator = calibrated_simulator(workload)
     with simulator.applied(policy):
         simulated = model_outputs(workload.model, workload.test)
@@ -130,21 +131,6 @@ def test_lsq_in_eval_mode_reproduces_the_simulator_exactly():
     finally:
         attachment.detach()
     assert not hasattr(workload.model.stem, "parametrizations")
-
-
-def test_lsq_in_eval_mode_reproduces_the_simulator_on_a_mixed_format_policy():
-    workload = fresh_workload()
-    policy = mixed_format_policy(workload)
-    simulator = calibrated_simulator(workload)
-    with simulator.applied(policy):
-        simulated = model_outputs(workload.model, workload.test)
-    scales = calibrated_scales(simulator, policy)
-    simulator.detach()
-    attachment = LsqAttachment(workload.model, scales)
-    try:
-        assert torch.equal(model_outputs(workload.model, workload.test), simulated)
-    finally:
-        attachment.detach()
 
 
 # --- finetuning ----------------------------------------------------------------------------------------------------
