@@ -13,10 +13,15 @@ The placeholders are then replaced:
   ``DequantizeLinear`` (axis 0, float32 ``<layer>.weight_scale``, zero point 0); the float weight is gone.
 * **Inputs** of a layer at ``b`` bits pass ``QuantizeLinear -> DequantizeLinear`` (per tensor, float32 scale and
   the calibrated zero point, levels ``[0, 2^b - 1]``), once per call.
-* **Types**: 4 bits use opset 21's native INT4 (weights) / UINT4 (inputs); 8 bits INT8 / UINT8. Other bit-widths
-  (2, 3, 5, 6, 7) have no ONNX type: they are stored in INT8 / UINT8, weights holding only values of the ``b``-bit
-  range and inputs passing a ``Clip`` to the float range of their ``b``-bit levels, ``[(0 - z) * s, (2^b - 1 - z)
-  * s]``, before ``QuantizeLinear``. Layers at 16/32 bits are left in floating point.
+* **Types**: weights are stored in INT8 and inputs in UINT8 at every bit-width from 2 to 8, the containers
+  onnxruntime's integer kernels take (``QLinearConv``, ``QGemm``, ``MatMulIntegerToFloat``); a weight below 8 bits
+  holds only values of its ``b``-bit range, and an input below 8 bits passes ``QuantizeLinear -> Clip(q_min,
+  q_max) -> DequantizeLinear``, the clip on the 8-bit integers themselves, which is exactly the ``b``-bit quantizer
+  (both share scale and zero point; the 8-bit range contains the ``b``-bit one). The exception is a 4-bit linear
+  weight laid out for ``MatMulNBits`` (:mod:`mpq_rl.deployment.export_int4`), which is stored in opset 21's INT4.
+  Layers at 16/32 bits are left in floating point.
+* **BatchNorm** after a quantized layer is folded into the layer's per-channel weight scale and a bias
+  (:mod:`mpq_rl.deployment.bn_fold`; the integers stay), so that onnxruntime sees ``DQ -> Conv -> Q`` and fuses it.
 
 The exporter is the TorchScript one (``dynamo=False``, opset 20, then converted to 21): PyTorch 2.14 recommends
 and defaults to the dynamo exporter, but that needs ``onnxscript``, which the pinned environment does not carry,
@@ -40,10 +45,18 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from mpq_rl.deployment.bn_fold import fold_batchnorm
 from mpq_rl.deployment.export_check import check_export, require_agreement
 from mpq_rl.deployment.export_int4 import transpose_for_matmul_nbits
 from mpq_rl.deployment.finetuned_weights import load_finetuned
 from mpq_rl.deployment.format_export import add_format_layers, splice
+from mpq_rl.deployment.kernels import (
+    float_reasons,
+    float_weights_for_float_kernels,
+    layer_kernels,
+    layer_kinds,
+    optimized_graph,
+)
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.quantization.policy import BitPair
@@ -65,14 +78,6 @@ OUTPUT_NAME = "output"
 MARKER_DOMAIN = "mpq_rl"
 MIN_AGREEMENT = 0.99
 """The least top-1 agreement (or cosine) of onnxruntime with the simulation that ``export`` accepts."""
-
-
-def _types():
-    from onnx import TensorProto
-
-    signed = {4: TensorProto.INT4, 8: TensorProto.INT8}
-    unsigned = {4: TensorProto.UINT4, 8: TensorProto.UINT8}
-    return signed, unsigned
 
 
 def _numpy_types() -> dict[int, Any]:
@@ -226,10 +231,9 @@ def trace_onnx(model: nn.Module, example: Any, markers: bool = True):
 
 def _weight_nodes(name: str, s: LayerScales, weight: torch.Tensor, output: str) -> tuple[list, list, dict]:
     """Initializers and the ``DequantizeLinear`` that produce the quantized weight of layer ``name`` as ``output``."""
-    from onnx import helper
+    from onnx import TensorProto, helper
 
-    signed, _ = _types()
-    data_type = signed.get(s.w_bits, signed[8])
+    data_type = TensorProto.INT8
     quantizer = s.weight
     levels = quantizer.integers(weight.detach().cpu()).numpy()
     scale = quantizer.scale.float().numpy()
@@ -257,25 +261,21 @@ def _weight_nodes(name: str, s: LayerScales, weight: torch.Tensor, output: str) 
 
 
 def _input_initializers(name: str, s: LayerScales) -> tuple[list, dict]:
-    """The scale, zero point (and clip bounds) of layer ``name``'s input quantizer, and its sidecar record."""
-    _, unsigned = _types()
-    data_type = unsigned.get(s.a_bits, unsigned[8])
+    """The scale, zero point (and integer clip bounds) of layer ``name``'s input quantizer, and its sidecar record."""
+    from onnx import TensorProto
+
+    data_type = TensorProto.UINT8
     quantizer = s.input
     scale = np.float32(quantizer.scale)
-    clip = None
-    if s.a_bits not in unsigned:
-        clip = [
-            float(np.float32(quantizer.q_min - quantizer.zero_point) * scale),
-            float(np.float32(quantizer.q_max - quantizer.zero_point) * scale),
-        ]
+    clip = None if (quantizer.q_min, quantizer.q_max) == (0, 255) else [quantizer.q_min, quantizer.q_max]
     initializers = [
         _float_tensor(f"{name}.input_scale", scale),
         _integer_tensor(f"{name}.input_zero_point", data_type, np.array(quantizer.zero_point)),
     ]
     if clip is not None:
         initializers += [
-            _float_tensor(f"{name}.input_clip_min", clip[0]),
-            _float_tensor(f"{name}.input_clip_max", clip[1]),
+            _integer_tensor(f"{name}.input_clip_min", data_type, np.array(clip[0])),
+            _integer_tensor(f"{name}.input_clip_max", data_type, np.array(clip[1])),
         ]
     record = {
         "type": _type_name(data_type),
@@ -289,33 +289,36 @@ def _input_initializers(name: str, s: LayerScales) -> tuple[list, dict]:
 
 
 def _input_nodes(name: str, tag: str, clipped: bool, source: str, output: str) -> list:
-    """``[Clip ->] QuantizeLinear -> DequantizeLinear`` from ``source`` to ``output`` for one call of a layer."""
+    """``QuantizeLinear [-> Clip] -> DequantizeLinear`` from ``source`` to ``output`` for one call of a layer (the
+    clip holds the 8-bit integers to the levels of a narrower quantizer)."""
     from onnx import helper
 
-    nodes = []
-    if clipped:
-        nodes.append(
-            helper.make_node(
-                "Clip",
-                [source, f"{name}.input_clip_min", f"{name}.input_clip_max"],
-                [f"{tag}.input_clipped"],
-                name=f"{tag}/input_clip",
-            )
-        )
-        source = f"{tag}.input_clipped"
-    return nodes + [
+    nodes = [
         helper.make_node(
             "QuantizeLinear",
             [source, f"{name}.input_scale", f"{name}.input_zero_point"],
             [f"{tag}.input_quantized"],
             name=f"{tag}/input_quantize",
-        ),
+        )
+    ]
+    levels = f"{tag}.input_quantized"
+    if clipped:
+        nodes.append(
+            helper.make_node(
+                "Clip",
+                [levels, f"{name}.input_clip_min", f"{name}.input_clip_max"],
+                [f"{tag}.input_clipped"],
+                name=f"{tag}/input_clip",
+            )
+        )
+        levels = f"{tag}.input_clipped"
+    return nodes + [
         helper.make_node(
             "DequantizeLinear",
-            [f"{tag}.input_quantized", f"{name}.input_scale", f"{name}.input_zero_point"],
+            [levels, f"{name}.input_scale", f"{name}.input_zero_point"],
             [output],
             name=f"{tag}/input_dequantize",
-        ),
+        )
     ]
 
 
@@ -386,11 +389,12 @@ def onnx_graph(model: nn.Module, example: Any, scales: Mapping[str, LayerScales]
     with quantized_for_export(model, scales):
         graph_model = trace_onnx(model, example, markers=bool(scales))
     layers = replace_markers(graph_model, scales, weights)
+    fold_batchnorm(graph_model, layers)
     graph_model = version_converter.convert_version(graph_model, OPSET)
     blocked = transpose_for_matmul_nbits(graph_model, [name for name, s in scales.items() if s.w_bits == 4])
     for record in layers:
         if record["name"] in blocked:
-            record["weight"].update(layout="transposed [in, out]", block_size=blocked[record["name"]])
+            record["weight"].update(type="int4", layout="transposed [in, out]", block_size=blocked[record["name"]])
     graph_model.producer_name = "mpq_rl"
     return graph_model, layers
 
@@ -420,6 +424,10 @@ def export_onnx(
 
     graph_model, layers = onnx_graph(model, example, scales)
     splice(graph_model.graph, add_format_layers(graph_model, scales, layers))
+    quantized_layers = [record["name"] for record in layers if record["weight"] is not None]
+    kernels = layer_kernels(optimized_graph(graph_model.SerializeToString(), threads), quantized_layers)
+    reasons = float_reasons(graph_model, kernels)
+    float_weights_for_float_kernels(graph_model, layers, kernels)
     onnx.checker.check_model(graph_model, full_check=True)
     path = Path(path)
     quantized = graph_model.SerializeToString()
@@ -444,7 +452,8 @@ def export_onnx(
         finally:
             attachment.detach()
         fp32 = onnx_graph(model, example, {})[0].SerializeToString()
-        check = check_export(quantized, fp32, names, check_on, simulated, threads)
+        kinds = layer_kinds(model, quantized_layers)
+        check = check_export(quantized, fp32, names, check_on, simulated, threads, kinds, reasons)
         sidecar["check"] = check.to_dict()
     atomic_write_json(sidecar_path(path), sidecar)
     if check is not None:

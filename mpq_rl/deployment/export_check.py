@@ -6,7 +6,9 @@ Latency is the median wall time of one calibration batch in onnxruntime (CPU, ``
 graph optimizations on), for the quantized graph and for the FP32 graph exported the same way, run alternately so
 that both see the same machine. ``integer_kernels`` counts the nodes onnxruntime actually runs in low precision
 after its graph optimizations (QDQ fusion into ``QLinearConv``, ``MatMulIntegerToFloat``, ...): Q/DQ pairs it
-cannot fuse run as float arithmetic and make the quantized graph slower, not faster.
+cannot fuse run as float arithmetic and make the quantized graph slower, not faster. ``layer_kernels`` names the
+kernel of every quantized layer (:mod:`mpq_rl.deployment.kernels`), summed up per layer kind in :meth:`lines`,
+with one line on why when the quantized graph is not faster.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mpq_rl.deployment.kernels import kernel_summary, layer_kernels, why_not_faster
 from mpq_rl.errors import UserError
 from mpq_rl.workloads.data import Batches
 
@@ -41,6 +45,13 @@ class ExportCheck:
     latency_s: float
     fp32_latency_s: float
     integer_kernels: dict[str, int]
+    layer_kernels: dict[str, str] = field(default_factory=dict)
+    layer_kinds: dict[str, str] = field(default_factory=dict)
+    float_reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_latency_s / self.latency_s
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,8 +64,13 @@ class ExportCheck:
             f"({self.size_bytes / self.fp32_size_bytes:.2f}x)",
             f"onnxruntime latency per batch ({self.threads} thread{'s' * (self.threads != 1)}): "
             f"{self.latency_s * 1e3:.2f} ms vs {self.fp32_latency_s * 1e3:.2f} ms FP32 "
-            f"({self.fp32_latency_s / self.latency_s:.2f}x speed-up); low-precision kernels: {kernels}",
+            f"({self.speedup:.2f}x speed-up); low-precision kernels: {kernels}",
+            *(f"  {line}" for line in kernel_summary(self.layer_kernels, self.layer_kinds)),
+            *([f"not faster: {self.why_not_faster()}"] if self.speedup <= 1.0 else []),
         ]
+
+    def why_not_faster(self) -> str:
+        return why_not_faster(self.layer_kernels, self.layer_kinds, self.float_reasons)
 
 
 def session(model: bytes, threads: int, optimized_path: Path | None = None):
@@ -117,13 +133,20 @@ def check_export(
     batches: Batches,
     simulated: np.ndarray,
     threads: int = 1,
+    kinds: Mapping[str, str] | None = None,
+    reasons: Mapping[str, str] | None = None,
 ) -> ExportCheck:
     """Run both graphs in onnxruntime: agreement of the quantized one with ``simulated`` (the simulation's outputs
-    on ``batches``), sizes, latencies and the low-precision kernels onnxruntime runs."""
+    on ``batches``), sizes, latencies and the kernels onnxruntime runs (per layer of ``kinds``, with the
+    ``reasons`` its float32 layers got no integer kernel)."""
+    import onnx
+
+    kinds = dict(kinds or {})
     with tempfile.TemporaryDirectory() as folder:
         optimized = Path(folder) / "optimized.onnx"
         runtime = session(quantized, threads, optimized)
         kernels = _integer_kernels(optimized)
+        per_layer = layer_kernels(onnx.load(str(optimized)), list(kinds))
     outputs = np.concatenate([runtime.run(None, feed(inputs, names))[0] for inputs, _ in batches])
     measure, value = agreement(outputs, simulated, batches.has_targets)
     first = feed(batches.example(), names)
@@ -138,6 +161,9 @@ def check_export(
         latency_s=latency,
         fp32_latency_s=fp32_latency,
         integer_kernels=kernels,
+        layer_kernels=per_layer,
+        layer_kinds=kinds,
+        float_reasons={name: why for name, why in (reasons or {}).items() if name in per_layer},
     )
 
 

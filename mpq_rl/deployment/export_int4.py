@@ -2,9 +2,10 @@
 
 onnxruntime fuses ``DequantizeLinear -> MatMul`` into ``MatMulNBits`` when the weight is INT4/UINT4 of shape
 ``[K, N]`` (the MatMul's ``B``), dequantized block-wise along ``K`` (opset 21's ``block_size``, a power of two of
-at least 16). The traced graph holds a linear layer's weight as ``[N, K]`` per output channel, followed by a
-``Transpose``. A per-channel scale is a block-wise scale repeated over the blocks of its column, so storing the
-transposed integers with that repeated scale dequantizes to exactly the same matrix, and the fusion applies.
+at least 16). The traced graph holds a linear layer's weight as ``[N, K]`` INT8 per output channel, followed by a
+``Transpose``; the rewritten weight is stored in INT4. A per-channel scale is a block-wise scale repeated over the
+blocks of its column, so storing the transposed integers with that repeated scale dequantizes to exactly the same
+matrix, and the fusion applies.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def transpose_for_matmul_nbits(graph_model, layers: list[str]) -> dict[str, int]
     """Rewrite ``<layer>/weight_dequantize -> Transpose -> MatMul`` of the 4-bit ``layers`` (in place) into a
     block-wise ``DequantizeLinear`` of the transposed integers feeding the MatMul; return the rewritten layers'
     block sizes."""
+    import ml_dtypes
     from onnx import TensorProto, helper, numpy_helper
 
     graph = graph_model.graph
@@ -49,19 +51,18 @@ def transpose_for_matmul_nbits(graph_model, layers: list[str]) -> dict[str, int]
         if any(u.op_type != "MatMul" or u.input[1] != transpose.output[0] for u in consumers[transpose.output[0]]):
             continue
         weights = initializers[f"{layer}.weight_quantized"]
-        if weights.data_type != TensorProto.INT4 or len(weights.dims) != 2:
+        if weights.data_type != TensorProto.INT8 or len(weights.dims) != 2:
             continue
         size = block_size(int(weights.dims[1]))
         if size is None:
             continue
-        levels = numpy_helper.to_array(weights).T.copy()  # [K, N]
+        levels = numpy_helper.to_array(weights).T.astype(ml_dtypes.int4)  # [K, N]
         scale = numpy_helper.to_array(initializers[f"{layer}.weight_scale"])
         blocks = np.repeat(scale[None, :], levels.shape[0] // size, axis=0)  # [K / size, N]
-        zero = numpy_helper.to_array(initializers[f"{layer}.weight_zero_point"])
         for name, value in (
             (f"{layer}.weight_quantized", levels),
             (f"{layer}.weight_scale", blocks.astype(np.float32)),
-            (f"{layer}.weight_zero_point", np.zeros(blocks.shape, dtype=zero.dtype)),
+            (f"{layer}.weight_zero_point", np.zeros(blocks.shape, dtype=ml_dtypes.int4)),
         ):
             initializers[name].CopyFrom(numpy_helper.from_array(value, name))
         replacement = helper.make_node(
