@@ -126,6 +126,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Score a policy on the held-out test split (FP32 alongside), optionally after LSQ finetuning."""
     from mpq_rl.deployment.finetune import DEFAULT_LR, finetune
+    from mpq_rl.deployment.finetuned_weights import learned_scales
     from mpq_rl.quantization.policy import checked_policy
     from mpq_rl.workloads.workload import load_workload
 
@@ -135,7 +136,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     policy = checked_policy(policy_file, workload.layers.names, workload.fixed, config.quantization)
     epochs = args.finetune_epochs or 0
     lr = DEFAULT_LR if args.lr is None else args.lr
-    result = finetune(workload, policy, epochs, lr=lr, seed=config.seed, progress=True)
+    scales = learned_scales(workload.model, args.weights, policy) if args.weights is not None else None
+    result = finetune(
+        workload, policy, epochs, lr=lr, seed=config.seed, progress=True, keep_last=args.keep_last, scales=scales
+    )
     print(f"model {config.model.source}, policy {policy_file}, {workload.test.num_samples} test samples")
     print(result.table())
     output = args.output or (config.output / "evaluate" if epochs else None)
@@ -253,13 +257,19 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     config = _config(args)
     if args.seed is not None:
         config = config.with_overrides(seed=args.seed)
-    options = {"lr": args.lr, "batch_size": args.batch_size, "activation_bits": args.activation_bits}
+    options = {
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "activation_bits": args.activation_bits,
+        "max_bits": args.max_bits,
+    }
     given = {key: value for key, value in options.items() if value is not None}
-    summary = run_adapt(config, args.epochs, Path(args.output), fresh=args.fresh, **given)
-    top1 = summary["test_top1"]
+    summary = run_adapt(config, args.epochs, Path(args.output), fresh=args.fresh, progress=True, **given)
+    top1, cost = summary["test_top1"], summary["cost"]
     print(
-        f"adapt: test top-1 {top1['adapt']:.4f} (float32 {top1['fp32']:.4f}), modelled training speed-up "
-        f"{summary['speedup']:.3f}x, average {summary['average_bits']['mac_weighted']:.2f} bits"
+        f"adapt: test top-1 {100 * top1['adapt']:.2f}% (float32 {100 * top1['fp32']:.2f}%), modelled training "
+        f"speed-up {summary['speedup']:.3f}x, average {summary['average_bits']['mac_weighted']:.2f} bits; policy "
+        f"{cost['metric']} {100 * cost['ratio_to_w8a8']:.1f}% of W8A8 on {cost['hardware']}"
     )
     print(f"wrote {Path(args.output) / SUMMARY_FILE} and the policy, weights and TensorBoard logs beside it")
 
@@ -302,6 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-epochs", type=int, metavar="N", help="first finetune N epochs on the train split (LSQ)"
     )
     evaluate.add_argument("--lr", type=float, help="finetuning learning rate (default 1e-3)")
+    evaluate.add_argument(
+        "--weights",
+        help="score these weights instead of the configured ones: an evaluate --output or adapt run folder, or its "
+        "model.safetensors (with the learned scales beside them, if any)",
+    )
+    evaluate.add_argument(
+        "--keep-last",
+        action="store_true",
+        help="keep the last finetuning epoch even if an earlier one (or the start) scores better on validation",
+    )
     evaluate.add_argument(
         "--output",
         help="folder for evaluation.json, model.safetensors and lsq_scales.safetensors "
@@ -353,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--fresh", action="store_true", help="start from fresh weights instead of the configured ones")
     adapt.add_argument(
         "--activation-bits", type=int, metavar="B", help="a_bits of the written policy (default 8; training keeps FP32)"
+    )
+    adapt.add_argument(
+        "--max-bits", type=int, metavar="B", help="largest word length a layer may reach, 4 to 8 (default 8)"
     )
     return parser
 

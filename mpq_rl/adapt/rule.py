@@ -49,6 +49,21 @@ class AdaptSettings:
     buffer_bits: int = 8
     """RB: ``fl <= max_bits - RB`` and ``wl >= min(fl + RB, max_bits)`` after every push-up."""
 
+    @classmethod
+    def capped(cls, max_bits: int) -> AdaptSettings:
+        """AdaPT's rule with word lengths of at most ``max_bits`` (a deployable policy: AdaPT's 32 with a buffer of
+        8 ends every layer at 12 to 32 bits, more than W8A8 costs). The buffer scales with the cap (a quarter of
+        it, as AdaPT's 8 of 32), training starts at ``max_bits``, and the fractional lengths stay below the cap."""
+        buffer = max(1, max_bits // 4)
+        top_fl = max_bits - buffer
+        return cls(
+            start_wl=max_bits,
+            start_fl=min(cls.start_fl, top_fl),
+            min_fl=min(cls.min_fl, top_fl),
+            max_bits=max_bits,
+            buffer_bits=buffer,
+        )
+
 
 @dataclass(frozen=True)
 class Precision:

@@ -2,16 +2,17 @@
 
 The folder (a run folder: manifest, lock, refused if it holds someone else's files) receives
 
-* ``policy.json``: the final per-layer precisions as an ``mpq_rl.policy/1`` policy. ``w_bits`` is the layer's
-  final word length rounded up to the next bit-width mpq_rl represents (2-8, then 16, then 32; AdaPT's buffer keeps
-  word lengths at 12 bits or more, so in practice 16 or 32); ``a_bits`` is ``--activation-bits`` (default 8, the
-  W8A8 reference; training itself keeps activations in float32). The exact ``(wl, fl)`` is under ``"adapt"``.
+* ``policy.json``: the final per-layer precisions as an ``mpq_rl.policy/1`` policy: ``w_bits`` is the word length
+  the layer ended training at (at most ``--max-bits``, default 8: AdaPT's own cap of 32 bits with its buffer of 8
+  ends every layer at 12 to 32 bits, a policy that costs more than W8A8), ``a_bits`` is ``--activation-bits``
+  (default 8, the W8A8 reference; training itself keeps activations in float32). The exact ``(wl, fl)`` is under
+  ``"adapt"``.
 * ``config.yaml``: the run's config, with those bits added to the candidates, so ``cost``, ``evaluate`` and
-  ``export`` take ``--run DIR`` (they build the configured model: pass ``--weights DIR/model.safetensors`` to
-  ``export`` for the trained one).
+  ``export`` take ``--run DIR`` (they build the configured model: pass ``--weights DIR`` for the trained one).
 * ``model.safetensors``: the trained weights, on their final fixed-point grids.
 * ``summary.json``: held-out top-1 of adaptive and float32 training (same epochs, seed, batches), the modelled
-  training speed-up, average bits over training and each layer's final format.
+  training speed-up, average bits over training, each layer's final format, and the policy's cost as a fraction
+  of W8A8's on the configured hardware.
 * ``precision.csv`` (step, layer, wl, fl, lb, res) and ``tb/``: TensorBoard scalars ``adapt/wl/<layer>``,
   ``adapt/fl/<layer>``, ``adapt/lookback/<layer>``, ``adapt/resolution/<layer>``, ``train/loss``,
   ``adapt/speedup`` and ``adapt/strategy`` (0 min, 1 mean, 2 max) per step, and two figures: word lengths over
@@ -32,10 +33,10 @@ import torch
 from safetensors.torch import save
 from torch.utils.tensorboard import SummaryWriter
 
-from mpq_rl.adapt.rule import AdaptRule, AdaptSettings
+from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.adapt.training import TrainingResult, checked_loader, train
-from mpq_rl.config import ALLOWED_BITS, REFERENCE_BITS, RunConfig
+from mpq_rl.config import ALLOWED_BITS, INTEGER_BITS, REFERENCE_BITS, RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mpq_rl.quantization.policy import Policy, save_policy
@@ -56,9 +57,21 @@ WORD_LENGTHS_FIGURE, POLICY_FIGURE = "adapt/word_lengths", "adapt/policy"
 STRATEGY_LEVEL = {"min": 0, "mean": 1, "max": 2}
 
 
-def container_bits(word_length: int) -> int:
-    """The smallest bit-width mpq_rl represents (:data:`~mpq_rl.config.ALLOWED_BITS`) that holds ``word_length``."""
-    return min(b for b in ALLOWED_BITS if b >= word_length)
+DEFAULT_MAX_BITS = 8
+MAX_BITS_RANGE = (4, 8)
+"""``--max-bits``: above 8 a word length has no integer container in mpq_rl's policies and costs more than W8A8."""
+
+
+def policy_of(precision: dict[str, Precision], a_bits: int) -> Policy:
+    """The policy at the word lengths the layers ended training at (a UserError if one has no integer width)."""
+    odd = {name: p.wl for name, p in precision.items() if p.wl not in INTEGER_BITS}
+    if odd:
+        name, wl = next(iter(odd.items()))
+        raise UserError(
+            f"layer {name!r} ended adaptive training at {wl} bits, which no integer policy holds "
+            f"({INTEGER_BITS[0]}-{INTEGER_BITS[-1]}): train with AdaptSettings.capped(max_bits) for a deployable policy"
+        )
+    return {name: (p.wl, a_bits) for name, p in precision.items()}
 
 
 def reinitialize(model: torch.nn.Module, seed: int) -> None:
@@ -125,10 +138,13 @@ def run_adapt(
     batch_size: int = DEFAULT_BATCH_SIZE,
     fresh: bool = False,
     activation_bits: int | None = None,
+    max_bits: int = DEFAULT_MAX_BITS,
     settings: AdaptSettings | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Train ``config``'s model adaptively and in float32 for ``epochs`` each; write the run folder ``output``
-    and return its summary. Everything that can refuse the run is checked before anything is written."""
+    """Train ``config``'s model adaptively (word lengths up to ``max_bits``, or ``settings``) and in float32 for
+    ``epochs`` each; write the run folder ``output`` and return its summary (``progress``: a line per epoch on
+    stderr). Everything that can refuse the run is checked before anything is written."""
     started = time.perf_counter()
     folder = Path(output)
     _check_folder(folder)
@@ -136,28 +152,50 @@ def run_adapt(
     a_bits = activation_bits if activation_bits is not None else REFERENCE_BITS[1] if quant.activation_bits else 32
     if a_bits not in ALLOWED_BITS:
         raise UserError(f"--activation-bits must be among {list(ALLOWED_BITS)} (16/32 = floating point), got {a_bits}")
+    low, high = MAX_BITS_RANGE
+    if not low <= max_bits <= high:
+        raise UserError(
+            f"--max-bits must be {low} to {high}, got {max_bits}: above 8 bits a layer has no integer container and "
+            "the policy costs more than W8A8"
+        )
     workload = load_workload(config)
     checked_loader(workload, epochs, lr, batch_size, config.seed)
     if fresh:
         reinitialize(workload.model, config.seed)
     float_model = copy.deepcopy(workload.model)
-    settings = settings or AdaptSettings()
+    settings = settings or AdaptSettings.capped(max_bits)
     with exclusive(folder):
         write_manifest(folder)
         writer = SummaryWriter(str(folder / TB_DIR))
         try:
             history = _History(writer)
-            adaptive = train(workload, epochs, lr, config.seed, batch_size, True, settings, history)
-            baseline = train(replace(workload, model=float_model), epochs, lr, config.seed, batch_size, False)
-            policy = {name: (container_bits(p.wl), a_bits) for name, p in adaptive.precision.items()}
+            adaptive = train(workload, epochs, lr, config.seed, batch_size, True, settings, history, progress)
+            baseline = train(
+                replace(workload, model=float_model), epochs, lr, config.seed, batch_size, False, progress=progress
+            )
+            policy = policy_of(adaptive.precision, a_bits)
             writer.add_figure(WORD_LENGTHS_FIGURE, history.figure(workload.layers.names), 0)
             title = f"adapt: final bits ({adaptive.test_top1:.4f} top-1, speed-up {adaptive.ops.speedup:.3f}x)"
             writer.add_figure(POLICY_FIGURE, bits_figure(policy, title), 0)
         finally:
             writer.close()
+        cost = policy_cost(config, workload, policy)
         summary = _summary(config, epochs, lr, batch_size, fresh, settings, adaptive, baseline, policy, started)
+        summary["cost"] = cost
         _write(folder, config, workload, policy, adaptive, history, summary)
     return summary
+
+
+def policy_cost(config: RunConfig, workload: Workload, policy: Policy) -> dict[str, Any]:
+    """The policy's cost on the configured hardware, in its metric and as a fraction of W8A8's."""
+    from mpq_rl.hardware import build_cost_table
+
+    quant = config.quantization
+    costs = build_cost_table(
+        workload.layers, config.hardware, formats=quant.formats, reference_bits=quant.reference_bits
+    )
+    metric = config.hardware.metric
+    return {"metric": metric, "hardware": config.hardware.preset, "ratio_to_w8a8": costs.ratios(policy)[metric]}
 
 
 def _summary(

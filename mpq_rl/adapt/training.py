@@ -12,6 +12,7 @@ quantizes each layer's input and output at its ``(wl, fl)``; we do not, see docs
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from mpq_rl.adapt.fixed_point import fixed_point, stochastic_round
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.deployment.train_split import train_loader
+from mpq_rl.deployment.training_progress import progress_line
 from mpq_rl.errors import UserError
 from mpq_rl.search.metrics import model_outputs, output_tensor, top1
 from mpq_rl.workloads.data import to_device
@@ -68,8 +70,10 @@ def train(
     adaptive: bool,
     settings: AdaptSettings | None = None,
     on_step: StepCallback | None = None,
+    progress: bool = False,
 ) -> TrainingResult:
-    """Train ``workload.model`` in place on its train split for ``epochs`` and score it on the test split.
+    """Train ``workload.model`` in place on its train split for ``epochs`` and score it on the test split; with
+    ``progress``, one line on stderr per epoch.
 
     The trained model keeps its final fixed-point weights (the parametrizations are removed, leaving the
     quantized values), so its state dict is what the forward pass used.
@@ -86,7 +90,7 @@ def train(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            result = _loop(model, modules, loader, epochs, lr, rule, workload, seed, on_step)
+            result = _loop(model, modules, loader, epochs, lr, rule, workload, seed, on_step, progress)
         outputs = model_outputs(model, workload.test)
         result.test_top1 = top1(outputs, workload.test.targets())
     finally:
@@ -121,6 +125,7 @@ def _loop(
     workload: Workload,
     seed: int,
     on_step: StepCallback | None,
+    progress: bool,
 ) -> TrainingResult:
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
@@ -130,7 +135,8 @@ def _loop(
     word_length_sum, layer_steps = 0.0, 0
     model.train()
     losses, step = [], 0
-    for _ in range(epochs):
+    started = time.monotonic()
+    for epoch in range(1, epochs + 1):
         total, count = 0.0, 0
         for inputs, targets in loader:
             inputs, targets = to_device(inputs, workload.device), targets.to(workload.device)
@@ -164,6 +170,10 @@ def _loop(
         if not math.isfinite(total):
             raise UserError("training diverged (the loss is not finite): lower --lr")
         losses.append(total / count)
+        if progress:
+            arm = "float32" if rule is None else "adaptive"
+            bits = "" if rule is None else f", word lengths {_word_lengths(rule)}"
+            progress_line("adapt", f"{arm} epoch {epoch}/{epochs} done, mean loss {losses[-1]:.4f}{bits}", started)
     model.eval()
     return TrainingResult(
         losses=losses,
@@ -172,3 +182,9 @@ def _loop(
         ops=ops,
         mean_word_length=word_length_sum / layer_steps if layer_steps else 32.0,
     )
+
+
+def _word_lengths(rule: AdaptRule) -> str:
+    """The layers' word lengths now, as ``min-max (mean)`` bits."""
+    lengths = [p.wl for p in rule.precision.values()]
+    return f"{min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.1f})"

@@ -48,7 +48,7 @@ from torch.nn.utils import parametrize
 from mpq_rl.deployment.bn_fold import fold_batchnorm
 from mpq_rl.deployment.export_check import check_export, require_agreement
 from mpq_rl.deployment.export_int4 import transpose_for_matmul_nbits
-from mpq_rl.deployment.finetuned_weights import load_finetuned
+from mpq_rl.deployment.finetuned_weights import learned_scales
 from mpq_rl.deployment.format_export import add_format_layers, splice
 from mpq_rl.deployment.kernels import (
     float_reasons,
@@ -479,16 +479,9 @@ def export_policy(
     Finetuned weights come with their learned LSQ scales when ``lsq_scales.safetensors`` lies beside them; any
     other weights are quantized with ranges calibrated here on the calibration split, as the simulator would.
     """
-    learned = load_finetuned(workload.model, weights) if weights is not None else None
+    learned = learned_scales(workload.model, weights, policy) if weights is not None else None
     if learned is not None:
-        for name, bits in policy.items():
-            have = (learned[name].w_bits, learned[name].a_bits) if name in learned else None
-            if have != tuple(bits):
-                raise UserError(
-                    f"layer {name!r}: the learned scales next to {str(weights)!r} are for bits {have}, the policy "
-                    f"gives {tuple(bits)}: export with the policy the weights were finetuned with"
-                )
-        scales, source = {name: learned[name] for name in policy}, "learned"
+        scales, source = learned, "learned"
     else:
         simulator = calibrated_simulator(workload)
         try:

@@ -2,8 +2,15 @@
 
 :func:`finetune` is what ``mpq-rl evaluate [--finetune-epochs N]`` runs (a search does not finetune): it scores
 the policy on the test split with the calibrated simulator (before), attaches LSQ quantizers initialized from that
-simulator's ranges (:mod:`mpq_rl.quantization.qat`), trains weights and step sizes on the train split, and scores
-again (after). The model is finetuned in place: detach any evaluator's simulator (``Evaluator.close()``) first.
+simulator's ranges (:mod:`mpq_rl.quantization.qat`), trains weights and step sizes on the train split less a
+held-out validation part, keeps the epoch that scores best on validation, the calibrated start (epoch 0) included
+(:mod:`mpq_rl.deployment.validation`; ``keep_last`` keeps the last epoch instead), and scores again (after). So
+finetuning never returns weights that score below its start on validation. The model is finetuned in place: detach
+any evaluator's simulator (``Evaluator.close()``) first.
+
+The recipe (measured in docs/results-finetune.md): Adam with a cosine schedule, and knowledge distillation from the
+FP32 model as teacher (``distill``: the weight of ``T^2 KL(teacher || student)`` at temperature ``T`` against the
+labels' cross-entropy), as LSQ (Esser et al., 2020, section 3.4) and HAWQ-V3 (Yao et al., 2021, section 4) finetune.
 
 BatchNorm: the model trains with every BatchNorm layer in eval mode. Normalization uses the frozen running
 statistics, which are never updated; the BN scale and shift still learn. Simulator, finetuning and the exported
@@ -19,11 +26,11 @@ and ``evaluation.json``.
 
 from __future__ import annotations
 
+import copy
 import math
-import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,8 @@ from torch.utils.data import DataLoader
 
 from mpq_rl.deployment.finetuned_weights import SCALES_FILE, WEIGHTS_FILE, save_finetuned
 from mpq_rl.deployment.train_split import train_loader
+from mpq_rl.deployment.training_progress import progress_line
+from mpq_rl.deployment.validation import BestEpoch, EpochScore, split_train
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
 from mpq_rl.quantization.policy import BitPair, Policy, policy_to_json
@@ -45,10 +54,15 @@ from mpq_rl.workloads.data import to_device
 from mpq_rl.workloads.layers import call_model
 from mpq_rl.workloads.workload import Workload
 
-EVALUATION_FORMAT = "mpq_rl.evaluation/1"
+EVALUATION_FORMAT = "mpq_rl.evaluation/2"
 EVALUATION_FILE = "evaluation.json"
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_DISTILL = 0.0
+DEFAULT_TEMPERATURE = 2.0
+DEFAULT_WEIGHT_DECAY = 0.0
+PERCENT = ("top1", "agreement")
+"""Metrics printed in percent (like every other command); KL and cosine stay plain numbers."""
 PROGRESS_SECONDS = 10.0
 """Longest quiet spell of a finetuning run with progress on."""
 
@@ -68,6 +82,9 @@ class FinetuneResult:
     before: Metrics
     after: Metrics | None = None
     losses: list[float] = field(default_factory=list)
+    validation: list[EpochScore] = field(default_factory=list)
+    kept_epoch: int | None = None
+    distill: float = DEFAULT_DISTILL
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     scales: dict[str, LayerScales] = field(default_factory=dict, repr=False)
 
@@ -76,7 +93,15 @@ class FinetuneResult:
         return {
             "format": EVALUATION_FORMAT,
             "policy": policy_to_json(self.policy)["layers"],
-            "finetune": {"epochs": self.epochs, "lr": self.lr, "seed": self.seed, "train_loss": self.losses},
+            "finetune": {
+                "epochs": self.epochs,
+                "lr": self.lr,
+                "distill": self.distill,
+                "seed": self.seed,
+                "train_loss": self.losses,
+                "kept_epoch": self.kept_epoch,
+            },
+            "validation": [asdict(score) for score in self.validation],
             "test": {"fp32": self.fp32, "before": self.before, "after": self.after},
             "files": files,
         }
@@ -94,10 +119,24 @@ class FinetuneResult:
         rows = [("test split", *keys)]
         named = [("fp32", self.fp32), ("policy (simulated)", self.before)]
         if self.after is not None:
-            named.append((f"policy after {self.epochs} epochs LSQ", self.after))
+            named.append((f"policy after LSQ (epoch {self.kept_epoch} of {self.epochs})", self.after))
         for label, metrics in named:
-            rows.append((label, *(f"{metrics[k]:.4f}" for k in keys)))
-        return render_table(rows, right=tuple(range(1, len(keys) + 1)))
+            rows.append((label, *(f"{100 * metrics[k]:.2f}%" if k in PERCENT else f"{metrics[k]:.4f}" for k in keys)))
+        table = render_table(rows, right=tuple(range(1, len(keys) + 1)))
+        if not self.validation:
+            return table
+        start, kept = self.validation[0], self.validation_kept
+        return (
+            f"{table}\nvalidation top-1 (held out of the train split): {100 * start.top1:.2f}% at the start, "
+            f"{100 * kept.top1:.2f}% kept (epoch {kept.epoch}; by epoch: "
+            + ", ".join(f"{100 * s.top1:.2f}%" for s in self.validation)
+            + ")"
+        )
+
+    @property
+    def validation_kept(self) -> EpochScore:
+        """The validation score of the weights returned."""
+        return next(s for s in self.validation if s.epoch == self.kept_epoch)
 
 
 @dataclass
@@ -108,19 +147,25 @@ class _Baseline:
     scales: dict[str, LayerScales]
 
 
-def _baseline(workload: Workload, policy: Mapping[str, BitPair]) -> _Baseline:
-    """FP32 outputs and metrics on the test split, the simulated policy's metrics, and its calibrated quantizers."""
+def _baseline(
+    workload: Workload, policy: Mapping[str, BitPair], learned: Mapping[str, LayerScales] | None
+) -> _Baseline:
+    """FP32 outputs and metrics on the test split, the policy's metrics and quantizers: the calibrated simulator's,
+    or the ``learned`` scales of finetuned weights (for the layers they give)."""
     if workload.test is None:
         raise UserError("held-out evaluation needs a test split: set data.name or data.factory")
     simulator = calibrated_simulator(workload)
     try:
         reference = model_outputs(workload.model, workload.test)
         targets = workload.test.targets()
-        with simulator.applied(policy):
-            quantized = model_outputs(workload.model, workload.test)
-        scales = calibrated_scales(simulator, policy)
+        scales = {**calibrated_scales(simulator, policy), **(learned or {})}
     finally:
         simulator.detach()
+    attachment = LsqAttachment(workload.model, scales)
+    try:
+        quantized = model_outputs(workload.model, workload.test)
+    finally:
+        attachment.detach()
     return _Baseline(reference, score(reference, reference, targets), score(quantized, reference, targets), scales)
 
 
@@ -132,6 +177,10 @@ def finetune(
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    keep_last: bool = False,
+    distill: float = DEFAULT_DISTILL,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    scales: Mapping[str, LayerScales] | None = None,
 ) -> FinetuneResult:
     """Quantization-aware finetuning of ``workload.model`` (in place) under ``policy``, scored on the test split.
 
@@ -145,18 +194,31 @@ def finetune(
         raise UserError(f"finetune epochs must be 0 or more, got {epochs}")
     if lr <= 0:
         raise UserError(f"finetune learning rate must be positive, got {lr}")
+    if not 0.0 <= distill <= 1.0:
+        raise UserError(f"the distillation weight must be in [0, 1], got {distill}")
     policy = workload.full_policy(dict(policy))
-    baseline = _baseline(workload, policy)
-    result = FinetuneResult(policy, epochs, lr, seed, baseline.fp32, baseline.before)
+    baseline = _baseline(workload, policy, scales)
+    result = FinetuneResult(policy, epochs, lr, seed, baseline.fp32, baseline.before, distill=distill)
     if epochs == 0:
         return result
-    loader = train_loader(workload, batch_size, seed)
+    learn, validation = split_train(workload.train) if workload.train is not None else (None, None)
+    loader = train_loader(workload, batch_size, seed, learn)
     model = workload.model
+    teacher = copy.deepcopy(model).eval() if distill > 0 else None
     attachment = LsqAttachment(model, baseline.scales)
     try:
+        best = BestEpoch(model, attachment, validation, batch_size)
+        best.offer(0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            result.losses = _train(model, attachment, loader, epochs, lr, progress)
+            settings = _Settings(lr, weight_decay, distill, DEFAULT_TEMPERATURE, teacher)
+            result.losses = _train(model, attachment, loader, epochs, settings, progress, best.offer)
+        result.validation = best.scores
+        result.kept_epoch = epochs if keep_last else best.best.epoch
+        if not keep_last:
+            best.restore()
+        if progress and result.kept_epoch == 0:
+            _line("no epoch beat the calibrated start on validation: the start is kept (--keep-last keeps the last)")
         outputs = model_outputs(model, workload.test)
         result.after = score(outputs, baseline.reference, workload.test.targets())
         result.scales = attachment.scales()
@@ -175,26 +237,59 @@ def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
     return frozen
 
 
+@dataclass(frozen=True)
+class _Settings:
+    lr: float
+    weight_decay: float
+    distill: float
+    temperature: float
+    teacher: nn.Module | None
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, inputs, settings: _Settings) -> torch.Tensor:
+    """Cross-entropy on the labels, mixed with distillation from the FP32 teacher (Hinton et al., 2015)."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    loss = F.cross_entropy(logits, targets.reshape(-1))
+    if settings.teacher is None:
+        return loss
+    with torch.no_grad():
+        teacher = output_tensor(call_model(settings.teacher, inputs)).reshape(logits.shape)
+    t = settings.temperature
+    soft = F.kl_div(
+        F.log_softmax(logits / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="batchmean"
+    )
+    return (1.0 - settings.distill) * loss + settings.distill * t * t * soft
+
+
 def _train(
-    model: nn.Module, attachment: LsqAttachment, loader: DataLoader, epochs: int, lr: float, progress: bool
+    model: nn.Module,
+    attachment: LsqAttachment,
+    loader: DataLoader,
+    epochs: int,
+    settings: _Settings,
+    progress: bool,
+    after_epoch,
 ) -> list[float]:
-    """Train weights and step sizes; return the mean loss of each epoch."""
+    """Train weights and step sizes; call ``after_epoch(epoch)`` (in eval mode) after each; return the mean loss
+    of each epoch."""
     device = next(model.parameters()).device
     step_sizes = attachment.step_sizes()
     learned = {id(p) for p in step_sizes}  # parametrize makes weight quantizers submodules of their layers
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
-    optimizer = torch.optim.Adam([{"params": weights}, {"params": step_sizes}], lr=lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": weights, "weight_decay": settings.weight_decay}, {"params": step_sizes, "weight_decay": 0.0}],
+        lr=settings.lr,
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
-    model.train()
-    freeze_batchnorm(model)
     losses = []
     started = last_line = time.monotonic()
     for epoch in range(1, epochs + 1):
+        model.train()
+        freeze_batchnorm(model)
         total, count = 0.0, 0
         for batch, (inputs, targets) in enumerate(loader, 1):
             inputs, targets = to_device(inputs, device), targets.to(device)
-            logits = output_tensor(call_model(model, inputs))
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            loss = _loss(output_tensor(call_model(model, inputs)), targets, inputs, settings)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -207,12 +302,16 @@ def _train(
         if not math.isfinite(total):
             raise UserError("finetuning diverged (the loss is not finite): lower the learning rate")
         losses.append(total / count)
+        model.eval()
+        score = after_epoch(epoch)
         if progress:
             last_line = time.monotonic()
-            _line(f"epoch {epoch}/{epochs} done, mean loss {losses[-1]:.4f}", started)
-    model.eval()
+            _line(
+                f"epoch {epoch}/{epochs} done, mean loss {losses[-1]:.4f}, validation top-1 {100 * score.top1:.2f}%",
+                started,
+            )
     return losses
 
 
-def _line(text: str, started: float) -> None:
-    print(f"finetune: {text}, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+def _line(text: str, started: float | None = None) -> None:
+    progress_line("finetune", text, started)

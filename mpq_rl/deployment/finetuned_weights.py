@@ -53,3 +53,22 @@ def load_finetuned(model: nn.Module, path: str | Path) -> dict[str, LayerScales]
         load_weights(model, path)
     scales = path.parent / SCALES_FILE
     return load_scales(scales) if scales.is_file() else None
+
+
+def learned_scales(
+    model: nn.Module, path: str | Path, policy: Mapping[str, tuple[int, int]]
+) -> dict[str, LayerScales] | None:
+    """Load the weights at ``path`` into ``model`` (:func:`load_finetuned`); return the learned scales saved beside
+    them for ``policy``'s layers, or None if there are none (the ranges are then calibrated as the simulator does).
+    Scales learned for other bits than the policy gives are a UserError."""
+    learned = load_finetuned(model, path)
+    if learned is None:
+        return None
+    for name, bits in policy.items():
+        have = (learned[name].w_bits, learned[name].a_bits) if name in learned else None
+        if have != tuple(bits):
+            raise UserError(
+                f"layer {name!r}: the learned scales next to {str(path)!r} are for bits {have}, the policy gives "
+                f"{tuple(bits)}: use the policy the weights were finetuned with"
+            )
+    return {name: learned[name] for name in policy}

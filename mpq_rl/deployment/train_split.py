@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from mpq_rl.errors import UserError
 from mpq_rl.search.metrics import output_tensor
@@ -20,8 +20,9 @@ def _collate(items: list[Any]) -> tuple[Any, torch.Tensor]:
     return default_collate([x for x, _ in pairs]), default_collate([t for _, t in pairs])
 
 
-def train_loader(workload: Workload, batch_size: int, seed: int) -> DataLoader:
-    """The labelled train split, shuffled by ``seed``: what finetuning and adaptive-precision training learn from."""
+def train_loader(workload: Workload, batch_size: int, seed: int, subset: Dataset | None = None) -> DataLoader:
+    """The labelled train split (or ``subset`` of it), shuffled by ``seed``: what finetuning and adaptive-precision
+    training learn from."""
     train = workload.train
     if train is None or len(train) == 0:
         raise UserError("training needs a train split: use a dataset (or data.factory) that returns 'train'")
@@ -31,7 +32,13 @@ def train_loader(workload: Workload, batch_size: int, seed: int) -> DataLoader:
         raise UserError(f"training batch size must be at least 1, got {batch_size}")
     _check_train(train, workload, batch_size)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_collate)
+    return DataLoader(
+        train if subset is None else subset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=_collate,
+    )
 
 
 def _check_train(train: Any, workload: Workload, batch_size: int) -> None:

@@ -26,9 +26,10 @@ from mpq_rl.adapt.rule import (
     push_up,
     push_up_step,
 )
-from mpq_rl.adapt.run import container_bits
+from mpq_rl.adapt.run import policy_of
 from mpq_rl.adapt.speedup import OpsCounter, training_speedup
 from mpq_rl.cli import main
+from mpq_rl.errors import UserError
 from mpq_rl.quantization.policy import load_policy
 
 SETTINGS = AdaptSettings()
@@ -154,18 +155,50 @@ def test_speedup_model_hand_computed():
     assert training_speedup(100.0, 100.0) == 1.0 and training_speedup(100.0, 0.0) == 2.0
 
 
-def test_container_bits():
-    assert [container_bits(b) for b in (1, 4, 8, 9, 12, 16, 17, 32)] == [2, 4, 8, 16, 16, 16, 32, 32]
+def test_policy_is_at_the_final_word_lengths_and_refuses_widths_without_an_integer_container():
+    precision = {"a": Precision(5, 3, 25, 50), "b": Precision(8, 6, 25, 50)}
+    assert policy_of(precision, 8) == {"a": (5, 8), "b": (8, 8)}
+    with pytest.raises(UserError, match="ended adaptive training at 12 bits"):
+        policy_of({"a": Precision(12, 4, 25, 50)}, 8)
+
+
+def test_capped_settings_keep_every_format_within_the_cap():
+    settings = AdaptSettings.capped(8)
+    assert (settings.start_wl, settings.max_bits, settings.buffer_bits) == (8, 8, 2)
+    for diversity in (0.5, 1.0, 3.0, 30.0, math.inf):
+        for strategy in ("min", "mean", "max"):
+            wl, fl = push_up(diversity, 6, 4, strategy, settings)
+            assert fl <= 6 and fl + 2 <= wl <= 8
 
 
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory, one_thread):
     folder = tmp_path_factory.mktemp("adapt") / "run"
-    assert main(["adapt", "--epochs", "2", "--output", str(folder)]) == 0
-    return folder
+    with pytest.MonkeyPatch.context() as patch:
+        lines = []
+        patch.setattr("sys.stderr", _Lines(lines))
+        assert main(["adapt", "--epochs", "2", "--output", str(folder)]) == 0
+    return folder, "".join(lines)
+
+
+class _Lines:
+    """A stand-in stderr that keeps what is written."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def test_adapt_run_changes_precisions_and_logs_them(adapted):
+    adapted, progress = adapted
+    for arm in ("adaptive", "float32"):
+        for epoch in (1, 2):
+            assert f"adapt: {arm} epoch {epoch}/2 done, mean loss" in progress
     summary = json.loads((adapted / "summary.json").read_text())
     assert summary["format"] == "mpq_rl.adapt/1"
     assert 1.0 < summary["speedup"] < 2.0
@@ -187,17 +220,27 @@ def test_adapt_run_changes_precisions_and_logs_them(adapted):
     assert set(events.Tags()["images"]) == {"adapt/word_lengths", "adapt/policy"}
     policy = load_policy(adapted / "policy.json")
     assert {name: bits[0] for name, bits in policy.items()} == {
-        name: container_bits(layer["wl"]) for name, layer in summary["layers"].items()
+        name: layer["wl"] for name, layer in summary["layers"].items()
     }
+    assert all(2 <= bits[0] <= 8 for bits in policy.values())
+    assert 0.0 < summary["cost"]["ratio_to_w8a8"] <= 1.0  # never above W8A8: at most 8 bits per weight
     assert json.loads((adapted / "policy.json").read_text())["adapt"]["stem"]["fl"] == summary["layers"]["stem"]["fl"]
 
 
-def test_adapt_policy_accepted_by_cost_and_evaluate(adapted, capsys):
+def test_adapt_policy_accepted_by_cost_and_evaluate_scores_the_adapted_weights(adapted, capsys):
+    adapted, _ = adapted
     assert main(["cost", "--run", str(adapted), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["layers"][0]["w_bits"] in (16, 32)
-    assert main(["evaluate", "--run", str(adapted)]) == 0
-    assert "policy (simulated)" in capsys.readouterr().out
+    assert report["layers"][0]["w_bits"] <= 8
+    scores = {}
+    for extra in ([], ["--weights", str(adapted)]):
+        assert main(["evaluate", "--run", str(adapted), *extra]) == 0
+        out = capsys.readouterr().out
+        assert "policy (simulated)" in out
+        scores[bool(extra)] = next(line for line in out.splitlines() if line.startswith("fp32"))
+    # the FP32 row is the model evaluated: the configured weights, then the adapted ones
+    summary = json.loads((adapted / "summary.json").read_text())
+    assert f"{100 * summary['test_top1']['adapt']:.2f}%" in scores[True]
 
 
 @pytest.mark.parametrize(
@@ -206,6 +249,7 @@ def test_adapt_policy_accepted_by_cost_and_evaluate(adapted, capsys):
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--epochs", "1", "--activation-bits", "12"], "--activation-bits must be among"),
         (["--epochs", "1", "--lr", "-1"], "--lr must be positive"),
+        (["--epochs", "1", "--max-bits", "16"], "--max-bits must be 4 to 8"),
     ],
 )
 def test_adapt_bad_input_one_line(tmp_path, capsys, args, message):
