@@ -29,15 +29,16 @@ from mpq_rl.workloads.workload import load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {
-    "base": {"lr": 1e-3},
-    "lr3e-4": {"lr": 3e-4},
-    "lr1e-4": {"lr": 1e-4},
-    "wd": {"lr": 1e-3, "weight_decay": 1e-4},
+    "base": {"lr": 1e-3, "distill": 0.0},
+    "lr3e-4": {"lr": 3e-4, "distill": 0.0},
+    "lr1e-4": {"lr": 1e-4, "distill": 0.0},
+    "wd": {"lr": 1e-3, "distill": 0.0, "weight_decay": 1e-4},
     "kd": {"lr": 1e-3, "distill": 1.0},
     "kd-half": {"lr": 1e-3, "distill": 0.5},
     "kd-lr3e-4": {"lr": 3e-4, "distill": 1.0},
 }
-"""One choice changed at a time from ``base`` (Adam 1e-3, cosine, cross-entropy on labels)."""
+"""One choice changed at a time from ``base`` (Adam 1e-3, cosine, cross-entropy on labels); ``kd`` is the default
+recipe of :func:`mpq_rl.deployment.finetune.finetune`."""
 POLICIES = {"W8A8": (8, 8), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4)}
 
 
