@@ -27,8 +27,9 @@ from torch import nn
 from mpq_rl.workloads.layers import layer_modules
 
 INTEGER_OPS = ("QLinearConv", "QGemm", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger", "MatMulNBits")
-FLOAT_WEIGHTS = "float32 weights (dequantized at export)"
-"""The kernel recorded for a convolution whose weights :func:`float_weights_for_float_kernels` stored as floats."""
+FLOAT_WEIGHTS = "float32 (weights as constants)"
+"""The kernel of a layer whose integer weights onnxruntime's optimized graph no longer reads: float32 weights,
+stored so by :func:`float_weights_for_float_kernels` or constant-folded by onnxruntime."""
 
 
 def layer_kind(module: nn.Module) -> str:
