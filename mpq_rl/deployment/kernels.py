@@ -165,9 +165,9 @@ def float_reasons(graph_model, kernels: Mapping[str, str]) -> dict[str, str]:
         if kernel.startswith("float (value"):
             reasons[name] = "a value-table format, decoded in float32"
             continue
-        users = _output_users(graph_model.graph, name)
-        if users and users != ["QuantizeLinear"]:
-            reasons[name] = f"its output feeds {', '.join(users)}, not a quantizer, so QLinearConv/QGemm cannot fuse"
+        users = [op for op in _output_users(graph_model.graph, name) if op != "QuantizeLinear"]
+        if users:
+            reasons[name] = f"its output feeds {', '.join(users)} in float32, so QLinearConv/QGemm cannot fuse"
         else:
             reasons[name] = "onnxruntime has no integer kernel for this layer here"
     return reasons
