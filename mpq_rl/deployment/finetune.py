@@ -185,8 +185,9 @@ def finetune(
     """Quantization-aware finetuning of ``workload.model`` (in place) under ``policy``, scored on the test split.
 
     ``policy`` may name only the searched layers (the fixed ones are added). Weights and LSQ step sizes train
-    with Adam and a cosine schedule for ``epochs`` passes over the shuffled train split (cross-entropy on its
-    labels), seeded by ``seed``; BatchNorm statistics stay frozen (see the module docstring). With
+    with Adam (``weight_decay`` on the weights) and a cosine schedule for ``epochs`` passes over the shuffled train
+    split less its validation part, seeded by ``seed``, on distillation from the FP32 model (weight ``distill``)
+    mixed with cross-entropy on the labels; BatchNorm statistics stay frozen (see the module docstring). With
     ``epochs == 0`` this only scores the policy (FP32 and simulated) on the test split. With ``progress``, a line
     on stderr after each epoch and every :data:`PROGRESS_SECONDS` within one.
     """
@@ -208,7 +209,9 @@ def finetune(
     attachment = LsqAttachment(model, baseline.scales)
     try:
         best = BestEpoch(model, attachment, validation, batch_size)
-        best.offer(0)
+        start = best.offer(0)
+        if progress:
+            _line(f"validation top-1 at the start (the calibrated policy) {100 * start.top1:.2f}%")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             settings = _Settings(lr, weight_decay, distill, DEFAULT_TEMPERATURE, teacher)
