@@ -117,8 +117,9 @@ def float_weights_for_float_kernels(graph_model, layers: list[dict[str, Any]], k
     return moved
 
 
-def _output_users(graph, name: str) -> list[str]:
-    """The ops reading the output of layer ``name``'s node (through one ReLU), in the exported graph."""
+def _output_users(graph, name: str) -> list[str] | None:
+    """The ops reading the output of layer ``name``'s node (through one ReLU), in the exported graph; None when the
+    layer's node is not found."""
     consumers: dict[str, list] = {}
     for node in graph.node:
         for value in node.input:
@@ -126,11 +127,14 @@ def _output_users(graph, name: str) -> list[str]:
     weight = next((n.output[0] for n in graph.node if n.name == f"{name}/weight_dequantize"), None)
     layer_nodes = [n for n in graph.node if weight is not None and weight in n.input]
     if not layer_nodes:
-        return []
-    users = consumers.get(layer_nodes[0].output[0], [])
+        return None
+    output = layer_nodes[0].output[0]
+    users = consumers.get(output, [])
     if len(users) == 1 and users[0].op_type == "Relu":
-        users = consumers.get(users[0].output[0], [])
-    return sorted({user.op_type for user in users})
+        output = users[0].output[0]
+        users = consumers.get(output, [])
+    graph_outputs = {o.name for o in graph.output}
+    return sorted({user.op_type for user in users} | ({"the model's output"} if output in graph_outputs else set()))
 
 
 def kernel_summary(kernels: Mapping[str, str], kinds: Mapping[str, str]) -> list[str]:
@@ -165,7 +169,7 @@ def float_reasons(graph_model, kernels: Mapping[str, str]) -> dict[str, str]:
         if kernel.startswith("float (value"):
             reasons[name] = "a value-table format, decoded in float32"
             continue
-        users = [op for op in _output_users(graph_model.graph, name) if op != "QuantizeLinear"]
+        users = [op for op in _output_users(graph_model.graph, name) or [] if op != "QuantizeLinear"]
         if users:
             reasons[name] = f"its output feeds {', '.join(users)} in float32, so QLinearConv/QGemm cannot fuse"
         else:
