@@ -18,7 +18,7 @@ The placeholders are then replaced:
   holds only values of its ``b``-bit range, and an input below 8 bits passes ``QuantizeLinear -> Clip(q_min,
   q_max) -> DequantizeLinear``, the clip on the 8-bit integers themselves, which is exactly the ``b``-bit quantizer
   (both share scale and zero point; the 8-bit range contains the ``b``-bit one). The exception is a 4-bit linear
-  weight laid out for ``MatMulNBits`` (:mod:`mpq_rl.deployment.export_int4`), which is stored in opset 21's INT4.
+  weight with a float input, laid out for ``MatMulNBits`` (:mod:`mpq_rl.deployment.export_int4`) in opset 21's INT4.
   Layers at 16/32 bits are left in floating point.
 * **BatchNorm** after a quantized layer is folded into the layer's per-channel weight scale and a bias
   (:mod:`mpq_rl.deployment.bn_fold`; the integers stay), so that onnxruntime sees ``DQ -> Conv -> Q`` and fuses it.
@@ -391,7 +391,9 @@ def onnx_graph(model: nn.Module, example: Any, scales: Mapping[str, LayerScales]
     layers = replace_markers(graph_model, scales, weights)
     fold_batchnorm(graph_model, layers)
     graph_model = version_converter.convert_version(graph_model, OPSET)
-    blocked = transpose_for_matmul_nbits(graph_model, [name for name, s in scales.items() if s.w_bits == 4])
+    # MatMulNBits takes float inputs: a 4-bit linear with a quantized input keeps INT8 for MatMulIntegerToFloat
+    weight_only = [name for name, s in scales.items() if s.w_bits == 4 and s.input is None]
+    blocked = transpose_for_matmul_nbits(graph_model, weight_only)
     for record in layers:
         if record["name"] in blocked:
             record["weight"].update(type="int4", layout="transposed [in, out]", block_size=blocked[record["name"]])

@@ -61,24 +61,34 @@ def optimized_graph(model_bytes: bytes, threads: int = 1):
 
 
 def layer_kernels(optimized, layers: list[str]) -> dict[str, str]:
-    """Each layer's kernel in an optimized graph: an integer op's name, or ``float <op>``."""
+    """Each layer's kernel in an optimized graph: the integer op that reads its integer weights or its quantized
+    input, or ``float <op>``."""
     consumers: dict[str, list] = {}
     for node in optimized.graph.node:
         for value in node.input:
             consumers.setdefault(value, []).append(node)
     kernels = {}
     for name in layers:
-        users = consumers.get(f"{name}.weight_quantized", [])
-        if not users:
-            coded = f"{name}.weight_codes" in consumers
-            kernels[name] = "float (value-table decode)" if coded else FLOAT_WEIGHTS
-            continue
-        node = users[0]
-        if node.op_type == "DequantizeLinear":
-            after = consumers.get(node.output[0], [])
+        # onnxruntime renames a weight it transposes or packs (``<layer>.weight_quantized_T``); the quantized
+        # input keeps its name
+        weight = f"{name}.weight_quantized"
+        inputs = (f"{name}.input_quantized", f"{name}.input_clipped")
+        readers = [
+            node for value, users in consumers.items() if value.startswith(weight) or value in inputs for node in users
+        ]
+        integer = [node.op_type for node in readers if is_integer(node.op_type)]
+        dequantized = [
+            node for node in consumers.get(f"{name}.weight_quantized", []) if node.op_type == "DequantizeLinear"
+        ]
+        if integer:
+            kernels[name] = integer[0]
+        elif dequantized:
+            after = consumers.get(dequantized[0].output[0], [])
             kernels[name] = f"float {after[0].op_type}" if after else "float"
+        elif f"{name}.weight_codes" in consumers:
+            kernels[name] = "float (value-table decode)"
         else:
-            kernels[name] = node.op_type
+            kernels[name] = FLOAT_WEIGHTS
     return kernels
 
 

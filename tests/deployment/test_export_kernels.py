@@ -20,7 +20,13 @@ from mpq_rl.config import RunConfig  # noqa: E402
 from mpq_rl.deployment.bn_fold import fold_batchnorm  # noqa: E402
 from mpq_rl.deployment.export import OPSET, export_onnx, quantized_for_export, replace_markers, trace_onnx  # noqa: E402
 from mpq_rl.deployment.export_check import ExportCheck  # noqa: E402
-from mpq_rl.deployment.kernels import FLOAT_WEIGHTS, kernel_summary, why_not_faster  # noqa: E402
+from mpq_rl.deployment.kernels import (  # noqa: E402
+    FLOAT_WEIGHTS,
+    kernel_summary,
+    layer_kernels,
+    optimized_graph,
+    why_not_faster,
+)
 from mpq_rl.quantization.qat import LsqAttachment, calibrated_scales  # noqa: E402
 from mpq_rl.search.evaluator import calibrated_simulator  # noqa: E402
 from mpq_rl.search.metrics import model_outputs  # noqa: E402
@@ -222,3 +228,16 @@ def test_kernels_are_read_from_onnxruntime_and_float_convolutions_get_float_weig
     assert any(line.startswith("conv: ") for line in kernel_summary(check.layer_kernels, check.layer_kinds))
     why = why_not_faster(check.layer_kernels, check.layer_kinds, check.float_reasons)
     assert "pw (conv: its output feeds ReduceMean" in why
+
+
+@pytest.mark.parametrize(("a_bits", "kernel"), [(32, "MatMulNBits"), (4, "MatMulIntegerToFloat")])
+def test_4_bit_linears_get_an_integer_kernel_with_float_or_quantized_inputs(workloads, a_bits, kernel, tmp_path):
+    """Weight-only 4 bits: the INT4 MatMulNBits layout; with quantized inputs: INT8 weights, MatMulIntegerToFloat
+    (onnxruntime has no kernel for an int4 weight times a quantized input)."""
+    workload = workloads["attention"]
+    projections = [name for name in workload.layers.names if name.startswith("encoder.")]
+    policy = {name: (4, a_bits) if name in projections else (8, 8) for name in workload.layers.names}
+    path = tmp_path / "model.onnx"
+    export_onnx(workload.model, workload.example, _scales(workload, policy), path, "calibrated")
+    kernels = layer_kernels(optimized_graph(path.read_bytes()), projections)
+    assert kernels == dict.fromkeys(projections, kernel)
