@@ -137,7 +137,7 @@ def run(workload: str = "digits", policies: int = 24, repeats: int = 5) -> dict[
 
 def _hit_seconds(problem: Any, batch: list[Any]) -> float:
     """Seconds per episode answered from the driver's cache (costs, reward and the cache lookup)."""
-    from mpq_rl.agents.base import SearchContext
+    from mpq_rl.search.searcher import SearchContext
 
     seen: list[Any] = []
     context = SearchContext(problem, len(batch), 0, seen.append, None)

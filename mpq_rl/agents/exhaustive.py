@@ -13,9 +13,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, check_options
 
 MAX_POLICIES = 10**6
 """The largest search space :class:`Exhaustive` enumerates."""

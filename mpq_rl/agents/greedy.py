@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, check_options
 
 DEFAULTS = {"sensitivity_share": 0.75, "pareto_points": 8, "refine": True}
 

@@ -51,12 +51,12 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, check_options
 
 DEFAULTS: dict[str, Any] = {
     "evaluations_per_round": None,

@@ -4,7 +4,7 @@ Each layer's weight and activation candidates are drawn uniformly (seeded by the
 walked in order with :meth:`~mpq_rl.search.budget.Budget.projected`, which clips each choice to the highest bits that
 still leave room for the remaining layers at their lowest bits. Every proposal is therefore within budget, and
 random search sees exactly the policies an RL agent acting at random would. Policies are scored a batch at a time
-(:attr:`~mpq_rl.agents.base.SearchContext.batch`), in parallel with a parallel backend; the batch size does not
+(:attr:`~mpq_rl.search.searcher.SearchContext.batch`), in parallel with a parallel backend; the batch size does not
 change which policies are drawn.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, check_options
 
 
 def sample_policy(budget: Budget, rng: np.random.Generator) -> list[Choice]:

@@ -38,13 +38,11 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from mpq_rl.agents.base import SearchContext, Searcher
-from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes
+from mpq_rl.agents.checkpoint import CHECKPOINT_DIR, load_checkpoint, read_checkpoint, save_checkpoint
+from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes, agent_logger
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.search.logger import agent_logger
-from mpq_rl.search.run_folder import CHECKPOINT_DIR
+from mpq_rl.search.searcher import SearchContext, Searcher
 
 HAQ_NET_ARCH = [300, 300]
 HAQ_ACTOR_LR = 1e-4
@@ -288,7 +286,8 @@ class RLSearcher(Searcher):
             # The checkpoint's values go into the freshly built algorithm: nothing in the run folder is unpickled.
             load_checkpoint(model, found)
         self.model = model
-        model.set_logger(agent_logger(context.output, steps))
+        if context.log_dir is not None:
+            model.set_logger(agent_logger(context.log_dir, steps))
         callback = RecordEpisodes(
             context,
             checkpoint=lambda model: self.save_checkpoint(model, context),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
+from mpq_rl.search.searcher import SearchContext, Searcher, check_options
 
 
 class Uniform(Searcher):

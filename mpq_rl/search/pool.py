@@ -1,6 +1,6 @@
 """The evaluation pool: the one place a search scores policies in parallel.
 
-A searcher asks its :class:`~mpq_rl.agents.base.SearchContext` to score a batch of policies; the context's pool
+A searcher asks its :class:`~mpq_rl.search.searcher.SearchContext` to score a batch of policies; the context's pool
 first evaluates, in parallel, the policies its evaluator cache does not hold yet, and merges their metrics into
 that cache (:meth:`EvaluationCache.merge`, the one merge path); the context then scores the batch in order from
 the cache, so every searcher, the RL agents included, records exactly what a serial run records.

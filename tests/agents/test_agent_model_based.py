@@ -9,7 +9,6 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.model_based import SurrogateReward
 from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
@@ -18,8 +17,9 @@ from mpq_rl.envs import BitWidthEnv
 from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.quant import quantize_weight
+from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.problem import build_problem
-from mpq_rl.search.recorder import Recorder
+from mpq_rl.search.searcher import SearchContext
 
 SMALL = {"prior_episodes": 32, "model_episodes": 32, "candidates": 16, "evaluations_per_round": 8}
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.cli import main
 from mpq_rl.config import HardwareConfig, load_config, parse_config
 from mpq_rl.deployment.export import export_policy
@@ -21,6 +20,7 @@ from mpq_rl.quantization.policy import load_policy, save_policy
 from mpq_rl.search.evaluator import calibrated_simulator
 from mpq_rl.search.metrics import model_outputs
 from mpq_rl.search.problem import build_problem
+from mpq_rl.search.searcher import SearchContext
 from mpq_rl.workloads.workload import load_workload
 
 FP, FLINT = formats.precision_code("fp", 0), formats.precision_code("flint", 0)

@@ -1,7 +1,7 @@
 """The search loop: build the problem, run a searcher, record every episode, and report the best policy.
 
 :func:`run_search` is the whole of ``mpq-rl search``. The run folder (``config.output``: new, empty, or an earlier
-run's, see :mod:`mpq_rl.search.run_folder`) receives ``mpq_rl_run.json`` (the manifest that marks it as a run folder)
+run's, see :mod:`mpq_rl.runs.run_folder`) receives ``mpq_rl_run.json`` (the manifest that marks it as a run folder)
 and
 ``mpq_rl.lock`` (held while the search runs), then, as the search goes: ``config.yaml`` (the resolved config,
 library versions and command in comments, loadable with ``--config``), ``episodes.csv``, ``policy.json`` (best
@@ -29,17 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext, Searcher
+from mpq_rl.search.searcher import SearchContext, Searcher
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
 from mpq_rl.search.evaluator import EvaluationCache
-from mpq_rl.search.held_out import held_out_scores
-from mpq_rl.search.logger import TB_DIR, TensorBoardLogger, logged_episodes
+from mpq_rl.runs.held_out import held_out_scores
+from mpq_rl.runs.logger import TB_DIR, TensorBoardLogger, logged_episodes
 from mpq_rl.search.pool import EvaluationPool
 from mpq_rl.search.problem import SearchProblem, build_problem
-from mpq_rl.search.progress import SearchProgress
-from mpq_rl.search.recorder import (
+from mpq_rl.runs.progress import SearchProgress
+from mpq_rl.runs.recorder import (
     EPISODES_FILE,
     EVALUATIONS_FILE,
     PARETO_FILE,
@@ -48,8 +48,7 @@ from mpq_rl.search.recorder import (
     read_episodes,
     truncate_episodes,
 )
-from mpq_rl.search.run_folder import (
-    CHECKPOINT_DIR,
+from mpq_rl.runs.run_folder import (
     CONFIG_FILE,
     RunParts,
     check_new_run_folder,
@@ -60,7 +59,7 @@ from mpq_rl.search.run_folder import (
     write_config,
     write_manifest,
 )
-from mpq_rl.search.summary import SUMMARY_FILE, SearchResult, summary
+from mpq_rl.runs.summary import SUMMARY_FILE, SearchResult, summary
 
 CHECKPOINT_EVERY = 50
 """Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
@@ -167,6 +166,7 @@ def _search(
         record=recorder,
         output=folder,
         n_envs=config.agent.n_envs,
+        log_dir=folder / TB_DIR,
         pool=pool,
     )
     if previous:

@@ -1,6 +1,6 @@
 """The recorder: every episode of a search, in order, into ``episodes.csv``; the best policy and the Pareto front.
 
-A searcher hands each scored episode to the recorder (through :class:`~mpq_rl.agents.base.SearchContext`). It
+A searcher hands each scored episode to the recorder (through :class:`~mpq_rl.search.searcher.SearchContext`). It
 appends one row per episode to ``episodes.csv`` (flushed at once; no wall times, so two runs with one seed compare
 byte for byte), keeps the best in-budget policy in ``policy.json`` as soon as it improves, keeps the Pareto front
 of proxy accuracy against cost, and passes everything on to the TensorBoard logger and the progress bar. A resumed

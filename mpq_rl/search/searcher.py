@@ -36,6 +36,8 @@ class SearchContext:
     """The RL agents' parallel environments, and the batch of searchers whose results depend on how they batch."""
     pool: EvaluationPool | None = None
     """Where batches are evaluated in parallel (the run's ``parallel`` section); None: one at a time, here."""
+    log_dir: Path | None = None
+    """The run's TensorBoard folder, where a searcher may chart its own training (None: no charts)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What a searcher reports about its own work besides episodes (e.g. pre-pass wall times); summary.json."""
     recorded: int = 0

@@ -30,8 +30,6 @@ CONFIG_FILE = "config.yaml"
 """The run's resolved config (written by :func:`write_config`), after a first line of
 :data:`CONFIG_HEADER`."""
 CONFIG_HEADER = "# mpq_rl run configuration"
-CHECKPOINT_DIR = "checkpoint"
-"""The run folder's subfolder for the RL agents' checkpoint (:mod:`mpq_rl.agents.checkpoint`)."""
 MANIFEST_FILE = "mpq_rl_run.json"
 LOCK_FILE = "mpq_rl.lock"
 FORMAT = "mpq_rl.run/1"

@@ -13,9 +13,9 @@ from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import load_policy
 from mpq_rl.search import logger as tb_logger
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
-from mpq_rl.search.recorder import Recorder
-from mpq_rl.search.run_folder import run_config
-from mpq_rl.search.trainer import SearchInterrupted, run_search
+from mpq_rl.runs.recorder import Recorder
+from mpq_rl.runs.run_folder import run_config
+from mpq_rl.runs.trainer import SearchInterrupted, run_search
 from mpq_rl.workloads.workload import load_workload
 
 EPISODES = 12
