@@ -15,14 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mpq_rl.errors import UserError
+from mpq_rl.hardware.cost_table import METRICS
+from mpq_rl.quantization.bits import ALLOWED_BITS, FLOAT_BITS, INTEGER_BITS, REFERENCE_BITS
 
-FLOAT_BITS = (16, 32)
-"""Bit-widths that mean "leave this tensor in floating point"."""
-INTEGER_BITS = tuple(range(2, 9))
-REFERENCE_BITS = (8, 8)
-"""W8A8: budgets are fractions of the model's cost at these bits; layers left out of the search keep them."""
-ALLOWED_BITS = INTEGER_BITS + FLOAT_BITS
-METRICS = ("latency", "energy", "size", "bops")
 SEED_LIMIT = 2**32
 """Seeds are below this: NumPy's and Gymnasium's seeding take 32-bit seeds."""
 

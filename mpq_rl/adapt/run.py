@@ -35,7 +35,7 @@ from torch.utils.tensorboard import SummaryWriter
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.adapt.training import TrainingResult, checked_loader, train
-from mpq_rl.config import ALLOWED_BITS, REFERENCE_BITS, RunConfig
+from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mpq_rl.quantization.policy import Policy, save_policy
@@ -57,7 +57,7 @@ STRATEGY_LEVEL = {"min": 0, "mean": 1, "max": 2}
 
 
 def container_bits(word_length: int) -> int:
-    """The smallest bit-width mpq_rl represents (:data:`~mpq_rl.config.ALLOWED_BITS`) that holds ``word_length``."""
+    """The smallest bit-width mpq_rl represents (:data:`~mpq_rl.quantization.bits.ALLOWED_BITS`) that holds ``word_length``."""
     return min(b for b in ALLOWED_BITS if b >= word_length)
 
 

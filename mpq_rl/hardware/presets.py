@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.config import REFERENCE_BITS, HardwareConfig
+from mpq_rl.config import HardwareConfig
 from mpq_rl.errors import UserError
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
 from mpq_rl.hardware.bitfusion import BitFusion

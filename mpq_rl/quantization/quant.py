@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from mpq_rl.config import FLOAT_BITS
+from mpq_rl.quantization.bits import FLOAT_BITS
 from mpq_rl.quantization.kernels import channel_errors, tensor_errors
 
 RangeMethod = Literal["mse", "minmax", "percentile"]

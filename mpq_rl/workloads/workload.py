@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mpq_rl.config import REFERENCE_BITS, RunConfig
+from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
+from mpq_rl.quantization.bits import REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy
 from mpq_rl.quantization.simulator import RangeSettings
 from mpq_rl.search.metrics import output_tensor

@@ -25,7 +25,7 @@ import mpq_rl
 from mpq_rl.cli import EXIT_USER_ERROR, main
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_text
-from mpq_rl.search import trainer
+from mpq_rl.runs import trainer
 from mpq_rl.runs.recorder import Recorder
 from mpq_rl.runs.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive, run_config
 from mpq_rl.runs.summary import finished_result
