@@ -7,9 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mpq_rl.config import BACKENDS, RunConfig, load_config
+from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
 from mpq_rl.io import check_output_file, json_text
+from mpq_rl.search.settings import BACKENDS
 from mpq_rl.search.threads import set_torch_threads, threads_per_process
 from mpq_rl.text_table import render_table
 from mpq_rl.workloads.layers import LayerTable
@@ -199,9 +200,9 @@ def cmd_search(args: argparse.Namespace) -> None:
 def _set_threads(config: RunConfig) -> None:
     """This process's torch threads: its share of the cores with the workers it starts on this machine (the
     workers, and a comparison's Ray tasks, set their own)."""
-    from mpq_rl.search.pool import local_processes
+    from mpq_rl.search.pool import local_processes, resolve_parallel
 
-    set_torch_threads(threads_per_process(local_processes(config.evaluation)))
+    set_torch_threads(threads_per_process(local_processes(resolve_parallel(config.parallel, config.agent.n_envs))))
 
 
 def _parallel_flags(args: argparse.Namespace) -> dict[str, object]:

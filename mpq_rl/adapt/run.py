@@ -38,6 +38,7 @@ from mpq_rl.adapt.training import TrainingResult, checked_loader, train
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mpq_rl.quantization.bits import ALLOWED_BITS, REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy, save_policy
 from mpq_rl.runs.logger import TB_DIR, bits_figure
 from mpq_rl.runs.recorder import POLICY_FILE
@@ -57,7 +58,8 @@ STRATEGY_LEVEL = {"min": 0, "mean": 1, "max": 2}
 
 
 def container_bits(word_length: int) -> int:
-    """The smallest bit-width mpq_rl represents (:data:`~mpq_rl.quantization.bits.ALLOWED_BITS`) that holds ``word_length``."""
+    """The smallest bit-width mpq_rl represents (:data:`~mpq_rl.quantization.bits.ALLOWED_BITS`) that holds
+    ``word_length``."""
     return min(b for b in ALLOWED_BITS if b >= word_length)
 
 

@@ -27,7 +27,7 @@ from mpq_rl.quantization.formats import (
 )
 
 if TYPE_CHECKING:
-    from mpq_rl.config import QuantizationConfig
+    from mpq_rl.quantization.settings import QuantizationConfig
 
 BitPair = tuple[int, int]
 Policy = dict[str, BitPair]

@@ -23,6 +23,7 @@ from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.quantization.formats import label
 from mpq_rl.search.metrics import format_metric
+from mpq_rl.search.pool import resolve_parallel
 
 COMPARE_MD = "compare.md"
 COMPARE_JSON = "compare.json"
@@ -77,7 +78,7 @@ def compare(
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)
     _check_output(output)
-    parallel = config.evaluation
+    parallel = resolve_parallel(config.parallel, config.agent.n_envs)
     on_ray = parallel.backend == "ray"
     if on_ray:  # the runs share the cluster's CPUs, each evaluating in its own task
         config = config.with_overrides(**RUN_ON_ONE_CPU)

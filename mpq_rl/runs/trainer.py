@@ -36,7 +36,7 @@ from mpq_rl.io import atomic_write_json
 from mpq_rl.search.evaluator import EvaluationCache
 from mpq_rl.runs.held_out import held_out_scores
 from mpq_rl.runs.logger import TB_DIR, TensorBoardLogger, logged_episodes
-from mpq_rl.search.pool import EvaluationPool
+from mpq_rl.search.pool import EvaluationPool, resolve_parallel
 from mpq_rl.search.problem import SearchProblem, build_problem
 from mpq_rl.runs.progress import SearchProgress
 from mpq_rl.runs.recorder import (
@@ -116,7 +116,7 @@ def run_search(
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
     problem = build_problem(config)
-    pool = EvaluationPool(problem, config.evaluation)  # nothing starts yet, but a missing Ray stops the run here
+    pool = EvaluationPool(problem, resolve_parallel(config.parallel, config.agent.n_envs))  # nothing starts yet, but a missing Ray stops the run here
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)

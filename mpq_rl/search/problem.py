@@ -14,22 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.config import (
-    BudgetConfig,
-    ProxyConfig,
-    QuantizationConfig,
-    RewardConfig,
-    RunConfig,
-    load_config,
-    parse_config,
-)
+from mpq_rl.config import RunConfig, load_config, parse_config
 from mpq_rl.hardware import CostTable, build_cost_table
 from mpq_rl.quantization.formats import candidate_codes
 from mpq_rl.quantization.policy import Policy
+from mpq_rl.quantization.settings import QuantizationConfig
 from mpq_rl.search.budget import Budget, Choice
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.search.rewards import Outcome, build_reward, proxy_value
+from mpq_rl.search.settings import BudgetConfig, ProxyConfig, RewardConfig
 from mpq_rl.workloads.workload import Workload, load_workload
 
 PENALTY_PER_EXCESS = 10.0
