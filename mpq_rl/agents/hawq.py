@@ -40,9 +40,9 @@ from mpq_rl.agents.hessian import calibration_loss, hessian_traces
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.quant import is_float_bits
 from mpq_rl.search.budget import Choice
-from mpq_rl.search.metrics import model_outputs
 from mpq_rl.search.problem import SearchProblem
 from mpq_rl.search.searcher import SearchContext, Searcher, check_options
+from mpq_rl.workloads.model_io import model_outputs
 
 DEFAULTS = {"samples": 32, "alternatives": None}
 ILP_MARGIN = 1e-6

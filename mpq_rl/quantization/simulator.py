@@ -32,7 +32,8 @@ from mpq_rl.quantization.quant import (
     is_float_bits,
     weight_scales,
 )
-from mpq_rl.workloads.layers import batch_size_of, call_model, claim_layers, layer_modules, release_layers
+from mpq_rl.workloads.layers import claim_layers, layer_modules, release_layers
+from mpq_rl.workloads.model_io import batch_size_of, call_model
 
 SAMPLE_VALUES_PER_LAYER = 65536
 """Activation values kept per layer for range search (a seeded random subsample of the calibration pass)."""
