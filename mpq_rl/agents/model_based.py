@@ -6,7 +6,7 @@ real evaluations go only to the policies the agent and the model agree are promi
 
 1. **Sensitivity** (no evaluation; its wall time is reported in ``summary.json`` under ``search``): the relative
    weight and input quantization error of every searched layer at every candidate bit-width
-   (:mod:`mpq_rl.agents.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they
+   (:mod:`mpq_rl.search.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they
    are
    the surrogate's inputs.
 2. **Prior** (``probes``, ``prior``): one evaluation per searched layer measures it alone at its cheapest bits
@@ -51,12 +51,12 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
 from mpq_rl.search.searcher import SearchContext, Searcher, check_options
+from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
 
 DEFAULTS: dict[str, Any] = {
     "evaluations_per_round": None,

@@ -11,13 +11,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mpq_rl.agents.sensitivity import Sensitivity
 from mpq_rl.config import RunConfig
 from mpq_rl.hardware import CostTable
 from mpq_rl.quantization.formats import bits_of, format_of
 from mpq_rl.search.budget import Choice
 from mpq_rl.search.evaluator import Evaluator
 from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.sensitivity import Sensitivity
 from mpq_rl.workloads.workload import Workload
 
 OBSERVATION_FEATURES = (
@@ -134,7 +134,7 @@ class BitWidthEnv(gym.Env):
     | next | m_k | ``model``: the model's k-th feature of the layer (``EpisodeModel.features``) | 0 | 1 |
     | last | budget | ``budgets``: this episode's budget, as a fraction of W8A8 | 0 | 2 |
 
-    Errors map to ``(log10(err) + 6) / 6`` clipped to [0, 1] (see :class:`mpq_rl.agents.sensitivity.Sensitivity`).
+    Errors map to ``(log10(err) + 6) / 6`` clipped to [0, 1] (see :class:`mpq_rl.search.sensitivity.Sensitivity`).
 
     ## Rewards
     Zero before the last step. At the last step, ``reward.name``: ``haq`` (0.1 x the proxy accuracy difference

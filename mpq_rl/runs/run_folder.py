@@ -161,9 +161,10 @@ def exclusive(folder: Path) -> Iterator[None]:
 
 def versions() -> dict[str, str]:
     """The versions a run depends on, for its config.yaml and summary.json."""
+    from importlib.metadata import version
+
     import gymnasium
     import numpy
-    import stable_baselines3
     import torch
 
     import mpq_rl
@@ -172,7 +173,7 @@ def versions() -> dict[str, str]:
         "mpq_rl": mpq_rl.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
+        "stable_baselines3": version("stable-baselines3"),  # its metadata: a baseline run never imports it
         "gymnasium": gymnasium.__version__,
         "numpy": numpy.__version__,
     }

@@ -10,7 +10,6 @@ from gymnasium.utils.env_checker import check_env
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.model_based import SurrogateReward
-from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
@@ -20,6 +19,7 @@ from mpq_rl.quantization.quant import quantize_weight
 from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
+from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
 
 SMALL = {"prior_episodes": 32, "model_episodes": 32, "candidates": 16, "evaluations_per_round": 8}
 
