@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mpq_rl.search.budget import Budget, Choice
-from mpq_rl.search.searcher import SearchContext, Searcher, check_options
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 
 
 def sample_policy(budget: Budget, rng: np.random.Generator) -> list[Choice]:
@@ -30,7 +30,7 @@ class RandomSearch(Searcher):
     """Seeded random in-budget policies until the evaluation budget is spent. Takes no ``agent.kwargs``."""
 
     def __init__(self, **kwargs: Any) -> None:
-        check_options("random", kwargs, {})
+        parse_options("random", kwargs, SearcherOptions)
 
     def search(self, context: SearchContext) -> None:
         budget = context.problem.budget

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import ActionNoise
@@ -43,6 +42,7 @@ from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpis
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.search.searcher import SearchContext, Searcher
+from mpq_rl.search.threads import one_thread
 
 HAQ_NET_ARCH = [300, 300]
 HAQ_ACTOR_LR = 1e-4
@@ -267,13 +267,8 @@ class RLSearcher(Searcher):
     # -- the search ---------------------------------------------------------------------------------------------
 
     def search(self, context: SearchContext) -> None:
-        # Small MLPs train fastest on one thread, and two threads spinning on a busy 2-core machine are ~20x slower.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             self._search(context)
-        finally:
-            torch.set_num_threads(threads)
 
     def _search(self, context: SearchContext) -> None:
         steps = len(context.problem.searched)

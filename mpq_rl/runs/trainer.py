@@ -195,7 +195,7 @@ def _search(
     evaluations = int(parts.total("evaluations"))
 
     # -- held-out evaluation of the best policy, FP32 and the uniform settings within budget -----------------------
-    held_out = held_out_scores(problem, recorder, context.notes.get("budgets", []))
+    held_out = held_out_scores(problem, recorder, context.report.budgets or [])
     evaluator.close()
     logger.finish(recorder.best, held_out.best_test, recorder.count)
     logger.close()
@@ -214,7 +214,7 @@ def _search(
         metric=problem.metric,
         budget=problem.budget.fraction,
         proxy=proxy_name,
-        search={**context.notes, "evaluation_seconds": round(problem.evaluation_seconds, 3)},
+        search={**context.report.to_dict(), "evaluation_seconds": round(problem.evaluation_seconds, 3)},
         best_per_budget=held_out.best_per_budget,
         parts=parts.parts,
     )

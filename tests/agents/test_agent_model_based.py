@@ -193,7 +193,7 @@ def test_every_proposal_is_a_new_in_budget_evaluation_and_runs_repeat(problem, t
     assert [names[0] for names in lowered[:probes]] == [n for n in problem.searched if n in sum(lowered[:probes], [])]
     assert len(problem.searched) - 2 <= probes <= len(problem.searched)
     assert all(e.within_budget for e in episodes[probes:])
-    assert context.notes["sensitivity_seconds"] >= 0 and context.notes["budgets"] == [0.35]
+    assert context.report.sensitivity_seconds >= 0 and context.report.budgets == [0.35]
     again, _ = run(problem, tmp_path, episodes=40)
     assert [key(e) for e in again] == [key(e) for e in episodes]
 
@@ -209,7 +209,7 @@ def test_beats_random_search_at_equal_evaluations(problem, tmp_path):
 
 def test_budget_conditioned_search_finds_a_policy_for_every_budget(problem, tmp_path):
     episodes, context = run(problem, tmp_path, episodes=48, budgets=[0.25, 0.5])
-    assert context.notes["budgets"] == [0.25, 0.35, 0.5]
+    assert context.report.budgets == [0.25, 0.35, 0.5]
     ratios = [e.cost_ratio[problem.metric] for e in episodes]
     for fraction in (0.25, 0.35, 0.5):
         assert sum(r <= fraction * (1 + 1e-9) for r in ratios) >= 10
