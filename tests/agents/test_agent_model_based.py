@@ -226,9 +226,10 @@ def test_ablations_run_and_count_every_evaluation(problem, tmp_path, switch):
     "kwargs, message",
     [
         ({"rounds": 3}, "unknown key 'rounds'"),
-        ({"budgets": [0.3, -1]}, "budgets must be a list of positive fractions"),
-        ({"candidates": 0}, "candidates must be a whole number >= 1"),
-        ({"prior": "yes"}, "prior must be true or false"),
+        ({"budgets": [0.3, -1]}, r"agent.kwargs.budgets.1 for 'mbppo': Input should be greater than 0, got -1"),
+        ({"candidates": 0}, r"agent.kwargs.candidates for 'mbppo': Input should be greater than or equal to 1, got 0"),
+        ({"prior": "yes"}, r"agent.kwargs.prior for 'mbppo': Input should be a valid boolean, got 'yes'"),
+        ({"candidates": 2.5}, r"agent.kwargs.candidates for 'mbppo': Input should be a valid integer, got 2.5"),
     ],
 )
 def test_bad_options_are_user_errors(kwargs, message):
