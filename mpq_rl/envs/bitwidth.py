@@ -187,6 +187,7 @@ class BitWidthEnv(gym.Env):
         model: EpisodeModel | None = None,
     ) -> None:
         super().__init__()
+        self._owns_problem = problem is None
         if problem is None:
             problem = build_problem(config, workload=workload, costs=costs, evaluator=evaluator)
         self.problem = problem
@@ -370,9 +371,9 @@ class BitWidthEnv(gym.Env):
         return [*self._choices, self._choose(len(self._choices), action)[0]]
 
     def close(self) -> None:
-        """Release the model (restored to FP32) if this environment built its evaluator; a closed environment
-        refuses to step (its model may no longer be the quantized one it scored with)."""
-        if not self._closed:
+        """Release the problem (its model restored to FP32) if this environment built it, never one it was given; a
+        closed environment refuses to step (its model may no longer be the quantized one it scored with)."""
+        if not self._closed and self._owns_problem:
             self.problem.close()
         self._closed = True
         super().close()

@@ -14,6 +14,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
+from mpq_rl.search.problem import build_problem
 from mpq_rl.search.rewards import Outcome, haq
 
 
@@ -213,3 +214,16 @@ def test_step_needs_reset_and_a_closed_environment_refuses_to_step(make_env):
         env.step(np.array([0, 0]))
     with pytest.raises(RuntimeError, match=r"reset\(\) called on a closed environment"):
         env.reset(seed=0)
+
+
+def test_closing_an_environment_leaves_the_problem_it_was_given_scoring_the_same(small_digits_config):
+    """An environment plays a problem it was given; closing it must not detach that problem's simulator (its
+    activation quantization would silently go off and the same policy would score higher)."""
+    problem = build_problem(small_digits_config)  # owns its evaluator, as a run's shared problem does
+    try:
+        lowest = [(0, 0)] * len(problem.searched)
+        before = problem.evaluator.measure(problem.policy(lowest))
+        BitWidthEnv(problem=problem).close()
+        assert problem.evaluator.measure(problem.policy(lowest)) == before
+    finally:
+        problem.close()
