@@ -54,7 +54,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
-from mpq_rl.envs import BitWidthEnv
+from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
 
@@ -89,7 +89,7 @@ EPISODES_PER_UPDATE = 2
 class SurrogateReward:
     """The model environment's reward: minus each layer's predicted proxy loss, scaled so that the all-lowest
     policy loses 1 in all; its features, each candidate's predicted loss divided by the largest of any layer (an
-    :class:`~mpq_rl.envs.bitwidth.EpisodeModel`)."""
+    :class:`~mpq_rl.envs.learned.EpisodeModel`)."""
 
     def __init__(self, surrogate: Surrogate) -> None:
         self.surrogate = surrogate
@@ -147,14 +147,21 @@ class ModelBasedPPO(Searcher):
             problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
         )
 
-    def _env(self, context: SearchContext, sensitivity: Sensitivity, fractions: Sequence[float], model: Any):
-        return BitWidthEnv(
-            problem=context.problem,
-            discrete=True,
-            sensitivity=sensitivity if self.options["sensitivity"] else None,
-            budgets=fractions if len(fractions) > 1 else None,
-            model=model,
-        )
+    def _env(
+        self,
+        context: SearchContext,
+        sensitivity: Sensitivity,
+        fractions: Sequence[float],
+        model: SurrogateReward | None,
+    ):
+        options = {
+            "discrete": True,
+            "sensitivity": sensitivity if self.options["sensitivity"] else None,
+            "budgets": fractions if len(fractions) > 1 else None,
+        }
+        if model is None:
+            return BitWidthEnv(context.problem, **options)
+        return LearnedRewardEnv(context.problem, model, **options)
 
     def _agent(self, env: Any, steps: int, seed: int) -> PPO:
         o = self.options

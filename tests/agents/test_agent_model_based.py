@@ -14,7 +14,7 @@ from mpq_rl.agents.model_based import SurrogateReward
 from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.config import parse_config
-from mpq_rl.envs import BitWidthEnv
+from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.quant import quantize_weight
@@ -151,7 +151,7 @@ def test_budget_conditioned_episodes_end_within_their_own_budget(problem):
 
 def test_model_environment_scores_nothing_and_rewards_each_step(problem, sensitivity):
     reward = SurrogateReward(Surrogate(sensitivity, problem.proxy_fp32))
-    env = BitWidthEnv(problem=problem, discrete=True, sensitivity=sensitivity, model=reward)
+    env = LearnedRewardEnv(problem, reward, discrete=True, sensitivity=sensitivity)
     cached = len(problem.evaluator.cache)
     env.reset(seed=0)
     rewards, info, done = [], {}, False

@@ -9,10 +9,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import mpq_rl  # noqa: F401  (registers mpq_rl/BitWidth-v0)
+import mpq_rl  # noqa: F401  (registers mpq_rl/BitWidth-v1)
 from mpq_rl.config import parse_config
-from mpq_rl.envs import BitWidthEnv
-from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
+from mpq_rl.envs import ENV_ID, BitWidthEnv
+from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
 from mpq_rl.search.problem import build_problem
 from mpq_rl.search.rewards import Outcome, haq
@@ -24,9 +24,8 @@ def make_env(digits_workload, digits_costs, digits_evaluator):
 
     def make(discrete: bool = False, **sections) -> BitWidthEnv:
         config = parse_config(sections)
-        return BitWidthEnv(
-            config, workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator, discrete=discrete
-        )
+        problem = build_problem(config, workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator)
+        return BitWidthEnv(problem, discrete=discrete)
 
     return make
 
@@ -160,22 +159,25 @@ def test_pinned_layers_keep_their_bits(digits_workload, digits_splits, digits_co
     workload = assemble_workload(config, digits_workload.model, digits_splits)
     assert workload.searched[0] != "stem" and "classifier" not in workload.searched
     assert workload.fixed == {"stem": (8, 8), "classifier": (6, 6)}
-    env = BitWidthEnv(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator)
+    env = BitWidthEnv(build_problem(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator))
     assert env.n_steps == 7
     _, _, info = run_episode(env, [-np.ones(2, np.float32)] * env.n_steps)
     assert info["policy"]["stem"] == [8, 8] and info["policy"]["classifier"] == [6, 6]
 
 
-def test_registered_and_made_from_a_yaml_path(tmp_path, digits_model):
+def test_registered_made_from_a_yaml_path_and_closing_its_problem(tmp_path, digits_model):
     path = tmp_path / "run.yaml"
     path.write_text("budget: 0.4\nhardware: {preset: bops, metric: bops}\n")
-    env = gym.make("mpq_rl/BitWidth-v0", config=str(path))
+    env = gym.make(ENV_ID, config=str(path))
+    assert ENV_ID == "mpq_rl/BitWidth-v1" and "mpq_rl/BitWidth-v0" not in gym.registry
     try:
         assert env.unwrapped.budget.fraction == 0.4 and env.unwrapped.problem.metric == "bops"
         _, _, info = run_episode(env.unwrapped, [np.ones(2, np.float32)] * env.unwrapped.n_steps)
         assert info["cost_ratio"]["bops"] <= 0.4 * (1 + 1e-9)
     finally:
         env.close()
+    # the factory built the problem, so closing the environment gave its model back without simulator hooks
+    assert not any(module._forward_pre_hooks for module in env.unwrapped.workload.model.modules())
 
 
 @pytest.mark.parametrize(
