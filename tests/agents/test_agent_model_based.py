@@ -15,7 +15,7 @@ from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
-from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
+from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.quant import quantize_weight
 from mpq_rl.search.problem import build_problem
