@@ -104,7 +104,7 @@ class BitWidthEnv(gym.Env):
     Zero before the last step. At the last step, ``reward.name``: ``haq`` (0.1 x the proxy accuracy difference
     to FP32, in percent), ``mnasnet`` (accuracy x (cost / budget) ^ -0.07), ``releq`` (ReLeQ's shaped reward) or
     a user function of :class:`mpq_rl.search.rewards.Outcome`. With ``penalty`` enforcement, a policy over budget
-    loses :data:`~mpq_rl.search.problem.PENALTY_PER_EXCESS` (10) times its relative excess over the budget.
+    loses :data:`~mpq_rl.search.enforcement.PENALTY_PER_EXCESS` (10) times its relative excess over the budget.
     :class:`~mpq_rl.envs.learned.LearnedRewardEnv` rewards every step by a learned model instead and evaluates
     nothing.
 
@@ -274,12 +274,10 @@ class BitWidthEnv(gym.Env):
         return episode.reward, episode.to_json()
 
     def _choose(self, step: int, action: np.ndarray) -> tuple[Choice, bool]:
-        """The choice ``action`` makes at ``step`` (projected into the budget under ``project`` enforcement) and
-        whether the projection changed it."""
+        """The choice ``action`` makes at ``step``, as the budget rule keeps it (projected under ``project``), and
+        whether the rule changed it."""
         asked = self._to_choice(action)
-        if self.problem.enforcement != "project":
-            return asked, False
-        choice = self.budget.project(step, self._spent, asked)
+        choice = self.problem.enforcement.choose(self.budget, step, self._spent, asked)
         return choice, choice != asked
 
     def pending_choices(self, action: np.ndarray) -> list[Choice] | None:
