@@ -17,7 +17,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
-from mpq_rl.quantization.quant import quantize_weight
+from mpq_rl.quantization.formats import FORMATS
 from mpq_rl.search.problem import build_problem
 from mpq_rl.search.recorder import Recorder
 
@@ -57,7 +57,7 @@ def test_sensitivity_is_the_relative_quantization_error_of_weights_and_inputs(pr
     name = problem.searched[2]
     weight = simulator.fp32_weights[name]
     for j, bits in enumerate(budget.weight_bits):
-        quantized = quantize_weight(weight, bits, "mse", 99.99)
+        quantized = FORMATS["int"].weight_quantizers(weight, [bits], "mse", 99.99)[0].values(weight)
         expected = float((quantized - weight).pow(2).sum() / weight.pow(2).sum())
         assert sensitivity.weight[2, j] == pytest.approx(expected, rel=1e-6)
     sample = simulator.activation_sample(name)
