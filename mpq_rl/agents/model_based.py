@@ -142,9 +142,9 @@ class ModelBasedPPO(Searcher):
     def _sensitivity(self, context: SearchContext) -> Sensitivity:
         problem, budget = context.problem, context.problem.budget
         if not self.options["sensitivity"]:
-            return Sensitivity.theoretical(len(problem.searched), budget.weight_bits, budget.activation_bits)
+            return Sensitivity.theoretical(len(problem.searched), budget.weight_codes, budget.activation_codes)
         return measure_sensitivity(
-            problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
+            problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
         )
 
     def _env(
@@ -335,7 +335,7 @@ def _relaxation_optima(budget: Budget, surrogate: Surrogate, members: int = 4) -
 def _probes(budget: Budget) -> list[tuple[Choice, ...]]:
     """One policy per searched layer: that layer at its cheapest pair (the most bits among equally cheap ones),
     every other layer at the highest bits. Each measures one layer's sensitivity in the proxy itself."""
-    top = (len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)
+    top = (len(budget.weight_codes) - 1, len(budget.activation_codes) - 1)
     found = []
     for step, costs in enumerate(budget.costs):
         cheapest = np.nanmin(costs)
@@ -352,8 +352,8 @@ def _neighbours(budget: Budget, evaluated: dict[tuple[Choice, ...], float], best
     found = []
     for choices in top:
         for step in range(len(choices)):
-            for w in range(len(budget.weight_bits)):
-                for a in range(len(budget.activation_bits)):
+            for w in range(len(budget.weight_codes)):
+                for a in range(len(budget.activation_codes)):
                     changed = list(choices)
                     changed[step] = (w, a)
                     if changed[step] != choices[step] and budget.fits(changed):
@@ -371,7 +371,7 @@ def _random_policies(
         if len(found) == count:
             break
         raw = [
-            (int(rng.integers(len(budget.weight_bits))), int(rng.integers(len(budget.activation_bits))))
+            (int(rng.integers(len(budget.weight_codes))), int(rng.integers(len(budget.activation_codes))))
             for _ in budget.names
         ]
         choices = tuple(budget.projected(raw))

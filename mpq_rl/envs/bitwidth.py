@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from mpq_rl.agents.sensitivity import Sensitivity
 from mpq_rl.envs.observation import FeatureSource, ObservationBuilder
-from mpq_rl.quantization.formats import bits_of, format_of
+from mpq_rl.quantization.formats import Precision
 from mpq_rl.search.budget import Choice
 from mpq_rl.search.problem import SearchProblem
 
@@ -21,13 +21,14 @@ class _Axis:
     """One side's candidates (precision codes) seen as bit-widths x formats, for actions that pick both."""
 
     def __init__(self, codes: Sequence[int], formats: Sequence[str]) -> None:
-        self.bits = sorted({bits_of(c) for c in codes})
-        self.positions = [self.bits.index(bits_of(c)) / max(len(self.bits) - 1, 1) for c in codes]
+        precisions = [Precision.of(c) for c in codes]
+        self.bits = sorted({p.bits for p in precisions})
+        self.positions = [self.bits.index(p.bits) / max(len(self.bits) - 1, 1) for p in precisions]
         """Per candidate, its bit-width's place among the bit-widths, 0 to 1 (the observed previous bits)."""
         self._grid = []
         for name in formats:
-            own = [i for i, c in enumerate(codes) if format_of(c) == name] or list(range(len(codes)))
-            self._grid.append([min(own, key=lambda i, b=b: (abs(bits_of(codes[i]) - b), i)) for b in self.bits])
+            own = [i for i, p in enumerate(precisions) if p.format == name] or list(range(len(codes)))
+            self._grid.append([min(own, key=lambda i, b=b: (abs(precisions[i].bits - b), i)) for b in self.bits])
 
     def candidate(self, format_index: int, bits_index: int) -> int:
         """The candidate of that format nearest to that bit-width."""
@@ -153,9 +154,9 @@ class BitWidthEnv(gym.Env):
         self.weight_only = problem.weight_only
         self.n_steps = len(self.workload.searched)
         self.discrete = discrete
-        n_w, n_a = len(self.budget.weight_bits), len(self.budget.activation_bits)
+        n_w, n_a = len(self.budget.weight_codes), len(self.budget.activation_codes)
         formats = problem.formats
-        axes = [_Axis(self.budget.weight_bits, formats), _Axis(self.budget.activation_bits, formats)]
+        axes = [_Axis(self.budget.weight_codes, formats), _Axis(self.budget.activation_codes, formats)]
         self._axes = axes[:1] if self.weight_only else axes
         self._with_formats = len(formats) > 1
         if self._with_formats:

@@ -65,7 +65,7 @@ class ObservationBuilder:
         with_budget: bool = False,
     ) -> None:
         n_steps = len(problem.searched)
-        n_candidates = len(problem.budget.weight_bits) + len(problem.budget.activation_bits)
+        n_candidates = len(problem.budget.weight_codes) + len(problem.budget.activation_codes)
         bounds = [(f[2], f[3]) for f in OBSERVATION_FEATURES]
         features = static_features(problem)
         if sensitivity is not None:

@@ -202,6 +202,26 @@ def by_format(codes: Iterable[int]) -> list[tuple[Format, list[int]]]:
     return [(FORMATS[name], group) for name, group in groups.items() if group]
 
 
+@dataclass(frozen=True)
+class Precision:
+    """A number format at a bit-width, e.g. ``Precision("fp", 4)``. Policies, budgets, cost tables and caches carry
+    it serialized as its integer code (:func:`precision_code`: ``4``, ``104``); :meth:`of` reads a code back."""
+
+    format: str
+    bits: int
+
+    @classmethod
+    def of(cls, code: int) -> Precision:
+        return cls(format_of(code), bits_of(code))
+
+    @property
+    def code(self) -> int:
+        return precision_code(self.format, self.bits)
+
+    def __str__(self) -> str:
+        return label(self.code)
+
+
 def precision_code(format_name: str, bits: int) -> int:
     """The code of ``format_name`` at ``bits`` (``bits`` itself for integers and floating point)."""
     return FORMAT_NAMES.index(format_name) * FORMAT_CODE_STRIDE + bits

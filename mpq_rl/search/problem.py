@@ -122,8 +122,8 @@ class SearchProblem:
             layer_names=self.costs.layer_names,
             searched=self.workload.searched,
             fixed=self.workload.fixed,
-            weight_bits=candidate_codes(quantization.formats, quantization.weight_bits),
-            activation_bits=candidate_codes(quantization.formats, quantization.activation_candidates),
+            weight_codes=candidate_codes(quantization.formats, quantization.weight_bits),
+            activation_codes=candidate_codes(quantization.formats, quantization.activation_candidates),
             fraction=budget.fraction,
             metric=self.metric,
             reference=self.costs.reference(self.metric),
@@ -143,7 +143,7 @@ class SearchProblem:
         """Every layer's weight and activation precision codes that a policy of this problem can give it."""
         budget = self.budget
         fixed = {name: ((w,), (a,)) for name, (w, a) in self.workload.fixed.items()}
-        return {**fixed, **{name: (budget.weight_bits, budget.activation_bits) for name in self.searched}}
+        return {**fixed, **{name: (budget.weight_codes, budget.activation_codes) for name in self.searched}}
 
     def policy(self, choices: Sequence[Choice]) -> Policy:
         """The full policy (every layer) for one choice per searched layer."""

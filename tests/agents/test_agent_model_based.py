@@ -34,7 +34,7 @@ def problem(digits_workload, digits_evaluator, one_thread):
 def sensitivity(problem) -> Sensitivity:
     budget = problem.budget
     return measure_sensitivity(
-        problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
+        problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
     )
 
 
@@ -56,12 +56,12 @@ def test_sensitivity_is_the_relative_quantization_error_of_weights_and_inputs(pr
     simulator, budget = problem.evaluator.simulator, problem.budget
     name = problem.searched[2]
     weight = simulator.fp32_weights[name]
-    for j, bits in enumerate(budget.weight_bits):
+    for j, bits in enumerate(budget.weight_codes):
         quantized = FORMATS["int"].weight_quantizers(weight, [bits], "mse", 99.99)[0].values(weight)
         expected = float((quantized - weight).pow(2).sum() / weight.pow(2).sum())
         assert sensitivity.weight[2, j] == pytest.approx(expected, rel=1e-6)
     sample = simulator.activation_sample(name)
-    for j, bits in enumerate(budget.activation_bits):
+    for j, bits in enumerate(budget.activation_codes):
         quantizer = simulator.activation(name, bits)
         expected = float((quantizer.values(sample) - sample).pow(2).sum() / sample.pow(2).sum())
         assert sensitivity.activation[2, j] == pytest.approx(expected, rel=1e-6)

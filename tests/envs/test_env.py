@@ -93,8 +93,8 @@ def test_projection_keeps_every_episode_in_budget_and_observes_the_bits_used(mak
         # observation t+1 reports the bits actually used at layer t (after projection)
         for step, name in enumerate(env.workload.searched):
             w, a = info["policy"][name]
-            assert observations[step + 1][11] == pytest.approx(env.budget.weight_bits.index(w) / 6)
-            assert observations[step + 1][12] == pytest.approx(env.budget.activation_bits.index(a) / 6)
+            assert observations[step + 1][11] == pytest.approx(env.budget.weight_codes.index(w) / 6)
+            assert observations[step + 1][12] == pytest.approx(env.budget.activation_codes.index(a) / 6)
 
 
 def test_highest_bits_are_projected_and_lowest_are_left_alone(make_env):

@@ -66,6 +66,10 @@ def test_codes_and_candidates():
     assert formats.candidate_codes(["int"], [2, 4, 8, 32]) == [2, 4, 8, 32]
     assert formats.candidate_codes(["int", "fp", "flint"], [2, 4]) == [2, 4, FP + 4, FLINT + 4]
     assert [formats.label(c) for c in (4, FP + 6, FLINT + 3)] == ["4", "fp6", "flint3"]
+    assert formats.Precision.of(FP + 4) == formats.Precision("fp", 4) and formats.Precision("fp", 4).code == FP + 4
+    assert [str(formats.Precision.of(c)) for c in (8, FLINT + 6)] == ["8", "flint6"]
+    grouped = formats.by_format([FLINT + 4, 8, FP + 4, 2])
+    assert [(f.name, codes) for f, codes in grouped] == [("int", [8, 2]), ("fp", [FP + 4]), ("flint", [FLINT + 4])]
     with pytest.raises(UserError, match="fp has no 2-bit form"):
         formats.check_code(FP + 2, "here")
 
