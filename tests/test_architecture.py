@@ -39,7 +39,7 @@ while the rest of the workloads sit below)."""
 UPWARD_ALLOWED = {
     ("mpq_rl.workloads.workload", "mpq_rl.config"),
     ("mpq_rl.search.problem", "mpq_rl.config"),
-    ("mpq_rl.envs.bitwidth", "mpq_rl.config"),
+    ("mpq_rl.envs.factory", "mpq_rl.config"),
 }
 """The builders that still take the whole RunConfig (load_workload, build_problem, the environment's factory): the
 one remaining climb, to the edge, until they take typed sections."""

@@ -70,7 +70,7 @@ def measurable_pairs(budget: Budget, step: int, weights: list[int], activations:
 
 def measurement_plan(budget: Budget, cap: int) -> list[list[Choice]]:
     """Per searched layer, the pairs to measure: at most ``cap`` in all, thinning the bit candidates to fit."""
-    w_order, a_order = keep_order(budget.weight_bits), keep_order(budget.activation_bits)
+    w_order, a_order = keep_order(budget.weight_codes), keep_order(budget.activation_codes)
     kw, ka = len(w_order), len(a_order)
     while True:
         plan = [measurable_pairs(budget, s, w_order[:kw], a_order[:ka]) for s in range(len(budget.names))]

@@ -67,7 +67,7 @@ def loss_kind(problem: SearchProblem) -> str:
 def input_perturbations(problem: SearchProblem) -> np.ndarray:
     """``||Q_a(x) - x||^2`` of each searched layer's FP32 input over the calibration data: [layer, a candidate]."""
     simulator = problem.evaluator.simulator
-    bits = problem.budget.activation_bits
+    bits = problem.budget.activation_codes
     errors = np.zeros((len(problem.searched), len(bits)))
     row = {name: s for s, name in enumerate(problem.searched)}
 
@@ -107,7 +107,7 @@ def sensitivities(problem: SearchProblem, samples: int = 32, seed: int = 0) -> n
         [
             [
                 0.0 if is_float_bits(b) else float((simulator.weight(n, b) - simulator.fp32_weights[n]).pow(2).sum())
-                for b in budget.weight_bits
+                for b in budget.weight_codes
             ]
             for n in problem.searched
         ]

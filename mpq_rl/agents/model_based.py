@@ -52,7 +52,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mpq_rl.agents.surrogate import Surrogate
-from mpq_rl.envs import BitWidthEnv
+from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.search.budget import Budget, Choice
 from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
@@ -92,7 +92,7 @@ EPISODES_PER_UPDATE = 2
 class SurrogateReward:
     """The model environment's reward: minus each layer's predicted proxy loss, scaled so that the all-lowest
     policy loses 1 in all; its features, each candidate's predicted loss divided by the largest of any layer (an
-    :class:`~mpq_rl.envs.bitwidth.EpisodeModel`)."""
+    :class:`~mpq_rl.envs.learned.EpisodeModel`)."""
 
     def __init__(self, surrogate: Surrogate) -> None:
         self.surrogate = surrogate
@@ -129,19 +129,26 @@ class ModelBasedPPO(Searcher):
     def _sensitivity(self, context: SearchContext) -> Sensitivity:
         problem, budget = context.problem, context.problem.budget
         if not self.options.sensitivity:
-            return Sensitivity.theoretical(len(problem.searched), budget.weight_bits, budget.activation_bits)
+            return Sensitivity.theoretical(len(problem.searched), budget.weight_codes, budget.activation_codes)
         return measure_sensitivity(
-            problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
+            problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
         )
 
-    def _env(self, context: SearchContext, sensitivity: Sensitivity, fractions: Sequence[float], model: Any):
-        return BitWidthEnv(
-            problem=context.problem,
-            discrete=True,
-            sensitivity=sensitivity if self.options.sensitivity else None,
-            budgets=fractions if len(fractions) > 1 else None,
-            model=model,
-        )
+    def _env(
+        self,
+        context: SearchContext,
+        sensitivity: Sensitivity,
+        fractions: Sequence[float],
+        model: SurrogateReward | None,
+    ):
+        options = {
+            "discrete": True,
+            "sensitivity": sensitivity if self.options.sensitivity else None,
+            "budgets": fractions if len(fractions) > 1 else None,
+        }
+        if model is None:
+            return BitWidthEnv(context.problem, **options)
+        return LearnedRewardEnv(context.problem, model, **options)
 
     def _agent(self, env: Any, steps: int, seed: int) -> PPO:
         o = self.options
@@ -312,7 +319,7 @@ def _relaxation_optima(budget: Budget, surrogate: Surrogate, members: int = 4) -
 def _probes(budget: Budget) -> list[tuple[Choice, ...]]:
     """One policy per searched layer: that layer at its cheapest pair (the most bits among equally cheap ones),
     every other layer at the highest bits. Each measures one layer's sensitivity in the proxy itself."""
-    top = (len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)
+    top = (len(budget.weight_codes) - 1, len(budget.activation_codes) - 1)
     found = []
     for step, costs in enumerate(budget.costs):
         cheapest = np.nanmin(costs)
@@ -329,8 +336,8 @@ def _neighbours(budget: Budget, evaluated: dict[tuple[Choice, ...], float], best
     found = []
     for choices in top:
         for step in range(len(choices)):
-            for w in range(len(budget.weight_bits)):
-                for a in range(len(budget.activation_bits)):
+            for w in range(len(budget.weight_codes)):
+                for a in range(len(budget.activation_codes)):
                     changed = list(choices)
                     changed[step] = (w, a)
                     if changed[step] != choices[step] and budget.fits(changed):
@@ -348,7 +355,7 @@ def _random_policies(
         if len(found) == count:
             break
         raw = [
-            (int(rng.integers(len(budget.weight_bits))), int(rng.integers(len(budget.activation_bits))))
+            (int(rng.integers(len(budget.weight_codes))), int(rng.integers(len(budget.activation_codes))))
             for _ in budget.names
         ]
         choices = tuple(budget.projected(raw))

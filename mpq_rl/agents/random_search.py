@@ -21,8 +21,8 @@ from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, par
 def sample_policy(budget: Budget, rng: np.random.Generator) -> list[Choice]:
     """One uniformly drawn choice per searched layer, projected into the budget."""
     layers = len(budget.names)
-    weights = rng.integers(len(budget.weight_bits), size=layers)
-    activations = rng.integers(len(budget.activation_bits), size=layers)
+    weights = rng.integers(len(budget.weight_codes), size=layers)
+    activations = rng.integers(len(budget.activation_codes), size=layers)
     return budget.projected([(int(w), int(a)) for w, a in zip(weights, activations, strict=True)])
 
 

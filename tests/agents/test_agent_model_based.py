@@ -12,10 +12,10 @@ from mpq_rl.agents import build_searcher
 from mpq_rl.agents.model_based import SurrogateReward
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.config import parse_config
-from mpq_rl.envs import BitWidthEnv
-from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
+from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
+from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
-from mpq_rl.quantization.quant import quantize_weight
+from mpq_rl.quantization.formats import FORMATS
 from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
@@ -34,7 +34,7 @@ def problem(digits_workload, digits_evaluator, one_thread):
 def sensitivity(problem) -> Sensitivity:
     budget = problem.budget
     return measure_sensitivity(
-        problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
+        problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
     )
 
 
@@ -56,12 +56,12 @@ def test_sensitivity_is_the_relative_quantization_error_of_weights_and_inputs(pr
     simulator, budget = problem.evaluator.simulator, problem.budget
     name = problem.searched[2]
     weight = simulator.fp32_weights[name]
-    for j, bits in enumerate(budget.weight_bits):
-        quantized = quantize_weight(weight, bits, "mse", 99.99)
+    for j, bits in enumerate(budget.weight_codes):
+        quantized = FORMATS["int"].weight_quantizers(weight, [bits], "mse", 99.99)[0].values(weight)
         expected = float((quantized - weight).pow(2).sum() / weight.pow(2).sum())
         assert sensitivity.weight[2, j] == pytest.approx(expected, rel=1e-6)
     sample = simulator.activation_sample(name)
-    for j, bits in enumerate(budget.activation_bits):
+    for j, bits in enumerate(budget.activation_codes):
         quantizer = simulator.activation(name, bits)
         expected = float((quantizer.values(sample) - sample).pow(2).sum() / sample.pow(2).sum())
         assert sensitivity.activation[2, j] == pytest.approx(expected, rel=1e-6)
@@ -151,7 +151,7 @@ def test_budget_conditioned_episodes_end_within_their_own_budget(problem):
 
 def test_model_environment_scores_nothing_and_rewards_each_step(problem, sensitivity):
     reward = SurrogateReward(Surrogate(sensitivity, problem.proxy_fp32))
-    env = BitWidthEnv(problem=problem, discrete=True, sensitivity=sensitivity, model=reward)
+    env = LearnedRewardEnv(problem, reward, discrete=True, sensitivity=sensitivity)
     cached = len(problem.evaluator.cache)
     env.reset(seed=0)
     rewards, info, done = [], {}, False
