@@ -36,13 +36,14 @@ from torch.utils.tensorboard import SummaryWriter
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.adapt.training import TrainingResult, checked_loader, train
-from mpq_rl.config import ALLOWED_BITS, INTEGER_BITS, REFERENCE_BITS, RunConfig
+from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mpq_rl.quantization.bits import ALLOWED_BITS, INTEGER_BITS, REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy, save_policy
-from mpq_rl.search.logger import TB_DIR, bits_figure
-from mpq_rl.search.recorder import POLICY_FILE
-from mpq_rl.search.run_folder import CONFIG_FILE, check_new_run_folder, exclusive, write_manifest
+from mpq_rl.runs.logger import TB_DIR, bits_figure
+from mpq_rl.runs.recorder import POLICY_FILE
+from mpq_rl.runs.run_folder import CONFIG_FILE, check_new_run_folder, exclusive, write_manifest
 from mpq_rl.workloads.workload import Workload, load_workload
 
 SUMMARY_FORMAT = "mpq_rl.adapt/1"
@@ -242,7 +243,7 @@ def _write(
     history: _History,
     summary: dict[str, Any],
 ) -> None:
-    from mpq_rl.search.run_folder import write_config
+    from mpq_rl.runs.run_folder import write_config
 
     quant = config.quantization
     w_bits = sorted({*quant.weight_bits, *(w for w, _ in policy.values())})

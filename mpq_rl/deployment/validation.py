@@ -19,8 +19,9 @@ from torch.utils.data import Dataset, Subset
 
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.qat import LsqAttachment
-from mpq_rl.search.metrics import model_outputs, top1
+from mpq_rl.search.metrics import top1
 from mpq_rl.workloads.data import Batches, make_batches
+from mpq_rl.workloads.model_io import model_outputs
 
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0
