@@ -1,0 +1,156 @@
+"""hawq's peak memory on deep models: its ranked ILP solutions at 200 evaluations, 22 and 50 layers.
+
+Each depth runs in a fresh subprocess: ``Linear(64, 64)`` + ReLU blocks (:func:`benchmarks.many_layers.blocks`),
+128 calibration samples, 7 x 7 bit pairs, Bit Fusion latency at 0.5 of W8A8, fidelity proxy, seed 1; hawq (8
+Rademacher samples) scores 200 policies. The subprocess reports its peak resident memory
+(``resource.getrusage``'s ``ru_maxrss``); a watchdog thread ends it as soon as its resident memory passes the
+ceiling (so a search whose memory grows without bound is reported, not left to the kernel), with the evaluations
+scored by then. Torch runs one thread. Target (issue 26): 50 layers at 200 evaluations within 2 GB resident.
+
+Run: ``python benchmarks/hawq_memory.py [--depths 22 50] [--evaluations 200] [--ceiling-gb 3]``; it rewrites its
+section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import Writer, machine, machine_lines, publish, table, verdict, write_section
+
+NAME = "hawq_memory"
+DEPTHS = (22, 50)
+EVALUATIONS = 200
+TARGET_GB = 2.0
+SAMPLES = 128
+EXCEEDED = 3
+"""The subprocess's exit status when the watchdog ended it at the ceiling."""
+BEFORE = ""
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _watch(ceiling: int, scored: list[int], began: float) -> None:
+    """End the process (status :data:`EXCEEDED`) once its resident memory passes ``ceiling`` bytes."""
+    while True:
+        if _resident_bytes() > ceiling:
+            print(json.dumps({"exceeded": True, "evaluations": scored[0], "seconds": time.perf_counter() - began}))
+            sys.stdout.flush()
+            os._exit(EXCEEDED)
+        time.sleep(0.05)
+
+
+def worker(depth: int, evaluations: int, ceiling: int) -> dict[str, Any]:
+    """hawq on a ``depth``-layer model for ``evaluations`` evaluations, in this process (run it in a fresh one)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from benchmarks.many_layers import blocks
+    from mpq_rl.agents import build_searcher
+    from mpq_rl.agents.base import SearchContext
+    from mpq_rl.config import parse_config
+    from mpq_rl.search.problem import build_problem
+    from mpq_rl.workloads.workload import assemble_workload
+
+    torch.set_num_threads(1)
+    began = time.perf_counter()
+    scored = [0]
+    threading.Thread(target=_watch, args=(ceiling, scored, began), daemon=True).start()
+    inputs = torch.randn(SAMPLES, 64, generator=torch.Generator().manual_seed(1))
+    splits = {"calibration": TensorDataset(inputs), "test": TensorDataset(inputs)}
+    config = parse_config(
+        {
+            "data": {"name": "none", "calibration_samples": SAMPLES, "batch_size": SAMPLES},
+            "proxy": {"metric": "fidelity"},
+            "budget": 0.5,
+        }
+    )
+    problem = build_problem(config, workload=assemble_workload(config, blocks(depth), splits))
+    built = _resident_bytes()
+
+    def record(_episode: Any) -> None:
+        scored[0] += 1
+
+    context = SearchContext(problem=problem, episodes=evaluations, seed=1, record=record, output=Path("."))
+    build_searcher("hawq", {"samples": 8}).search(context)
+    return {
+        "exceeded": False,
+        "evaluations": scored[0],
+        "seconds": time.perf_counter() - began,
+        "built_mb": built / 2**20,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def measure(depth: int, evaluations: int, ceiling_gb: float) -> dict[str, Any]:
+    """:func:`worker` in a fresh subprocess: its peak resident memory, or where it passed the ceiling."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    ceiling = int(ceiling_gb * 2**30)
+    command = [sys.executable, __file__, "--worker", str(depth), str(evaluations), str(ceiling)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode not in (0, EXCEEDED):
+        raise RuntimeError(f"hawq_memory worker failed: {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["exceeded"]:
+        result["peak_mb"] = ceiling / 2**20
+    return {"depth": depth, "asked": evaluations, "ceiling_gb": ceiling_gb, **result}
+
+
+def run(depths: Sequence[int] = DEPTHS, evaluations: int = EVALUATIONS, ceiling_gb: float = 3.0) -> dict[str, Any]:
+    info = machine()
+    results = [measure(depth, evaluations, ceiling_gb) for depth in depths]
+    return {"machine": info, "end_load": machine()["load_average"], "results": results}
+
+
+def report(outcome: dict[str, Any]) -> list[str]:
+    rows = []
+    for r in outcome["results"]:
+        peak = f"> {r['ceiling_gb']:.1f} GB (ended)" if r["exceeded"] else f"{r['peak_mb']:.0f} MB"
+        judged = "" if r["exceeded"] else f" ({verdict(r['peak_mb'] / 1024, TARGET_GB, at_most=True)})"
+        rows.append([r["depth"], f"{r['evaluations']} of {r['asked']}", f"{r['seconds']:.1f}", peak + judged])
+    return [
+        "## hawq's peak memory on deep models",
+        "",
+        f"`Linear(64, 64)` + ReLU blocks, {SAMPLES} calibration samples, 7 x 7 bit pairs, latency at 0.5 of W8A8, "
+        "seed 1, hawq with 8 Rademacher samples; each depth in a fresh subprocess, peak resident memory from "
+        f"`ru_maxrss`, a watchdog ending it at the ceiling. Target: <= {TARGET_GB} GB at 50 layers.",
+        "",
+        *machine_lines(outcome["machine"], outcome["end_load"]),
+        "",
+        *table(["layers", "evaluations scored", "wall s", "peak resident"], rows),
+        *(["", BEFORE] if BEFORE else []),
+    ]
+
+
+def main(argv: Sequence[str] | None = None, write: Writer = write_section) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
+    parser.add_argument("--evaluations", type=int, default=EVALUATIONS)
+    parser.add_argument("--ceiling-gb", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    outcome = run(args.depths, args.evaluations, args.ceiling_gb)
+    publish(NAME, report(outcome), write)
+    return outcome
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        print(json.dumps(worker(*map(int, sys.argv[2:5]))))
+    else:
+        main()
