@@ -145,6 +145,11 @@ def _search(
     cached_at_start = len(evaluator.cache)
     previous = read_episodes(folder / EPISODES_FILE, problem) if resuming else []
     point = searcher.resume_point(folder) if previous else None
+    if point is not None and point > len(previous):
+        raise UserError(
+            f"{folder / CHECKPOINT_DIR} covers {point} episodes but {EPISODES_FILE} holds {len(previous)}: restore "
+            f"{EPISODES_FILE}, or delete the checkpoint folder to re-run the agent from its seed"
+        )
     kept = len(previous) if point is None else min(point, len(previous))
     logged = min(logged_episodes(folder), kept) if resuming else None
     write_config(folder, config)

@@ -982,6 +982,7 @@ FORGED = {
         _state(lambda s: s["exploration"]["generator"]["state"].update(state=2**200)),
         "not a generator state",
     ),
+    "episodes beyond the run": (_state(lambda s: s.update(episodes=100)), "covers 100 episodes but episodes.csv"),
     "header claims 30 GB": (_huge_header, "is not an .npz archive of plain arrays"),
     "zip bomb": (_zip_bomb, "is not an .npz archive of plain arrays"),
     "deep nesting": (lambda r: _text_state(r, "[" * 100_000 + "]" * 100_000), "nested too deeply"),
