@@ -10,6 +10,7 @@ with ``lstat`` before it is used; anything else is refused in one line naming it
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -68,7 +69,7 @@ def open_regular(path: str | Path, flags: int = os.O_RDONLY, mode: int = 0o666) 
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the last component is a symbolic link
+        if exc.errno == errno.ELOOP:  # the last component is a symbolic link
             raise _refusal(path, stat.S_IFLNK) from None
         raise
     info = os.fstat(fd)

@@ -177,10 +177,20 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
     except SafetensorError:
         raise UserError(f"{folder / state.files[PARAMETERS].name} is not a safetensors file: {_FIX}") from None
     _check_tensors(tensors, folder / state.files[PARAMETERS].name)
+    if state.exploration is not None:
+        _check_generator(state.exploration.generator, path)
     buffer = None
     if REPLAY_BUFFER in state.files:
         buffer = _read_buffer(folder / state.files[REPLAY_BUFFER].name, _verified(folder, state.files[REPLAY_BUFFER]))
     return Checkpoint(folder, state, tensors, buffer)
+
+
+def _check_generator(saved: dict[str, Any], path: Path) -> None:
+    """A :class:`UserError` unless ``saved`` is a state NumPy's default generator takes."""
+    try:
+        np.random.default_rng().bit_generator.state = saved
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise UserError(f"{path}: exploration.generator is not a generator state: {_FIX}") from None
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -256,10 +266,7 @@ def load_checkpoint(model: BaseAlgorithm, checkpoint: Checkpoint) -> None:
     exploration = getattr(model, "exploration", None)
     if exploration is not None and state.exploration is not None:
         exploration.episode = state.exploration.episode
-        try:
-            exploration.rng.bit_generator.state = state.exploration.generator
-        except (TypeError, ValueError, KeyError, OverflowError):
-            raise UserError(f"{folder / STATE_FILE}: exploration.generator is not a generator state: {_FIX}") from None
+        exploration.rng.bit_generator.state = state.exploration.generator  # checked by read_checkpoint
 
 
 def _load_tensors(model: BaseAlgorithm, tensors: dict[str, torch.Tensor], path: Path) -> None:

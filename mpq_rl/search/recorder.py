@@ -197,9 +197,9 @@ class Recorder:
         if self.replay > 0:
             self.replay -= 1
             return
-        self.count += 1
-        number = self.count
-        self._write_row(number, episode)
+        number = self.count + 1
+        self._write_row(number, episode)  # counted once written: an interruption reports the rows on disk
+        self.count = number
         improved = self._track(number, episode)
         if improved:
             self._save_best()
