@@ -78,9 +78,9 @@ def worker(depth: int, evaluations: int, ceiling: int, seconds: float, grid: str
 
     from benchmarks.many_layers import blocks
     from mpq_rl.agents import build_searcher
-    from mpq_rl.agents.base import SearchContext
     from mpq_rl.config import parse_config
     from mpq_rl.search.problem import build_problem
+    from mpq_rl.search.searcher import SearchContext
     from mpq_rl.workloads.workload import assemble_workload
 
     torch.set_num_threads(1)

@@ -55,6 +55,9 @@ OPTIMIZER_FIELDS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_a
 
 Count = Annotated[StrictInt, Field(ge=0, le=COUNT_LIMIT)]
 
+CHECKPOINT_DIR = "checkpoint"
+"""The subfolder of the searcher's output folder (the run folder) that holds its checkpoint."""
+
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
