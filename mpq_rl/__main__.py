@@ -2,6 +2,10 @@
 
 import sys
 
-from mpq_rl.cli import main
+try:
+    from mpq_rl.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing has started
+    print("mpq-rl: interrupted while starting; nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -1,4 +1,9 @@
-"""The ``mpq-rl`` command line. User mistakes print one line and exit with status 2, no traceback."""
+"""The ``mpq-rl`` command line. User mistakes print one line and exit with status 2, no traceback.
+
+Exit status: 0 done; 2 (:data:`EXIT_USER_ERROR`) a user error, or the system refused a file operation (the disk
+full, a file or folder removed under a running command), with one line saying what happened, what was kept and how
+to go on; 130 (:data:`EXIT_INTERRUPTED`) Ctrl-C, with one line saying how to resume.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
-from mpq_rl.io import check_output_file, json_text
+from mpq_rl.io import check_output_file, json_text, short
 from mpq_rl.search.settings import BACKENDS
 from mpq_rl.search.threads import set_torch_threads, threads_per_process
 from mpq_rl.text_table import render_table
@@ -381,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _go_on(args: argparse.Namespace) -> str:
+    """How to continue the command ``args`` after it stopped: resume a search, or run the command again."""
+    folder = getattr(args, "resume", None) or (getattr(args, "output", None) if args.command == "search" else None)
+    if folder is not None:
+        return f"the run folder keeps every episode recorded so far; resume with: mpq-rl search --resume {folder}"
+    if args.command == "compare":
+        return f"finished runs are kept; run the same command again to continue in {args.output}"
+    return "nothing half-written was left behind; run the same command again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -389,8 +404,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mpq-rl: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
-        print(f"mpq-rl: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"mpq-rl: {str(exc) or 'interrupted; ' + _go_on(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the disk full, a file or folder removed under the run: the system's doing, not ours
+        what = exc.strerror or type(exc).__name__
+        where = f" ({short(str(exc.filename), 80)})" if exc.filename else ""
+        print(f"mpq-rl: error: {what}{where}; {_go_on(args)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

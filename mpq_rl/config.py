@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from mpq_rl.errors import UserError
 from mpq_rl.hardware.settings import HardwareConfig
+from mpq_rl.io import NUMBER_DIGITS, short
 from mpq_rl.quantization.settings import QuantizationConfig
 from mpq_rl.search.settings import BudgetConfig, ParallelConfig, ProxyConfig, RewardConfig
 from mpq_rl.settings import FilePath, Section
@@ -111,13 +112,13 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"unknown key {key!r}: remove it or check its spelling"
+        return f"unknown key {short(repr(key))}: remove it or check its spelling"
     if kind == "missing":
         return f"missing key {key!r}"
     msg = error["msg"].removeprefix("Value error, ")
     if kind == "value_error":
         return f"key {key!r}: {msg}"
-    return f"key {key!r}: {msg[0].lower() + msg[1:]}, got {error.get('input')!r}"
+    return f"key {short(repr(key))}: {msg[0].lower() + msg[1:]}, got {short(repr(error.get('input')))}"
 
 
 def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConfig:
@@ -126,11 +127,35 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConf
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping of sections (seed, model, data, ...), got {type(data).__name__}")
+    _refuse_oversized(data, source)
     _refuse_non_finite(data, source, "")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+CONFIG_BYTES = 1 << 20
+"""The largest config file mpq-rl reads (a config is a few kB)."""
+CONFIG_NODES = 100_000
+"""The most values a config may hold once YAML's aliases are expanded (an alias bomb holds billions)."""
+CONFIG_DEPTH = 32
+
+
+def _refuse_oversized(data: Any, source: str) -> None:
+    """Refuse a config nested deeper than :data:`CONFIG_DEPTH`, of more than :data:`CONFIG_NODES` values with
+    aliases expanded, or holding an integer of more than :data:`~mpq_rl.io.NUMBER_DIGITS` digits."""
+    pending, count = [(data, 0)], 0
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if count > CONFIG_NODES or depth > CONFIG_DEPTH:
+            what = f"more than {CONFIG_NODES:,} values" if count > CONFIG_NODES else f"nested over {CONFIG_DEPTH} deep"
+            raise UserError(f"{source}: the config holds {what} (YAML aliases expanded): write it out plainly")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**NUMBER_DIGITS:
+            raise UserError(f"{source}: an integer of more than {NUMBER_DIGITS} digits: no setting needs one")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children)
 
 
 def _refuse_non_finite(value: Any, source: str, key: str) -> None:
@@ -153,12 +178,19 @@ def load_config(path: str | Path | dict[str, Any] | RunConfig | None = None) -> 
         raise UserError(f"config file {str(path)!r} is a folder: pass the path of a YAML run configuration")
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist: pass the path of a YAML run configuration")
+    from mpq_rl.safe_files import read_bytes
+
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        text = read_bytes(path, CONFIG_BYTES).decode("utf-8")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except OSError as exc:
         raise UserError(f"config file {path} cannot be read ({exc.strerror}): check its permissions") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not UTF-8 text: save it as UTF-8") from None
+    except RecursionError:
+        raise UserError(f"{path}: the config is nested too deeply: write it out plainly") from None
+    except ValueError:  # an integer of over 4,300 digits
+        raise UserError(f"{path}: a number too long to read: no setting needs one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -75,13 +75,30 @@ def _null_for_non_finite(value: Any) -> Any:
     return value
 
 
-def read_json(path: str | Path, fix: str, strict: bool = False) -> Any:
+READ_LIMIT = 256 * 2**20
+"""The most bytes mpq-rl reads from one JSON file of a run folder (an evaluation cache of a long run is a few MB)."""
+NUMBER_DIGITS = 40
+"""The most digits of an integer in a file mpq-rl reads (Python refuses over 4,300, with a traceback)."""
+
+
+def short(text: str, length: int = 40) -> str:
+    """``text`` for an error message: at most ``length`` characters of it, then how many more there were."""
+    return text if len(text) <= length else f"{text[:length]}... ({len(text) - length:,} more characters)"
+
+
+def read_json(path: str | Path, fix: str, strict: bool = False, limit: int = READ_LIMIT) -> Any:
     """The JSON value in ``path``; a :class:`UserError` naming the file, what is wrong and ``fix`` (how to repair
-    it) if the file cannot be read, is not UTF-8 or is not JSON. ``strict`` also refuses what Python's reader lets
-    through but JSON does not allow: ``NaN``/``Infinity`` and a key given twice in one object."""
-    hooks = {"parse_constant": _no_constant, "object_pairs_hook": _unique_keys} if strict else {}
+    it) if the file cannot be read, is not a regular file (:mod:`mpq_rl.safe_files`), holds more than ``limit``
+    bytes, is not UTF-8 or is not JSON, nests too deeply or has an integer of more than :data:`NUMBER_DIGITS`
+    digits. ``strict`` also refuses what Python's reader lets through but JSON does not allow: ``NaN``/``Infinity``
+    and a key given twice in one object."""
+    from mpq_rl.safe_files import read_bytes
+
+    hooks: dict[str, Any] = {"parse_int": _bounded_int}
+    if strict:
+        hooks.update(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"), **hooks)
+        return json.loads(read_bytes(path, limit).decode("utf-8"), **hooks)
     except OSError as exc:
         reason = f"cannot be read ({exc.strerror})"
     except UnicodeDecodeError:
@@ -93,6 +110,12 @@ def read_json(path: str | Path, fix: str, strict: bool = False) -> Any:
     except _NotJson as exc:
         reason = f"is not valid JSON ({exc})"
     raise UserError(f"{path} {reason}: {fix}")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > NUMBER_DIGITS:
+        raise _NotJson(f"an integer of {len(text):,} digits, more than {NUMBER_DIGITS}")
+    return int(text)
 
 
 class _NotJson(ValueError):
@@ -107,6 +130,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _NotJson(f"key {key!r} is given twice in one object")
+            raise _NotJson(f"key {short(repr(key))} is given twice in one object")
         result[key] = value
     return result

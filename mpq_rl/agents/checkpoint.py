@@ -36,7 +36,8 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.save_util import recursive_getattr
 
 from mpq_rl.errors import UserError
-from mpq_rl.io import atomic_write_bytes, atomic_write_json, read_json
+from mpq_rl.io import atomic_write_bytes, atomic_write_json, read_json, short
+from mpq_rl.safe_files import read_bytes
 
 STATE_FILE = "state.json"
 FORMAT = "mpq_rl.checkpoint/1"
@@ -45,7 +46,14 @@ _SUFFIXES = {PARAMETERS: ".safetensors", REPLAY_BUFFER: ".npz"}
 _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 _FIX = "delete the checkpoint folder to re-run the agent from its seed (cached evaluations are reused)"
 
-Count = Annotated[StrictInt, Field(ge=0)]
+COUNT_LIMIT = 10**12
+"""Above any counter a run reaches (environment steps, updates, episodes)."""
+FILE_LIMIT = 1 << 30
+"""The most bytes read from one checkpoint file, and the most an array of the replay buffer may unpack to."""
+OPTIMIZER_FIELDS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "momentum_buffer", "grad_avg")
+"""What the optimizers of SB3's agents (Adam, RMSprop) keep per parameter."""
+
+Count = Annotated[StrictInt, Field(ge=0, le=COUNT_LIMIT)]
 
 CHECKPOINT_DIR = "checkpoint"
 """The subfolder of the searcher's output folder (the run folder) that holds its checkpoint."""
@@ -171,17 +179,44 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
         tensors = load_tensors(_verified(folder, state.files[PARAMETERS]))
     except SafetensorError:
         raise UserError(f"{folder / state.files[PARAMETERS].name} is not a safetensors file: {_FIX}") from None
+    _check_tensors(tensors, folder / state.files[PARAMETERS].name)
+    if state.exploration is not None:
+        _check_generator(state.exploration.generator, path)
     buffer = None
     if REPLAY_BUFFER in state.files:
         buffer = _read_buffer(folder / state.files[REPLAY_BUFFER].name, _verified(folder, state.files[REPLAY_BUFFER]))
     return Checkpoint(folder, state, tensors, buffer)
 
 
+def _check_generator(saved: dict[str, Any], path: Path) -> None:
+    """A :class:`UserError` unless ``saved`` is a state NumPy's default generator takes."""
+    try:
+        np.random.default_rng().bit_generator.state = saved
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise UserError(f"{path}: exploration.generator is not a generator state: {_FIX}") from None
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every tensor float32 and finite; an optimizer's ``step`` a count, its other fields known ones."""
+    for key, value in tensors.items():
+        if value.dtype != torch.float32 or not bool(torch.isfinite(value).all()):
+            raise UserError(f"{path}: {short(key)} is not finite float32 values ({value.dtype}): {_FIX}")
+        parts = key.split("/")
+        if len(parts) == 3 and parts[1].isdigit():  # an optimizer's object/parameter/field
+            field = parts[2]
+            if field not in OPTIMIZER_FIELDS:
+                raise UserError(f"{path}: {short(key)} is not an optimizer field SB3 keeps: {_FIX}")
+            if field == "step" and (value.dim() != 0 or not 0 <= float(value) <= COUNT_LIMIT):
+                raise UserError(f"{path}: {short(key)} is not a count of steps: {_FIX}")
+            if field != "step" and value.dim() == 0:
+                raise UserError(f"{path}: {short(key)} is a single number, not one per parameter value: {_FIX}")
+
+
 def _verified(folder: Path, file: _File) -> bytes:
     """The bytes of a checkpoint file, if they match the digest ``state.json`` recorded for them."""
     path = folder / file.name
     try:
-        data = path.read_bytes()
+        data = read_bytes(path, FILE_LIMIT)
     except OSError as exc:
         raise UserError(f"checkpoint file {path} cannot be read ({exc.strerror}): {_FIX}") from None
     if hashlib.sha256(data).hexdigest() != file.sha256:
@@ -189,15 +224,34 @@ def _verified(folder: Path, file: _File) -> bytes:
     return data
 
 
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def _read_buffer(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of the replay buffer's ``.npz``, each checked to unpack to at most :data:`FILE_LIMIT` bytes (by
+    the sizes its zip entry and its ``.npy`` header declare) before it is unpacked, and to be finite."""
     try:
-        archive = np.load(io.BytesIO(data), allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        with archive:
-            return {name: archive[name] for name in archive.files}
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            arrays = {}
+            for info in archive.infolist():
+                if info.file_size > FILE_LIMIT or not info.filename.endswith(".npy"):
+                    raise ValueError(f"{info.filename} is not an array of at most {FILE_LIMIT:,} bytes")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = _HEADER_READERS.get(version)
+                    if read_header is None:
+                        raise ValueError(f"{info.filename} is an .npy of version {version}")
+                    shape, _, dtype = read_header(member)
+                    if dtype.hasobject or np.prod(shape, dtype=np.float64) * dtype.itemsize > FILE_LIMIT:
+                        raise ValueError(f"{info.filename} declares more than {FILE_LIMIT:,} bytes")
+                with archive.open(info) as member:
+                    arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(member, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile):
         raise UserError(f"{path} is not an .npz archive of plain arrays (never unpickled): {_FIX}") from None
+    for name, value in arrays.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise UserError(f"{path}: {short(name)} holds values that are not finite: {_FIX}")
+    return arrays
 
 
 def load_checkpoint(model: BaseAlgorithm, checkpoint: Checkpoint) -> None:
@@ -215,10 +269,7 @@ def load_checkpoint(model: BaseAlgorithm, checkpoint: Checkpoint) -> None:
     exploration = getattr(model, "exploration", None)
     if exploration is not None and state.exploration is not None:
         exploration.episode = state.exploration.episode
-        try:
-            exploration.rng.bit_generator.state = state.exploration.generator
-        except (TypeError, ValueError, KeyError):
-            raise UserError(f"{folder / STATE_FILE}: exploration.generator is not a generator state: {_FIX}") from None
+        exploration.rng.bit_generator.state = state.exploration.generator  # checked by read_checkpoint
 
 
 def _load_tensors(model: BaseAlgorithm, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -239,7 +290,7 @@ def _load_tensors(model: BaseAlgorithm, tensors: dict[str, torch.Tensor], path: 
                 index, _, field = key.partition("/")
                 if not index.isdigit() or int(index) >= len(params):
                     raise mismatch(f"{name}/{key} names no parameter")
-                if value.dim() > 0 and value.shape != params[int(index)].shape:
+                if field != "step" and value.shape != params[int(index)].shape:
                     raise mismatch(f"{name}/{key} has shape {tuple(value.shape)}")
                 state.setdefault(int(index), {})[field] = value
             live["state"] = state

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,8 @@ class HawqOptions(SearcherOptions):
     alternatives: int | None = Field(None, ge=0)
 
 
+FRONTIER_ENTRIES = 400_000
+"""The most partial policies :func:`ranked_policies` keeps (about 150 MB)."""
 ILP_MARGIN = 1e-6
 """Relative tightening of the ILP's budget row (in units of the reference cost), so that the costs summed in
 another order can never leave a solution over the budget's own check."""
@@ -170,26 +173,56 @@ class _RelaxationBound:
             value += (float(saved[i]) - gained) * (extra - before) / (float(spent[i]) - before)
         return value
 
+    def reached(self, k: int, left: float) -> float:
+        """The objective of a policy of layers ``k, ...`` that costs at most ``left`` (which their cheapest choices
+        must fit): the relaxation's whole segments only, each layer at a vertex of its hull, an upper bound on
+        their best policy within ``left`` (infinite if even their cheapest choices exceed it)."""
+        extra = left - self.base_cost[k]
+        if extra < 0.0:
+            return math.inf
+        i = int(np.searchsorted(self.spent[k], extra, side="right"))
+        return self.base_value[k] + (float(self.saved[k][i - 1]) if i else 0.0)
 
-def ranked_policies(objective: np.ndarray, costs: np.ndarray, capacity: float) -> Iterator[list[Choice]]:
+
+def ranked_policies(
+    objective: np.ndarray,
+    costs: np.ndarray,
+    capacity: float,
+    limit: int | None = None,
+    frontier: int = FRONTIER_ENTRIES,
+    notes: dict[str, Any] | None = None,
+) -> Iterator[list[Choice]]:
     """Every choice per layer with ``sum costs[s, w, a] <= capacity``, in increasing order of
-    ``sum objective[s, w, a]``: the ILP's optimum first, then its next-best solutions, lazily.
+    ``sum objective[s, w, a]``: the ILP's optimum first, then its next-best solutions, lazily; the first ``limit``
+    of them only, when given.
 
     ``objective`` and ``costs`` are [layer, w, a]; NaN costs mark pairs that cannot be chosen; of policies with
     equal objective, the costlier comes first. A best-first
     (A*) search over the layers in order: a partial policy's key is its objective so far plus a lower bound on
     the rest (:class:`_RelaxationBound`, the LP relaxation within the capacity left). A complete policy is popped
     only when no partial one could complete below it, so policies come out exactly in order.
+
+    With a ``limit`` the frontier stays bounded: the partial policies on the heap complete to different policies,
+    each at most its objective so far plus :meth:`_RelaxationBound.reached`; once ``limit`` (less those already
+    listed) of these upper bounds lie below ``t``, no policy above ``t`` can be among those still wanted, so
+    whenever the heap doubles, every entry whose key exceeds the ``limit``-th smallest upper bound is dropped, and
+    so is every new one above it. The policies listed, and their order, are those of the search without it.
+
+    The heap never holds more than ``frontier`` entries: past it, only the half with the least keys is kept (a
+    beam; ``notes["hawq_ranking"]`` then says ``"beam"``, else ``"exact"``). The policies still come out in
+    increasing objective, each the best of those left, but a dropped one may be missing.
     """
     layers = costs.shape[0]
     options: list[list[tuple[float, float, Choice]]] = [[] for _ in range(layers)]
     for s, w, a in np.argwhere(~np.isnan(costs)).tolist():
         options[s].append((float(costs[s, w, a]), float(objective[s, w, a]), (w, a)))
-    if any(not layer for layer in options):
+    if any(not layer for layer in options) or limit == 0:
         return
     relaxation = _RelaxationBound(options)
     # Rounding in the bounds' sums must not let a bound exceed what a completion actually reaches.
     slack = 1e-9 * sum(max(abs(v) for _, v, _ in layer) for layer in options) + 1e-300
+    # Nor let an upper bound's policy cost more than the search finds within the capacity.
+    cost_slack = 1e-9 * sum(max(c for c, _, _ in layer) for layer in options) + 1e-300
 
     def bound(k: int, left: float) -> float | None:
         value = relaxation(k, left)
@@ -199,16 +232,26 @@ def ranked_policies(objective: np.ndarray, costs: np.ndarray, capacity: float) -
     if root is None:
         return
     order = itertools.count()
-    # (key, minus the cost spent, arrival, depth, cost spent, objective, choices): among policies of equal
-    # objective the costlier comes first (the second-order model cannot tell them apart; more bits is the safer
-    # guess), then the one found first.
-    heap: list[tuple[float, float, int, int, float, float, tuple[Choice, ...]]] = [
-        (root, 0.0, next(order), 0, 0.0, 0.0, ())
-    ]
+    wanted = math.inf if limit is None else limit
+    threshold = math.inf
+    # (key, minus the cost spent, arrival, depth, cost spent, objective, choices as (last, rest) links): among
+    # policies of equal objective the costlier comes first (the second-order model cannot tell them apart; more
+    # bits is the safer guess), then the one found first.
+    heap: list[tuple[float, float, int, int, float, float, Any]] = [(root, 0.0, next(order), 0, 0.0, 0.0, None)]
+    prune_at = min(4 * wanted, frontier)
+    if notes is not None:
+        notes["hawq_ranking"] = "exact"
     while heap:
         _, _, _, depth, spent, value, chosen = heapq.heappop(heap)
         if depth == layers:
-            yield list(chosen)
+            policy: list[Choice] = []
+            while chosen is not None:
+                choice, chosen = chosen
+                policy.append(choice)
+            yield policy[::-1]
+            wanted -= 1
+            if wanted == 0:
+                return
             continue
         for cost, v, choice in options[depth]:
             rest = bound(depth + 1, capacity - spent - cost)
@@ -216,7 +259,20 @@ def ranked_policies(objective: np.ndarray, costs: np.ndarray, capacity: float) -
                 continue
             total, used = value + v, spent + cost
             key = total if depth + 1 == layers else total + rest
-            heapq.heappush(heap, (key, -used, next(order), depth + 1, used, total, (*chosen, choice)))
+            arrival = next(order)
+            if key <= threshold:
+                heapq.heappush(heap, (key, -used, arrival, depth + 1, used, total, (choice, chosen)))
+        if len(heap) > prune_at:
+            if limit is not None:
+                reached = [entry[5] + relaxation.reached(entry[3], capacity - entry[4] - cost_slack) for entry in heap]
+                threshold = min(threshold, heapq.nsmallest(int(wanted), reached)[-1] + slack)
+                heap = [entry for entry in heap if entry[0] <= threshold]
+            if len(heap) > frontier:
+                heap = heapq.nsmallest(frontier // 2, heap)
+                if notes is not None:
+                    notes["hawq_ranking"] = "beam"
+            heapq.heapify(heap)
+            prune_at = min(max(prune_at, 2 * len(heap)), frontier)
 
 
 class Hawq(Searcher):
@@ -235,15 +291,19 @@ class Hawq(Searcher):
         omega = sensitivities(problem, self.samples, context.seed)
         capacity = (budget.limit - budget.fixed_cost) - ILP_MARGIN * budget.reference
         extra = context.remaining - 1 if self.alternatives is None else int(self.alternatives)
-        ranked = ranked_policies(omega, budget.costs, capacity)
-        # None only when the budget is within the margin of the cheapest policy
-        first = next(ranked, None) or budget.projected([budget.top_choice()] * len(omega))
-        context.score(first)
-        found = 1
-        while not context.done and found <= extra:
-            count = min(max(context.n_envs, 1), extra + 1 - found, context.remaining)
-            batch = list(itertools.islice(ranked, count))
-            if not batch:
-                return
-            found += len(batch)
-            context.score_many(batch)
+        notes: dict[str, Any] = {}
+        ranked = ranked_policies(omega, budget.costs, capacity, limit=extra + 1, notes=notes)
+        try:
+            # None only when the budget is within the margin of the cheapest policy
+            first = next(ranked, None) or budget.projected([budget.top_choice()] * len(omega))
+            context.score(first)
+            found = 1
+            while not context.done and found <= extra:
+                count = min(max(context.n_envs, 1), extra + 1 - found, context.remaining)
+                batch = list(itertools.islice(ranked, count))
+                if not batch:
+                    return
+                found += len(batch)
+                context.score_many(batch)
+        finally:
+            context.report.hawq_ranking = notes.get("hawq_ranking")

@@ -433,7 +433,6 @@ def export_onnx(
     onnx.checker.check_model(graph_model, full_check=True)
     path = Path(path)
     quantized = graph_model.SerializeToString()
-    atomic_write_bytes(path, quantized)
     names = input_names(model, example)
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -457,7 +456,9 @@ def export_onnx(
         kinds = layer_kinds(model, quantized_layers)
         check = check_export(quantized, fp32, names, check_on, simulated, threads, kinds, reasons)
         sidecar["check"] = check.to_dict()
+    # The sidecar first, then the model: a model file is only ever there with its checked sidecar.
     atomic_write_json(sidecar_path(path), sidecar)
+    atomic_write_bytes(path, quantized)
     if check is not None:
         require_agreement(check, min_agreement, path)
     return sidecar

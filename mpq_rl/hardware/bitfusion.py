@@ -107,6 +107,11 @@ class BitFusion:
         grouped = np.ceil(self.batch_size * shapes.macs / (rows * cols * factor))
         return np.where(shapes.grouped, grouped, dense)
 
+    def _or_array(self, name: str) -> float:
+        """An override's value, or the chosen array's when it is not given (0 is a value, refused as such)."""
+        value = getattr(self, name)
+        return getattr(self.config, name) if value is None else value
+
     def cost(self, shapes: LayerShapes, w_bits: np.ndarray, a_bits: np.ndarray) -> LayerCosts:
         config = self.config
         cycles = self.cycles(shapes, w_bits, a_bits)
@@ -116,10 +121,10 @@ class BitFusion:
             a_bits,
             a_bits if self.output_bits == 0 else np.float64(self.output_bits),
             self.batch_size,
-            weight_buffer_bits=(self.weight_sram_kb or config.weight_sram_kb) * KB_BITS,
-            input_buffer_bits=(self.input_sram_kb or config.input_sram_kb) * KB_BITS,
+            weight_buffer_bits=self._or_array("weight_sram_kb") * KB_BITS,
+            input_buffer_bits=self._or_array("input_sram_kb") * KB_BITS,
         )
-        bandwidth = (self.dram_bits_per_cycle or config.dram_bits_per_cycle) * self.clock_hz
+        bandwidth = self._or_array("dram_bits_per_cycle") * self.clock_hz
         latency, memory_bound = roofline(cycles / self.clock_hz, traffic / bandwidth)
         energy_pj = cycles * self.core_pj_per_unit_cycle * config.rows * config.cols + memory_pj(
             self.batch_size * shapes.macs,

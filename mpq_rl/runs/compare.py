@@ -41,7 +41,9 @@ def _check_output(output: Path) -> None:
     """Refuse, before anything runs, an ``--output`` that holds anything but a comparison's own files and run
     folders: a folder of someone else's files is never written into."""
     from mpq_rl.runs.run_folder import LOCK_FILE, holds_run, is_run_folder
+    from mpq_rl.safe_files import check_tree
 
+    check_tree(output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file, not a folder: pick a folder path")
     if not output.is_dir():

@@ -35,10 +35,10 @@ def run_on_ray(
     if not pending:
         return {}
     workers = parallel.workers or 1
-    started = connect(parallel.address, workers)
     threads = threads_per_process(workers) if parallel.address is None else 1
     task = ray.remote(num_cpus=1, max_retries=0)(_run)
-    try:
+    started = connect(parallel.address, workers)
+    try:  # from here on, every way out leaves the cluster (a local one stops)
         refs = {task.remote(run, resume, threads): index for index, run, resume in pending}
         if progress:
             print(f"mpq-rl: {len(refs)} runs on the Ray cluster", file=sys.stderr, flush=True)

@@ -10,7 +10,10 @@ run rebuilds the same state from the rows already written.
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from mpq_rl.hardware.cost_table import METRICS
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.quantization.policy import save_policy
+from mpq_rl.safe_files import open_regular, read_bytes
 from mpq_rl.search.episode import Episode, EpisodeTable
 from mpq_rl.search.problem import SearchProblem
 
@@ -26,21 +30,24 @@ EPISODES_FILE = "episodes.csv"
 POLICY_FILE = "policy.json"
 PARETO_FILE = "pareto.json"
 EVALUATIONS_FILE = "evaluations.json"
+EPISODES_LIMIT = 1 << 30
+"""The largest ``episodes.csv`` a resume reads (a million episodes of a 100-layer model)."""
 
 
 def read_episodes(path: Path, problem: SearchProblem) -> list[tuple[int, Episode]]:
     """The episodes of the ``episodes.csv`` of a run of ``problem`` (empty if the file does not exist).
 
-    A file with other columns than ``problem`` writes, a row cut short or not numeric, or episode numbers other
-    than 1, 2, 3, ... in order are a :class:`UserError`.
+    A last row cut short (by a kill or a full disk: no line end) is left out, and :func:`truncate_episodes` then
+    removes it. A file with other columns than ``problem`` writes, another row cut short or not numeric, or
+    episode numbers other than 1, 2, 3, ... in order are a :class:`UserError`.
     """
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
     table = EpisodeTable(problem.workload.layers.names, sorted(problem.evaluator.fp32), sorted(METRICS))
     fix = "restore the file, or delete it to record the episodes again from the evaluation cache"
     episodes: list[tuple[int, Episode]] = []
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with io.StringIO(_whole_rows(path), newline="") as handle:
             reader = csv.DictReader(handle, restkey=_EXTRA)
             if reader.fieldnames is not None and list(reader.fieldnames) != table.header:
                 raise UserError(f"{path} has other columns than this run writes: {fix}")
@@ -68,10 +75,22 @@ def _parse(table: EpisodeTable, row: dict[str, Any], proxy_fp32: float) -> tuple
         return None
 
 
+def _whole_rows(path: Path) -> str:
+    """The text of ``episodes.csv`` up to its last line end."""
+    text = read_bytes(path, EPISODES_LIMIT).decode("utf-8")
+    return text[: text.rfind("\n") + 1]
+
+
 def truncate_episodes(path: Path, keep: int) -> None:
-    """Keep the header and the first ``keep`` rows of an ``episodes.csv`` (atomically)."""
-    lines = path.read_text().splitlines(keepends=True)
-    atomic_write_text(path, "".join(lines[: keep + 1]))
+    """Keep the header and the first ``keep`` rows of an ``episodes.csv`` (atomically), and drop a last row cut
+    short; nothing is written when there is nothing to drop."""
+    if not os.path.lexists(path):
+        return
+    text = read_bytes(path, EPISODES_LIMIT).decode("utf-8")
+    kept = "".join(text.splitlines(keepends=True)[: keep + 1])
+    kept = kept[: kept.rfind("\n") + 1]
+    if kept != text:
+        atomic_write_text(path, kept)
 
 
 class ParetoFront:
@@ -178,9 +197,9 @@ class Recorder:
         if self.replay > 0:
             self.replay -= 1
             return
-        self.count += 1
-        number = self.count
-        self._write_row(number, episode)
+        number = self.count + 1
+        self._write_row(number, episode)  # counted once written: an interruption reports the rows on disk
+        self.count = number
         improved = self._track(number, episode)
         if improved:
             self._save_best()
@@ -191,15 +210,18 @@ class Recorder:
 
     def _write_row(self, number: int, episode: Episode) -> None:
         if self._handle is None:
-            new = not self.path.is_file() or self.path.stat().st_size == 0
             if self.table is None:
                 self.table = EpisodeTable.for_episode(episode)
-            self._handle = self.path.open("a", newline="")
+            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            new = os.fstat(fd).st_size == 0
+            self._handle = os.fdopen(fd, "a", newline="")
             self._writer = csv.writer(self._handle, lineterminator="\n")
             if new:
                 self._writer.writerow(self.table.header)
         self._writer.writerow(self.table.row(number, episode))
         self._handle.flush()
+        if os.fstat(self._handle.fileno()).st_nlink == 0:  # removed under the run: its rows would go nowhere
+            raise FileNotFoundError(errno.ENOENT, "episodes.csv was removed while the search ran", str(self.path))
 
     def save(self) -> None:
         """Persist the evaluator cache and the Pareto front (atomically), then call ``on_save``."""

@@ -25,6 +25,7 @@ from typing import Any
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text, read_json
+from mpq_rl.safe_files import check_tree, open_regular
 
 CONFIG_FILE = "config.yaml"
 """The run's resolved config (written by :func:`write_config`), after a first line of
@@ -55,15 +56,16 @@ def holds_run(folder: Path) -> bool:
     if is_run_folder(folder):
         return config.is_file()
     try:
-        with config.open(encoding="utf-8") as handle:
-            return handle.readline().startswith(CONFIG_HEADER)
-    except (OSError, UnicodeDecodeError):
+        with os.fdopen(open_regular(config), encoding="utf-8") as handle:
+            return handle.readline(len(CONFIG_HEADER)).startswith(CONFIG_HEADER)
+    except (OSError, UnicodeDecodeError, UserError):
         return False
 
 
 def run_config(folder: str | Path) -> RunConfig:
     """The config of the run in ``folder`` (a user error if ``folder`` is not a run folder)."""
     folder = Path(folder)
+    check_tree(folder)
     if not (folder / CONFIG_FILE).is_file():
         raise UserError(f"{folder} is not a run folder (no {CONFIG_FILE}): pass the --output folder of a search")
     config = load_config(folder / CONFIG_FILE)
@@ -74,6 +76,7 @@ def check_new_run_folder(folder: Path) -> None:
     """Refuse, before anything is written, a ``--output`` that a new run may not write into: a file, or a folder
     that holds files (besides a lock) and is not a run folder."""
     folder = Path(folder)
+    check_tree(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--output {folder} is a file, not a folder: pick a folder path")
     try:
@@ -140,7 +143,7 @@ def exclusive(folder: Path) -> Iterator[None]:
     path = folder / LOCK_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise UserError(f"cannot write to {folder} ({exc.strerror}): pick a folder you can write to") from None
     try:

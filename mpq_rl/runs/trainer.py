@@ -21,7 +21,6 @@ part, listed under ``parts`` in ``summary.json``.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from mpq_rl.search.searcher import SearchContext, Searcher
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
+from mpq_rl.safe_files import remove
 from mpq_rl.search.evaluator import EvaluationCache
 from mpq_rl.runs.held_out import held_out_scores
 from mpq_rl.runs.logger import TB_DIR, TensorBoardLogger, logged_episodes
@@ -83,7 +83,7 @@ def _prepare_folder(folder: Path) -> None:
         for name in (CONFIG_FILE, SUMMARY_FILE, EPISODES_FILE, POLICY_FILE, PARETO_FILE, EVALUATIONS_FILE):
             (folder / name).unlink(missing_ok=True)
         for name in (TB_DIR, CHECKPOINT_DIR):
-            shutil.rmtree(folder / name, ignore_errors=True)
+            remove(folder / name)
     write_manifest(folder)
 
 
@@ -144,6 +144,11 @@ def _search(
     cached_at_start = len(evaluator.cache)
     previous = read_episodes(folder / EPISODES_FILE, problem) if resuming else []
     point = searcher.resume_point(folder) if previous else None
+    if point is not None and point > len(previous):
+        raise UserError(
+            f"{folder / CHECKPOINT_DIR} covers {point} episodes but {EPISODES_FILE} holds {len(previous)}: restore "
+            f"{EPISODES_FILE}, or delete the checkpoint folder to re-run the agent from its seed"
+        )
     kept = len(previous) if point is None else min(point, len(previous))
     logged = min(logged_episodes(folder), kept) if resuming else None
     write_config(folder, config)
@@ -169,10 +174,10 @@ def _search(
         log_dir=folder / TB_DIR,
         pool=pool,
     )
+    if resuming:
+        truncate_episodes(folder / EPISODES_FILE, kept)  # and a last row cut short by a kill or a full disk
+        previous = previous[:kept]
     if previous:
-        if kept < len(previous):
-            truncate_episodes(folder / EPISODES_FILE, kept)
-            previous = previous[:kept]
         recorder.restore(previous, relog=logger, logged=logged or 0)
         if point is not None:
             context.recorded = len(previous)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mpq_rl.errors import UserError
-from mpq_rl.io import atomic_write_json, read_json
+from mpq_rl.io import atomic_write_json, read_json, short
 from mpq_rl.quantization.policy import BitPair, Policy
 from mpq_rl.quantization.simulator import QuantSimulator
 from mpq_rl.search.metrics import Scorer, score
@@ -84,6 +84,13 @@ class EvaluationCache:
         for number, found in enumerate(entries.values(), start=1):
             if not isinstance(found, dict) or not all(_is_number(v) or v is None for v in found.values()):
                 raise UserError(f"evaluation cache {path}: entry {number} is not metric names and numbers: {fix}")
+            for metric, value in found.items():
+                low, high = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+                if value is not None and not low <= value <= high:
+                    raise UserError(
+                        f"evaluation cache {path}: entry {number} has {short(metric)} = {short(repr(value))}, outside "
+                        f"[{low}, {high}]: {fix}"
+                    )
             if metrics is not None and set(found) != set(metrics):
                 raise UserError(
                     f"evaluation cache {path}: entry {number} has the metrics {sorted(found)}, "
@@ -91,6 +98,15 @@ class EvaluationCache:
                 )
         # A metric that was not a number is saved as null (JSON has no NaN) and read back as NaN.
         return cls({key: {m: math.nan if v is None else v for m, v in found.items()} for key, found in entries.items()})
+
+
+METRIC_RANGES = {
+    "top1": (0.0, 1.0),
+    "agreement": (0.0, 1.0),
+    "cosine": (-1.0 - 1e-6, 1.0 + 1e-6),
+    "kl": (0.0, math.inf),
+}
+"""What each proxy metric can be (:class:`~mpq_rl.search.metrics.Scorer`); a cached value outside is forged."""
 
 
 def _is_number(value: object) -> bool:

@@ -35,6 +35,8 @@ class SearchReport:
     """The budget fractions the searcher searched at once; the run reports held-out scores at each."""
     surrogate_samples: int | None = None
     """Evaluations the surrogate was last fitted on."""
+    hawq_ranking: str | None = None
+    """hawq's ranked solutions: ``exact``, or ``beam`` once its frontier passed its cap."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fields a searcher set."""

@@ -302,6 +302,12 @@ def discover_layers(model: nn.Module, example: Any, model_name: str = "") -> Lay
             f"model {model_name or type(model).__name__} has no quantizable layer that runs in forward "
             "(mpq_rl quantizes nn.Conv1d/2d/3d and nn.Linear modules)"
         )
+    empty = next((name for name in order if modules[name].weight.numel() == 0), None)
+    if empty is not None:
+        raise UserError(
+            f"model {model_name or type(model).__name__}: layer {empty!r} has no weights (shape "
+            f"{tuple(modules[empty].weight.shape)}): give every layer at least one input and one output feature"
+        )
     was_training = model.training
     model.eval()
     try:

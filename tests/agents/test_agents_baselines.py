@@ -3,6 +3,8 @@
 import dataclasses
 import itertools
 import statistics
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +232,35 @@ def test_ranked_ilp_solutions_match_brute_force_in_order(seed):
     assert len(ranked) > 10
     assert list(ranked_policies(objective, costs, capacity)) == [policy for _, _, policy in ranked]
     assert list(ranked_policies(objective, costs, 0.0)) == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_bounded_ranking_lists_the_first_solutions_of_the_whole_one(seed):
+    """The frontier pruned to what ``limit`` solutions can use (and a beam past ``frontier`` entries) keeps the exact
+    ranking whenever the beam is not needed, ties included."""
+    rng = np.random.default_rng(seed)
+    objective, costs = rng.random((8, 3, 3)), rng.random((8, 3, 3))
+    objective[2] = 0.5
+    if seed % 2:
+        objective = np.round(objective, 1)  # many ties
+    capacity = float(costs.mean() * 8 * 0.8)
+    whole = list(itertools.islice(ranked_policies(objective, costs, capacity), 60))
+    for limit in (1, 3, 17, 60):
+        notes = {}
+        assert list(ranked_policies(objective, costs, capacity, limit=limit, notes=notes)) == whole[:limit]
+        assert notes["hawq_ranking"] == "exact"
+    notes = {}
+    beam = list(ranked_policies(objective, costs, capacity, limit=60, frontier=20, notes=notes))
+    assert notes["hawq_ranking"] == "beam" and beam and len(beam) <= 60
+    totals = [sum(objective[s][p] for s, p in enumerate(policy)) for policy in beam]
+    assert totals == sorted(totals)  # still in order of objective, each the best of those kept
+
+
+def test_hawq_on_50_layers_at_200_evaluations_stays_under_2_gb():
+    """hawq's whole run (problem, Hessian traces, ranked search, 200 evaluations) in a fresh process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is not part of the installed package
+    from benchmarks.hawq_memory import measure
+
+    result = measure(depth=50, evaluations=200, ceiling_gb=2.0, seconds=600, grid="small")
+    assert not result["exceeded"] and not result["timed_out"], result
+    assert result["evaluations"] == 200 and result["peak_mb"] <= 2048

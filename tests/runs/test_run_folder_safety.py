@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,7 @@ import torch
 from test_trainer import rows, small_config
 
 import mpq_rl
+from mpq_rl import safe_files
 from mpq_rl.cli import EXIT_USER_ERROR, main
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_text
@@ -226,7 +228,6 @@ def _row_twice(text: str) -> str:
         ("evaluations.json", lambda text: text[: len(text) // 2], "evaluations.json is not valid JSON"),
         ("evaluations.json", _metric_as_text, "entry 1 is not metric names and numbers"),
         ("evaluations.json", lambda text: '{"format": "mpq_rl.evaluations/1", "entries": []}', "unknown format"),
-        ("episodes.csv", _cut_last_row, "line 7: not episode 6's row"),
         ("episodes.csv", _reward_word, "line 4: not episode 3's row"),
         ("episodes.csv", _row_twice, "line 4: not episode 3's row"),
         ("episodes.csv", lambda text: "episode,reward\n1,0.5\n", "has other columns than this run writes"),
@@ -238,7 +239,6 @@ def _row_twice(text: str) -> str:
         "cache cut short",
         "cache metric as text",
         "cache entries a list",
-        "episodes last row cut short",
         "episodes reward as text",
         "episodes row twice",
         "episodes foreign columns",
@@ -267,12 +267,22 @@ def test_a_corrupt_summary_is_one_line_for_compare(run, capsys):
 # -- a folder that is not a run, and refused starts ---------------------------------------------------------------
 
 
-def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
-    """Every path under ``folder`` with its bytes (None for folders) and mode."""
-    return {
-        str(path.relative_to(folder)): (None if path.is_dir() else path.read_bytes(), path.stat().st_mode)
-        for path in sorted(folder.rglob("*"))
-    }
+def _content(path: Path, mode: int) -> bytes | str | None:
+    if stat.S_ISLNK(mode):
+        return os.readlink(path)
+    return path.read_bytes() if stat.S_ISREG(mode) else None
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes | str | None, int]]:
+    """Every path under ``folder`` with its bytes (None for folders, the target for links, never read through them;
+    nothing for FIFOs) and mode."""
+    found = {}
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = Path(root) / name
+            mode = path.lstat().st_mode
+            found[str(path.relative_to(folder))] = (_content(path, mode), mode)
+    return dict(sorted(found.items()))
 
 
 def test_a_foreign_folder_is_refused_and_untouched(digits_model, tmp_path, capsys):
@@ -550,14 +560,14 @@ def test_a_bad_config_is_one_line(digits_model, tmp_path, capsys, content, messa
 def test_an_unreadable_config_or_policy_is_one_line(digits_model, tmp_path, capsys, monkeypatch):
     config, policy = yaml_file(tmp_path, "seed: 1\n"), tmp_path / "policy.json"
     policy.write_text("{}")
-    read_text = Path.read_text
+    os_open = os.open
 
-    def refuse(self, *args, **kwargs):  # chmod 000 does not stop root, so refuse the read the way the OS would
-        if self in (config, policy):
+    def refuse(path, *args, **kwargs):  # chmod 000 does not stop root, so refuse the open the way the OS would
+        if Path(path) in (config, policy):
             raise PermissionError(13, "Permission denied")
-        return read_text(self, *args, **kwargs)
+        return os_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", refuse)
+    monkeypatch.setattr(safe_files.os, "open", refuse)
     assert_one_line_error(main(["cost", "--config", str(config)]), capsys.readouterr().err, "Permission denied")
     assert_one_line_error(main(["cost", "--policy", str(policy)]), capsys.readouterr().err, "Permission denied")
     assert_one_line_error(main(["cost", "--config", str(tmp_path)]), capsys.readouterr().err, "is a folder")
@@ -782,3 +792,339 @@ def test_cost_evaluate_and_export_read_a_run_folder(run, tmp_path, capsys):
     assert_one_line_error(
         main(["export", "--run", str(run), "--output", "x.onnx"]), capsys.readouterr().err, "no policy.json"
     )
+
+
+# -- issue 26: links, FIFOs and forged files never turn a run folder against its user --------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A folder of the user's own, outside every run folder: a file and another run's files."""
+    folder = tmp_path / "outside"
+    (folder / "other").mkdir(parents=True)
+    (folder / "notes.txt").write_text("my notes\n")
+    (folder / "other" / "episodes.csv").write_text("episode,reward\n1,0.5\n")
+    (folder / "other" / "parameters-0000000000000000.safetensors").write_bytes(b"theirs")
+    return folder
+
+
+def assert_untouched(folder: Path, before: dict) -> None:
+    assert snapshot(folder) == before
+
+
+def _plant(run: Path, outside: Path, entry: str) -> None:
+    """Replace ``entry`` of ``run`` by a link out of it (or a FIFO), as a hostile colleague's folder would hold."""
+    path = run / entry
+    target = {
+        "mpq_rl.lock": outside / "notes.txt",
+        "dangling lock": outside / "created-by-the-lock",
+        "checkpoint": outside / "other",
+        "tb": outside / "other",
+        "episodes.csv": outside / "other" / "episodes.csv",
+        "config.yaml": outside / "notes.txt",
+        "evaluations.json": outside / "notes.txt",
+    }
+    if entry == "dangling lock":
+        path = run / LOCK_FILE
+    if entry == "fifo state":
+        (run / "checkpoint" / "state.json").unlink()
+        os.mkfifo(run / "checkpoint" / "state.json")
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    path.symlink_to(target[entry])
+
+
+LINKED = ["mpq_rl.lock", "dangling lock", "checkpoint", "tb", "episodes.csv", "config.yaml", "evaluations.json"]
+
+
+@pytest.mark.parametrize("entry", [*LINKED, "fifo state"])
+def test_resume_refuses_a_link_or_fifo_in_the_run_folder(run, outside, capsys, entry):
+    _plant(run, outside, entry)
+    before, mine = snapshot(outside), snapshot(run)
+    code, err = resume(run, capsys)
+    assert_one_line_error(code, err, "not a regular file or folder", "remove it")
+    assert_untouched(outside, before)
+    assert snapshot(run) == mine  # a refused resume changes nothing
+
+
+@pytest.mark.parametrize("entry", ["mpq_rl.lock", "dangling lock", "tb", "checkpoint"])
+def test_a_new_search_refuses_a_link_in_its_output(digits_model, run, outside, tmp_path, capsys, entry):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    if entry in ("tb", "checkpoint"):  # a finished run of ours, which a new search would replace
+        folder = run
+        (folder / "summary.json").write_text("{}")
+    _plant(folder, outside, entry)
+    before = snapshot(outside)
+    code = main(["search", "--output", str(folder), "--agent", "random", "--episodes", "2", "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, "not a regular file or folder")
+    assert_untouched(outside, before)
+
+
+def test_compare_refuses_a_linked_run_subfolder(digits_model, outside, tmp_path, capsys):
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    (compare / "random-seed0").symlink_to(outside / "other")
+    before = snapshot(outside)
+    code = main(["compare", "--agents", "random", "--episodes", "2", "--output", str(compare), "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, "random-seed0 is a symbolic link")
+    assert_untouched(outside, before)
+
+
+def test_the_lock_is_never_opened_through_a_link(outside, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK_FILE).symlink_to(outside / "notes.txt")
+    with pytest.raises(UserError, match="mpq_rl.lock is a symbolic link"), exclusive(folder):
+        pass
+    assert (outside / "notes.txt").read_text() == "my notes\n"
+
+
+def _forge_tensors(run: Path, change) -> None:
+    from safetensors.torch import load, save
+
+    tensors = load(checkpoint_file(run, "parameters").read_bytes())
+    change(tensors)
+    replace_file(run, "parameters", save(tensors))
+
+
+def _forge_buffer(run: Path, change) -> None:
+    with np.load(io.BytesIO(checkpoint_file(run, "replay_buffer").read_bytes())) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    change(arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    replace_file(run, "replay_buffer", buffer.getvalue())
+
+
+def _first(tensors: dict, suffix: str) -> str:
+    return next(key for key in sorted(tensors) if key.endswith(suffix))
+
+
+def _huge_header(run: Path) -> None:
+    """An .npz whose one array's header claims 30 GB (its data is a few bytes)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (7_500_000_000,)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("observations.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\x00" * 16)
+    replace_file(run, "replay_buffer", buffer.getvalue())
+
+
+def _zip_bomb(run: Path) -> None:
+    """An .npz of 3 MB that inflates to 1.5 GB."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (1_500_000_000,)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("observations.npy", "w") as out:
+        out.write(header.getvalue())
+        for _ in range(1500):
+            out.write(bytes(1_000_000))
+    replace_file(run, "replay_buffer", buffer.getvalue())
+
+
+def _state(change) -> callable:
+    def forge(run: Path) -> None:
+        saved = state(run)
+        change(saved)
+        (run / "checkpoint" / "state.json").write_text(json.dumps(saved) if isinstance(saved, dict) else saved)
+
+    return forge
+
+
+def _text_state(run: Path, text: str) -> None:
+    (run / "checkpoint" / "state.json").write_text(text)
+
+
+FORGED = {
+    "nan weight": (lambda r: _forge_tensors(r, lambda t: t[_first(t, "weight")].fill_(float("nan"))), "not finite"),
+    "inf replay": (lambda r: _forge_buffer(r, lambda a: a["rewards"].fill(np.inf)), "not finite"),
+    "weights as bool": (
+        lambda r: _forge_tensors(r, lambda t: t.update({_first(t, "weight"): t[_first(t, "weight")].bool()})),
+        "not finite float32",
+    ),
+    "weights as int8": (
+        lambda r: _forge_tensors(r, lambda t: t.update({_first(t, "weight"): t[_first(t, "weight")].to(torch.int8)})),
+        "not finite float32",
+    ),
+    "weights as float16": (
+        lambda r: _forge_tensors(r, lambda t: t.update({_first(t, "weight"): t[_first(t, "weight")].half()})),
+        "not finite float32",
+    ),
+    "weights as float64": (
+        lambda r: _forge_tensors(r, lambda t: t.update({_first(t, "weight"): t[_first(t, "weight")].double()})),
+        "not finite float32",
+    ),
+    "0-d moment": (
+        lambda r: _forge_tensors(r, lambda t: t.update({_first(t, "exp_avg"): torch.tensor(0.0)})),
+        "a single number",
+    ),
+    "negative step": (lambda r: _forge_tensors(r, lambda t: t[_first(t, "/step")].fill_(-5.0)), "not a count of steps"),
+    "step a vector": (
+        lambda r: _forge_tensors(r, lambda t: t.update({_first(t, "/step"): torch.ones(3)})),
+        "not a count of steps",
+    ),
+    "extra optimizer field": (
+        lambda r: _forge_tensors(
+            r, lambda t: t.update({_first(t, "exp_avg").replace("exp_avg", "bogus"): torch.ones(1)})
+        ),
+        "not an optimizer field",
+    ),
+    "counter 1e30": (
+        _state(lambda s: s["counters"].update(num_timesteps=1e30)),
+        "not a valid checkpoint state",
+    ),
+    "counter 10^13": (
+        _state(lambda s: s["counters"].update(num_timesteps=10**13)),
+        "not a valid checkpoint state",
+    ),
+    "counter of 400 digits": (
+        lambda r: _text_state(r, json.dumps(state(r)).replace('"num_timesteps": ', '"num_timesteps": ' + "9" * 400)),
+        "more than 40",
+    ),
+    "integer of 5000 digits": (
+        lambda r: _text_state(r, json.dumps(state(r)).replace('"episodes": ', '"episodes": ' + "9" * 5000)),
+        "more than 40",
+    ),
+    "generator out of range": (
+        _state(lambda s: s["exploration"]["generator"]["state"].update(state=2**129)),
+        "not a generator state",
+    ),
+    "episodes beyond the run": (_state(lambda s: s.update(episodes=100)), "covers 100 episodes but episodes.csv"),
+    "header claims 30 GB": (_huge_header, "is not an .npz archive of plain arrays"),
+    "zip bomb": (_zip_bomb, "is not an .npz archive of plain arrays"),
+    "deep nesting": (lambda r: _text_state(r, "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", list(FORGED))
+def test_a_forged_checkpoint_is_refused_before_anything_is_written(run, capsys, case):
+    forge, message = FORGED[case]
+    forge(run)
+    before = snapshot(run)
+    assert_one_line_error(*resume(run, capsys), message)
+    assert snapshot(run) == before
+
+
+def test_forged_evaluations_are_refused(run, capsys):
+    data = json.loads((run / "evaluations.json").read_text())
+    next(iter(data["entries"].values()))["top1"] = 99.0
+    (run / "evaluations.json").write_text(json.dumps(data))
+    before = snapshot(run)
+    assert_one_line_error(*resume(run, capsys), "has top1 = 99.0, outside [0.0, 1.0]")
+    assert snapshot(run) == before
+
+
+def test_a_row_cut_short_is_repaired_on_resume(run, capsys):
+    text = (run / "episodes.csv").read_text()
+    (run / "episodes.csv").write_text(_cut_last_row(text))
+    code, err = resume(run, capsys)
+    assert code == 0, err
+    assert [int(r["episode"]) for r in rows(run)] == list(range(1, EPISODES + 1))
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+    for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("a: " + "[" * 20_000 + "]" * 20_000 + "\n", "nested too deeply"),
+        ("a: " + "{b: " * 40 + "1" + "}" * 40 + "\n", "nested over 32 deep"),
+        (BOMB, "more than 100,000 values"),
+        ("seed: 1\n" + "# padding\n" * 200_000, "more than the 1,048,576"),
+        ("seed: " + "9" * 5000 + "\n", "a number too long"),
+        ("seed: " + "9" * 100 + "\n", "more than 40 digits"),
+        ({"seed": "x" * 100_000}, "more characters)"),
+        ({"hardware": {"preset": "bitfusion", "overrides": {"dram_bits_per_cycle": 0}}}, "gives infinite latency"),
+    ],
+    ids=["20000 deep", "41 deep", "anchor bomb", "2 MB", "5000 digits", "100 digits", "100 kB value", "dram rate 0"],
+)
+def test_config_resource_abuse_is_one_line(digits_model, tmp_path, capsys, content, message):
+    config = yaml_file(tmp_path, content)
+    code = main(["cost", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err, message)
+    assert len(err) < 1000
+
+
+def test_an_empty_layer_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty_layer.py").write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Linear(64, 0), nn.ReLU(), nn.Linear(0, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = yaml_file(
+        tmp_path, {"model": {"name": None, "factory": "empty_layer:build", "input_shape": [64]}, **QUICK}
+    )
+    assert_one_line_error(main(["layers", "--config", str(config)]), capsys.readouterr().err, "has no weights")
+
+
+def _fail_at(monkeypatch, episode: int, error: BaseException) -> None:
+    original = Recorder._write_row
+
+    def failing(self, number, row):
+        if number == episode:
+            raise error
+        original(self, number, row)
+
+    monkeypatch.setattr(Recorder, "_write_row", failing)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (OSError(28, "No space left on device"), EXIT_USER_ERROR, "No space left on device"),
+        (KeyboardInterrupt(), 130, "interrupted after 2 episodes"),
+    ],
+    ids=["disk full", "ctrl-c"],
+)
+def test_a_full_disk_or_ctrl_c_is_one_line_and_resumable(
+    digits_model, tmp_path, capsys, monkeypatch, error, code, message
+):
+    folder = tmp_path / "run"
+    config = yaml_file(tmp_path, {**QUICK, "agent": {"name": "random", "episodes": 4}})
+    args = ["search", "--config", str(config), "--output", str(folder), "--no-progress"]
+    with monkeypatch.context() as patch:
+        _fail_at(patch, 3, error)
+        assert main(args) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and f"--resume {folder}" in err, err
+    assert main(["search", "--resume", str(folder), "--no-progress"]) == 0
+    assert [int(r["episode"]) for r in rows(folder)] == [1, 2, 3, 4]
+
+
+def test_episodes_csv_removed_under_the_run_is_one_line(digits_model, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "run"
+    original = Recorder._write_row
+
+    def removing(self, number, row):
+        if number == 2:
+            (folder / "episodes.csv").unlink()
+        original(self, number, row)
+
+    monkeypatch.setattr(Recorder, "_write_row", removing)
+    args = ["search", "--config", str(yaml_file(tmp_path, QUICK)), "--output", str(folder), "--no-progress"]
+    assert main(args) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "episodes.csv was removed" in err and "--resume" in err, err
+
+
+def test_ctrl_c_after_the_episodes_says_how_to_resume(digits_model, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "held_out_scores", interrupted)
+    folder = tmp_path / "run"
+    args = ["search", "--config", str(yaml_file(tmp_path, QUICK)), "--output", str(folder), "--no-progress"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mpq-rl: interrupted; the run folder keeps every episode"), err
+    assert err.endswith(f"resume with: mpq-rl search --resume {folder}\n"), err
