@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpq_rl.deployment.kernels import kernel_summary, layer_kernels, why_not_faster
+from mpq_rl.deployment.kernels import kernel_summary, layer_kernels, session, why_not_faster
 from mpq_rl.errors import UserError
 from mpq_rl.workloads.data import Batches
 
@@ -71,19 +71,6 @@ class ExportCheck:
 
     def why_not_faster(self) -> str:
         return why_not_faster(self.layer_kernels, self.layer_kinds, self.float_reasons)
-
-
-def session(model: bytes, threads: int, optimized_path: Path | None = None):
-    """An onnxruntime CPU session on a serialized model (all graph optimizations on)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-        options.log_severity_level = 3  # not the warning that an optimized model is specific to this machine
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def feed(inputs: Any, names: list[str]) -> dict[str, np.ndarray]:

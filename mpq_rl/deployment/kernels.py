@@ -48,11 +48,22 @@ def layer_kinds(model: nn.Module, names: list[str]) -> dict[str, str]:
     return {name: layer_kind(modules[name]) for name in names}
 
 
+def session(model: bytes, threads: int, optimized_path: Path | None = None):
+    """An onnxruntime CPU session on a serialized model (all graph optimizations on)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+        options.log_severity_level = 3  # not the warning that an optimized model is specific to this machine
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def optimized_graph(model_bytes: bytes, threads: int = 1):
     """The graph onnxruntime runs for ``model_bytes`` on this machine's CPU (all optimizations on)."""
     import onnx
-
-    from mpq_rl.deployment.export_check import session
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "optimized.onnx"
