@@ -29,6 +29,10 @@ SEED_LIMIT = 2**32
 
 FilePath = Annotated[Path, Field(strict=False)]
 """A path given as a YAML string."""
+RELATIVE_TO_FILE = "relative paths in a config file resolve against the file's folder"
+INPUT_PATHS = (("model", "weights"), ("hardware", "table"), ("data", "kwargs", "root"))
+"""What a run reads, by key: given relative in a config file, they are read from the file's folder (``output`` and a
+factory's other ``kwargs`` stay as written, relative to the working directory)."""
 
 
 class _Section(BaseModel):
@@ -62,7 +66,7 @@ class ModelConfig(_Section):
         if self.factory is not None and self.name not in (None, "digits_cnn"):
             raise ValueError("give either model.name or model.factory, not both")
         if self.weights is not None and not self.weights.is_file():
-            raise ValueError(f"model.weights file {str(self.weights)!r} does not exist")
+            raise ValueError(f"model.weights file {str(self.weights)!r} does not exist ({RELATIVE_TO_FILE})")
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ValueError(f"model.input_shape must be positive sizes like [1, 3, 32, 32], got {self.input_shape}")
         return self
@@ -172,7 +176,7 @@ class HardwareConfig(_Section):
     @classmethod
     def _table_exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():
-            raise ValueError(f"hardware.table file {str(v)!r} does not exist")
+            raise ValueError(f"hardware.table file {str(v)!r} does not exist ({RELATIVE_TO_FILE})")
         return v
 
 
@@ -390,7 +394,26 @@ def load_config(path: str | Path | dict[str, Any] | RunConfig | None = None) -> 
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, source=str(path))
+    return parse_config(_resolve_input_paths(data, path.parent), source=str(path))
+
+
+def _resolve_input_paths(data: Any, folder: Path) -> Any:
+    """``data`` with each relative path of :data:`INPUT_PATHS` joined to ``folder`` (the config file's), so a
+    config names its files the same way from whatever folder a command runs in."""
+    for keys in INPUT_PATHS:
+        data = _resolve_path(data, keys, folder)
+    return data
+
+
+def _resolve_path(node: Any, keys: tuple[str, ...], folder: Path) -> Any:
+    if not isinstance(node, dict) or keys[0] not in node:
+        return node
+    value = node[keys[0]]
+    if len(keys) > 1:
+        return {**node, keys[0]: _resolve_path(value, keys[1:], folder)}
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return {**node, keys[0]: str((folder / value).absolute())}
+    return node
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

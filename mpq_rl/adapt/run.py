@@ -36,10 +36,11 @@ from mpq_rl.adapt.rule import AdaptRule, AdaptSettings
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.adapt.training import TrainingResult, checked_loader, train
 from mpq_rl.config import ALLOWED_BITS, REFERENCE_BITS, RunConfig
+from mpq_rl.dashboards.plots import bits_figure
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mpq_rl.quantization.policy import Policy, save_policy
-from mpq_rl.search.logger import TB_DIR, bits_figure
+from mpq_rl.search.logger import TB_DIR
 from mpq_rl.search.recorder import POLICY_FILE
 from mpq_rl.search.run_folder import CONFIG_FILE, check_new_run_folder, exclusive, write_manifest
 from mpq_rl.workloads.workload import Workload, load_workload

@@ -31,6 +31,7 @@ from typing import Any
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.config import RunConfig
+from mpq_rl.dashboards.search_board import SearchDashboard
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
 from mpq_rl.search.evaluator import EvaluationCache
@@ -158,8 +159,11 @@ def _search(
     # -- the recorder and its listeners ---------------------------------------------------------------------------
     proxy_name = config.proxy.key
     logger = TensorBoardLogger(folder, config.hparams(), problem.searched, keep=logged)
-    bar = SearchProgress(config.agent.episodes, kept, progress, proxy_name, problem.metric)
-    recorder = Recorder(folder, problem, listeners=[logger, bar], save_every=CHECKPOINT_EVERY, on_save=save_part)
+    elapsed = time.perf_counter() - started
+    bar = SearchProgress(config.agent.episodes, kept, progress, proxy_name, problem.metric, elapsed=elapsed)
+    dashboard = SearchDashboard(logger.writer, problem, config.agent.name, config.agent.episodes, proxy_name)
+    listeners = [logger, dashboard, bar]
+    recorder = Recorder(folder, problem, listeners=listeners, save_every=CHECKPOINT_EVERY, on_save=save_part)
     context = SearchContext(
         problem=problem,
         episodes=config.agent.episodes,
@@ -180,6 +184,7 @@ def _search(
             recorder.replay = len(previous)
 
     # -- the search ---------------------------------------------------------------------------------------------
+    bar.start(config.agent.name)
     try:
         searcher.search(context)
     except KeyboardInterrupt:
@@ -198,6 +203,7 @@ def _search(
     held_out = held_out_scores(problem, recorder, context.notes.get("budgets", []))
     evaluator.close()
     logger.finish(recorder.best, held_out.best_test, recorder.count)
+    dashboard.finish(recorder, held_out)
     logger.close()
     parts.update(time.perf_counter() - started)  # the held-out scoring adds wall time, not evaluations
 

@@ -265,7 +265,8 @@ def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, ca
     monkeypatch.setattr(progress, "PROGRESS_SECONDS", 3600.0)
     config = small_config(tmp_path / "run", episodes=40, name="random", kwargs={})
     run_search(config, progress=True)  # stderr is captured here, not a terminal
-    lines = capsys.readouterr().err.splitlines()
+    started, *lines = capsys.readouterr().err.splitlines()
+    assert started.startswith("search: random started, 0/40 episodes, wall ")
     assert len(lines) == 10, lines  # one per 10% of the run, no bar redrawn
     assert all(line.startswith("search: ") and "episodes (" in line for line in lines)
     assert lines[0].startswith("search: 4/40 episodes (10%), best reward ")
