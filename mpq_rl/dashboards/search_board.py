@@ -168,6 +168,6 @@ def held_out_markdown(held_out: HeldOut, proxy: str, metric: str, budget: float)
     for item in held_out.uniform:
         name = f"uniform {_uniform_name(item['w_bits'], item['a_bits'])}"
         rows.append(row(name, item["test"], item["proxy"], item["cost_ratio"][metric]))
-    notes = calibration_ties(best, held_out.uniform, proxy, metric)
+    notes = calibration_ties(best, held_out.best_test, held_out.uniform, proxy, metric)
     head = f"Held-out test split, budget {budget:g} of W8A8 {metric}. The search chose on calibration data."
     return "\n\n".join([head, "\n".join(rows), *notes])

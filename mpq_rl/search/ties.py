@@ -22,7 +22,7 @@ def tied_uniform(best: dict[str, Any] | None, uniform: Sequence[dict[str, Any]],
         return []
     found = []
     for item in uniform:
-        if "proxy" in item and math.isclose(item["proxy"], best["proxy"], rel_tol=1e-9, abs_tol=1e-12):
+        if _ties(item, best):
             cost = item["cost_ratio"][metric]
             found.append(
                 {
@@ -35,16 +35,26 @@ def tied_uniform(best: dict[str, Any] | None, uniform: Sequence[dict[str, Any]],
     return found
 
 
+def _ties(item: dict[str, Any], best: dict[str, Any]) -> bool:
+    return "proxy" in item and math.isclose(item["proxy"], best["proxy"], rel_tol=1e-9, abs_tol=1e-12)
+
+
 def calibration_ties(
-    best: dict[str, Any] | None, uniform: Sequence[dict[str, Any]], proxy: str, metric: str
+    best: dict[str, Any] | None,
+    best_test: dict[str, float] | None,
+    uniform: Sequence[dict[str, Any]],
+    proxy: str,
+    metric: str,
 ) -> list[str]:
-    """One sentence per tie (none without ties): which uniform setting ties the best policy on calibration data,
-    and which of the two costs less."""
+    """Notes for the report (none when there is nothing to say): each uniform setting that ties the best policy
+    on calibration data, and which of the two costs less; each cheaper uniform setting that scores at least as well
+    on the held-out split, with its lower calibration score, which is why the search did not choose it."""
+    if best is None:
+        return []
     lines = []
+    mine = best["cost_ratio"][metric]
     for tie in tied_uniform(best, uniform, metric):
         name = f"W{label(tie['w_bits'])}A{label(tie['a_bits'])}"
-        value = best["metrics"][proxy] if "metrics" in best else best["proxy"]
-        mine = best["cost_ratio"][metric]
         if tie["cheaper"]:
             cheaper = f"the uniform setting is cheaper ({tie['cost_ratio']:.3f} against {mine:.3f} of W8A8 {metric})"
         elif math.isclose(tie["cost_ratio"], mine):
@@ -52,7 +62,21 @@ def calibration_ties(
         else:
             cheaper = f"the searched policy is cheaper ({mine:.3f} against {tie['cost_ratio']:.3f} of W8A8 {metric})"
         lines.append(
-            f"note: the best policy ties uniform {name} on calibration {proxy} ({format_metric(value, proxy)}); "
-            f"{cheaper}. The search chooses on calibration data only: the held-out column can rank them either way."
+            f"note: the best policy ties uniform {name} on calibration {proxy} "
+            f"({format_metric(best['metrics'][proxy], proxy)}); {cheaper}"
+        )
+    if best_test is None or proxy not in best_test:
+        return lines
+    sign = -1.0 if proxy == "kl" else 1.0  # KL: lower is better
+    for item in uniform:
+        cost, test = item["cost_ratio"][metric], item["test"].get(proxy)
+        if test is None or cost >= mine or sign * test < sign * best_test[proxy] or _ties(item, best):
+            continue
+        lines.append(
+            f"note: uniform W{label(item['w_bits'])}A{label(item['a_bits'])} is cheaper ({cost:.3f} against "
+            f"{mine:.3f}) and scores {format_metric(test, proxy)} on the test split against the best policy's "
+            f"{format_metric(best_test[proxy], proxy)}, but {format_metric(item['metrics'][proxy], proxy)} on "
+            f"calibration data against {format_metric(best['metrics'][proxy], proxy)}: the search chooses on "
+            "calibration data only"
         )
     return lines
