@@ -23,7 +23,18 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-TABS = ("timeseries", "scalars", "custom_scalars", "images", "text", "hparams", "distributions", "histograms")
+TABS = {
+    "timeseries": "timeseries",
+    "scalars": "scalars",
+    "custom_scalars": "custom_scalars",
+    "images": "images",
+    "images-search": "images&tagFilter=search",
+    "text": "text",
+    "hparams": "hparams",
+    "distributions": "distributions",
+    "histograms": "histograms",
+}
+"""PNG name -> TensorBoard URL fragment (a tab, and for the search's images a tag filter that opens them)."""
 WINDOW = (1400, 1800)
 """Browser window in pixels (width, height): tall enough for a tab's first screenful of charts."""
 RENDER_MS = 20000
@@ -114,10 +125,10 @@ def main() -> None:
     port = free_port()
     server = start_tensorboard(run / "tb", port)
     try:
-        for tab in TABS:
-            path = args.output / f"{tab}.png"
-            screenshot(chromium, f"http://127.0.0.1:{port}/?darkMode=false#{tab}", path)
-            print(f"{tab}: {path} ({path.stat().st_size // 1024} KiB)")
+        for name, fragment in TABS.items():
+            path = args.output / f"{name}.png"
+            screenshot(chromium, f"http://127.0.0.1:{port}/?darkMode=false#{fragment}", path)
+            print(f"{name}: {path} ({path.stat().st_size // 1024} KiB)")
     finally:
         server.terminate()
         server.wait(timeout=30)
