@@ -1,2 +1,3 @@
-"""What a run shows in TensorBoard beyond its scalars: the chart layout, the Pareto view, the layer x episode bits
-heatmap, the held-out table, and the model-based searcher's view of its own learning."""
+"""The figures of a run's TensorBoard dashboards (:mod:`mpq_rl.dashboards.plots`): drawn from plain numbers, used by
+the run layer's dashboard (:mod:`mpq_rl.runs.dashboard`), mbppo's learning board
+(:mod:`mpq_rl.agents.learning_board`) and adapt's run."""

@@ -9,9 +9,10 @@ from matplotlib import image as mpimg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
+from mpq_rl.agents import learning_board as agent_board
 from mpq_rl.config import parse_config
-from mpq_rl.dashboards import agent_board, search_board
-from mpq_rl.search.trainer import run_search
+from mpq_rl.runs import dashboard as search_board
+from mpq_rl.runs.trainer import run_search
 
 EPISODES = 24
 ROUND = 4

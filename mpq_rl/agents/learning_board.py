@@ -1,4 +1,4 @@
-"""What the model-based searcher (``mbppo``) shows of its own learning in TensorBoard.
+"""What the model-based searcher (``mbppo``) shows of its own learning in the run's TensorBoard folder.
 
 Tags (step = evaluations so far, like every chart of the run):
 
@@ -24,7 +24,6 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from torch.utils.tensorboard import SummaryWriter
 
 from mpq_rl.dashboards.plots import fit_figure
-from mpq_rl.search.logger import TB_DIR
 
 FIT_WINDOW = 20
 """Recent evaluations the surrogate's rank correlation and error are computed over (rounds can be one policy)."""
@@ -53,10 +52,10 @@ class _RoundAverages(KVWriter):
 
 
 class LearningBoard:
-    """Writes mbppo's learning into the run's TensorBoard folder (``<output>/tb``)."""
+    """Writes mbppo's learning into the run's TensorBoard folder ``log_dir`` (None: keeps nothing, draws nothing)."""
 
-    def __init__(self, output: Path, proxy: str, evaluations: int) -> None:
-        self.writer = SummaryWriter(str(Path(output) / TB_DIR))
+    def __init__(self, log_dir: Path | None, proxy: str, evaluations: int) -> None:
+        self.writer = None if log_dir is None else SummaryWriter(str(log_dir))
         self.proxy = proxy
         self.averages = _RoundAverages()
         self.predicted: list[float] = []
@@ -73,7 +72,7 @@ class LearningBoard:
     def evaluated(self, step: int, predicted: Sequence[float], measured: Sequence[float], sources: Counter) -> None:
         """One round: the surrogate's predictions (made before the refit) and the measured proxies of the policies
         just evaluated, and where those policies came from; ``step`` is the evaluations so far."""
-        if not measured:
+        if self.writer is None or not measured:
             return
         self.step = step
         round_number = (self.rounds[-1] + 1) if self.rounds else 0
@@ -103,6 +102,8 @@ class LearningBoard:
         )
 
     def close(self) -> None:
+        if self.writer is None:
+            return
         if self.measured and self.drawn_at != self.step:
             self._draw()
         self.writer.close()

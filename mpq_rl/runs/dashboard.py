@@ -1,7 +1,7 @@
 """A search's dashboard: the Custom Scalars layout, the Pareto view and the layer x episode bits heatmap (Images),
 redrawn as the search goes, and the held-out results as a table (Text).
 
-:class:`SearchDashboard` is a :class:`~mpq_rl.search.recorder.Recorder` listener writing through the run's
+:class:`SearchDashboard` is a :class:`~mpq_rl.runs.recorder.Recorder` listener writing through the run's
 TensorBoard writer, so its images follow the scalars when a resumed run purges what the interruption left.
 """
 
@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.config import METRICS
 from mpq_rl.dashboards.plots import ParetoView, bits_heatmap, pareto_figure
+from mpq_rl.hardware.cost_table import METRICS
 from mpq_rl.quantization.formats import bits_of, label
+from mpq_rl.runs.held_out import HeldOut
+from mpq_rl.runs.logger import BEST_COST_RATIO, BEST_PROXY, BEST_REWARD, COST_RATIO, PROXY, REWARD
+from mpq_rl.runs.ties import calibration_ties
 from mpq_rl.search.episode import Episode
-from mpq_rl.search.held_out import HeldOut
-from mpq_rl.search.logger import BEST_COST_RATIO, BEST_PROXY, BEST_REWARD, COST_RATIO, PROXY, REWARD
 from mpq_rl.search.metrics import format_metric
 from mpq_rl.search.problem import SearchProblem
-from mpq_rl.search.ties import calibration_ties
 
 PARETO = "search/pareto"
 HEATMAP = "search/bits_heatmap"
@@ -43,7 +43,7 @@ MBPPO_CHARTS: dict[str, list[str]] = {
     "surrogate mean absolute error (new evaluations)": [r"mbppo/surrogate/abs_error$"],
     "evaluated proposals by source (per round)": [r"mbppo/proposals/.*"],
 }
-"""What :mod:`mpq_rl.dashboards.agent_board` writes for mbppo."""
+"""What :mod:`mpq_rl.agents.learning_board` writes for mbppo."""
 
 
 def layout(proxies: Sequence[str], costs: Sequence[str], proxy: str, metric: str, budget: float, agent: str):
