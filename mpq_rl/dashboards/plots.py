@@ -124,7 +124,7 @@ def pareto_figure(view: ParetoView, title: str) -> Any:
         axes.scatter(
             [view.best[0]], [view.best[1]], s=120, facecolors="none", edgecolors="C3", lw=1.5, label="best in budget"
         )
-    shown = [*view.proxies, *(p for _, _, p in measured)]
+    shown = [p for p in (*view.proxies, *(p for _, _, p in measured)) if np.isfinite(p)]  # a NaN score is no point
     if len(shown) > 1:  # the top of the range is where the choice is made: the worst 5% fall below the axis
         low, top = float(np.percentile(shown, 5)), max(shown)
         pad = 0.05 * max(top - low, 1e-4)

@@ -390,9 +390,9 @@ def test_a_second_process_on_a_folder_in_use_is_refused(run, tmp_path, capsys):
             env=_env(),
             timeout=600,
         )
-    starting, error = child.stderr.split("\n", 1)  # the command says what it starts, then the one-line error
-    assert starting == f"mpq-rl: search: loading PyTorch and {run}"
-    assert_one_line_error(child.returncode, error, f"in use by another mpq-rl process (pid {os.getpid()})")
+    *said, error = child.stderr.splitlines()  # what the command was doing, then the one-line error
+    assert said[0] == f"mpq-rl: search: loading PyTorch and {run}"
+    assert_one_line_error(child.returncode, error + "\n", f"in use by another mpq-rl process (pid {os.getpid()})")
 
     # The lock goes with the process that held it.
     assert resume(run, capsys)[0] == 0
