@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.agents import build_searcher
+from mpq_rl.agents.checkpoint import CHECKPOINT_DIR
 from mpq_rl.search.searcher import SearchContext, Searcher
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
