@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/mpq-rl search --output runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check mpq_rl tests benchmarks experiments
-	$(BIN)/ruff format --check mpq_rl tests benchmarks experiments
+	$(BIN)/ruff check mpq_rl tests benchmarks experiments examples
+	$(BIN)/ruff format --check mpq_rl tests benchmarks experiments examples
 
 test: lint
 	$(BIN)/pytest -q

@@ -1,8 +1,7 @@
-"""mpq_rl: mixed-precision quantization search with reinforcement learning under hardware budgets."""
+"""mpq_rl: mixed-precision quantization search with reinforcement learning under hardware budgets.
 
-import gymnasium
+Importing the package loads nothing heavy (the command line answers ``--help`` at once); ``import mpq_rl.envs``
+registers the Gymnasium environment ``mpq_rl/BitWidth-v1``.
+"""
 
 __version__ = "0.1.0"
-
-if "mpq_rl/BitWidth-v1" not in gymnasium.registry:
-    gymnasium.register(id="mpq_rl/BitWidth-v1", entry_point="mpq_rl.envs.factory:make_bitwidth_env")

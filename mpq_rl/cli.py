@@ -8,23 +8,29 @@ to go on; 130 (:data:`EXIT_INTERRUPTED`) Ctrl-C, with one line saying how to res
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mpq_rl.config import RunConfig, load_config
+from mpq_rl import status
 from mpq_rl.errors import UserError
 from mpq_rl.io import check_output_file, json_text, short
-from mpq_rl.search.settings import BACKENDS
 from mpq_rl.search.threads import set_torch_threads, threads_per_process
 from mpq_rl.text_table import render_table
-from mpq_rl.workloads.layers import LayerTable
+
+if TYPE_CHECKING:  # the config (pydantic), PyTorch and the agents load when a command runs: --help answers at once
+    from mpq_rl.config import RunConfig
+    from mpq_rl.workloads.layers import LayerTable
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
+    from mpq_rl.config import load_config
+
     return _on_device(load_config(args.config), args)
 
 
@@ -219,11 +225,20 @@ def _parallel_flags(args: argparse.Namespace) -> dict[str, object]:
     return {"parallel.backend": args.backend, "parallel.workers": args.workers, "parallel.address": args.address}
 
 
+def _backend(text: str) -> str:
+    from mpq_rl.search.settings import BACKENDS
+
+    if text not in BACKENDS:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(BACKENDS)}, got {text!r}")
+    return text
+
+
 def add_parallel_flags(command: argparse.ArgumentParser) -> None:
     """``--backend``, ``--workers`` and ``--address``: where evaluations (or a comparison's runs) run."""
     command.add_argument(
         "--backend",
-        choices=BACKENDS,
+        type=_backend,
+        metavar="NAME",
         help="where evaluations run: local (one at a time), process (worker processes) or ray (a Ray cluster); "
         "parallel.backend",
     )
@@ -354,7 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--episodes", type=int, metavar="N", help="policies to evaluate (agent.episodes)")
     search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
-    search.add_argument("--seed", type=int, metavar="S", help="seed of the search (data split, agent, evaluator)")
+    search.add_argument(
+        "--seed",
+        type=int,
+        metavar="S",
+        help="seed of the searcher and of the activation samples ranges are chosen on (not of the data split)",
+    )
     search.add_argument("--output", metavar="DIR", help="run folder (default: output in the config, runs/default)")
     search.add_argument("--n-envs", type=int, metavar="N", help="RL agents' parallel environments (agent.n_envs)")
     add_parallel_flags(search)
@@ -396,8 +416,26 @@ def _go_on(args: argparse.Namespace) -> str:
     return "nothing half-written was left behind; run the same command again"
 
 
+def _working_directory_importable() -> None:
+    """Put the working directory first on the import path, as ``python -m mpq_rl`` does, so that ``model.factory``
+    and ``data.factory`` find a user's module in the folder the command runs from."""
+    if not {"", ".", os.getcwd()} & set(sys.path):
+        sys.path.insert(0, os.getcwd())
+
+
+def _starting_line(args: argparse.Namespace) -> str:
+    """The first thing a command says, before PyTorch loads (seconds on a cold start)."""
+    source = args.config or getattr(args, "run", None) or getattr(args, "resume", None)
+    what = source if source is not None else "the built-in digits workload"
+    return f"{args.command}: loading PyTorch and {what}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``mpq-rl`` command; run from the command line (``argv`` None) it says what it is doing on stderr."""
     args = build_parser().parse_args(argv)
+    _working_directory_importable()
+    status.enable(argv is None)
+    status.say(_starting_line(args))
     try:
         args.handler(args)
     except UserError as exc:

@@ -27,6 +27,9 @@ from mpq_rl.workloads.settings import DataConfig, ModelConfig
 
 SEED_LIMIT = 2**32
 """Seeds are below this: NumPy's and Gymnasium's seeding take 32-bit seeds."""
+INPUT_PATHS = (("model", "weights"), ("hardware", "table"), ("data", "kwargs", "root"))
+"""What a run reads, by key: given relative in a config file, they are read from the file's folder (``output`` and a
+factory's other ``kwargs`` stay as written, relative to the working directory)."""
 
 
 class AgentConfig(Section):
@@ -195,7 +198,26 @@ def load_config(path: str | Path | dict[str, Any] | RunConfig | None = None) -> 
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, source=str(path))
+    return parse_config(_resolve_input_paths(data, path.parent), source=str(path))
+
+
+def _resolve_input_paths(data: Any, folder: Path) -> Any:
+    """``data`` with each relative path of :data:`INPUT_PATHS` joined to ``folder`` (the config file's), so a
+    config names its files the same way from whatever folder a command runs in."""
+    for keys in INPUT_PATHS:
+        data = _resolve_path(data, keys, folder)
+    return data
+
+
+def _resolve_path(node: Any, keys: tuple[str, ...], folder: Path) -> Any:
+    if not isinstance(node, dict) or keys[0] not in node:
+        return node
+    value = node[keys[0]]
+    if len(keys) > 1:
+        return {**node, keys[0]: _resolve_path(value, keys[1:], folder)}
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return {**node, keys[0]: str((folder / value).absolute())}
+    return node
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

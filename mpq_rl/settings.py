@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FilePath = Annotated[Path, Field(strict=False)]
 """A path given as a YAML string."""
+RELATIVE_TO_FILE = "relative paths in a config file resolve against the file's folder"
+"""Said when a file a config names is missing (see :data:`mpq_rl.config.INPUT_PATHS`)."""
 
 
 class Section(BaseModel):

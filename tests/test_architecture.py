@@ -22,6 +22,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ),
     ("mpq_rl.workloads",),
     ("mpq_rl.quantization",),
+    ("mpq_rl.dashboards",),
     ("mpq_rl.workloads.workload",),
     ("mpq_rl.hardware",),
     ("mpq_rl.search",),

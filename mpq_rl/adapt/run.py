@@ -37,11 +37,12 @@ from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.adapt.training import TrainingResult, checked_loader, train
 from mpq_rl.config import RunConfig
+from mpq_rl.dashboards.plots import bits_figure
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mpq_rl.quantization.bits import ALLOWED_BITS, INTEGER_BITS, REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy, save_policy
-from mpq_rl.runs.logger import TB_DIR, bits_figure
+from mpq_rl.runs.logger import TB_DIR
 from mpq_rl.runs.recorder import POLICY_FILE
 from mpq_rl.runs.run_folder import CONFIG_FILE, check_new_run_folder, exclusive, write_manifest
 from mpq_rl.workloads.workload import Workload, load_workload

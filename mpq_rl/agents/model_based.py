@@ -43,6 +43,7 @@ evaluations only, one per episode), ``probes``, ``prior``, ``relaxation`` and ``
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Annotated, Any
 
@@ -51,6 +52,7 @@ from pydantic import Field
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from mpq_rl.agents.learning_board import LearningBoard
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.search.budget import Budget, Choice
@@ -172,10 +174,14 @@ class ModelBasedPPO(Searcher):
     # -- the search -------------------------------------------------------------------------------------------
 
     def search(self, context: SearchContext) -> None:
-        with one_thread():
-            self._search(context)
+        board = LearningBoard(context.log_dir, context.problem.proxy.key, context.episodes)
+        try:
+            with one_thread():
+                self._search(context, board)
+        finally:
+            board.close()
 
-    def _search(self, context: SearchContext) -> None:
+    def _search(self, context: SearchContext, board: LearningBoard) -> None:
         o, problem = self.options, context.problem
         steps = len(problem.searched)
         fractions = sorted({problem.budget.fraction, *(float(b) for b in o.budgets)})
@@ -193,33 +199,40 @@ class ModelBasedPPO(Searcher):
         train_env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, reward)] * o.n_envs)
         train_env.seed(context.seed)
         agent = self._agent(train_env, steps, context.seed)
+        agent.set_logger(board.ppo_logger())
         samplers = [self._env(context, sensitivity, fractions, reward) for _ in range(o.candidates)]
         for i, env in enumerate(samplers):
             env.reset(seed=context.seed + 1 + i)
         rng = context.rng()
         evaluated: dict[tuple[Choice, ...], float] = {}
         if o.probes:
-            _evaluate(context, _probes(problem.budget), evaluated, reward)
+            probes = _probes(problem.budget)
+            _evaluate(context, probes, evaluated, reward, board, dict.fromkeys(probes, "probes"))
         if o.prior and o.prior_episodes:
             agent.learn(o.prior_episodes * steps)
         round_size = o.evaluations_per_round or min(max(context.episodes // ROUNDS, 1), MAX_ROUND)
         first = True
         while not context.done:
             batch = []
+            origin: dict[tuple[Choice, ...], str] = {}  # where each proposal came from, for the dashboard
             per_budget = math.ceil(round_size / len(fractions))
             for fraction in fractions:
                 if first and not o.prior:
                     found = _random_policies(budgets[fraction], rng, per_budget, {*evaluated, *batch})
                 else:
-                    found = self._propose(agent, samplers, surrogate, budgets[fraction], per_budget, evaluated, batch)
+                    found = self._propose(
+                        agent, samplers, surrogate, budgets[fraction], per_budget, evaluated, batch, origin
+                    )
                     if len(found) < per_budget:  # the agent has converged: explore around it at random
                         taken = {*evaluated, *batch, *found}
                         found += _random_policies(budgets[fraction], rng, per_budget - len(found), taken)
+                for policy in found:
+                    origin.setdefault(policy, "random")
                 batch += [c for c in dict.fromkeys(found) if c not in batch]
             first = False
             if not batch:  # every policy of the space has been evaluated
                 break
-            _evaluate(context, batch, evaluated, reward)
+            _evaluate(context, batch, evaluated, reward, board, origin)
             if not context.done and o.model_episodes:
                 agent.learn(o.model_episodes * steps, reset_num_timesteps=False)
         context.report.surrogate_samples = surrogate.samples
@@ -233,15 +246,22 @@ class ModelBasedPPO(Searcher):
         count: int,
         evaluated: dict[tuple[Choice, ...], float],
         taken: list[tuple[Choice, ...]],
+        origin: dict[tuple[Choice, ...], str],
     ) -> list[tuple[Choice, ...]]:
         """The ``count`` best new policies within ``budget`` among the agent's samples, the surrogate's Lagrangian
-        optima and the incumbents' neighbours, by the surrogate's UCB."""
+        optima and the incumbents' neighbours, by the surrogate's UCB; ``origin`` learns where each came from (the
+        first of those that proposed it)."""
         sampled = _rollout(agent, samplers, budget.fraction, deterministic=False)
         sampled += _rollout(agent, samplers[:1], budget.fraction, deterministic=True)
+        origin.update({policy: "agent" for policy in sampled if policy not in origin})
         if self.options.relaxation:
-            sampled += _relaxation_optima(budget, surrogate)
+            optima = _relaxation_optima(budget, surrogate)
+            origin.update({policy: "relaxation" for policy in optima if policy not in origin})
+            sampled += optima
         if self.options.neighbours:
-            sampled += _neighbours(budget, evaluated, self.options.neighbours)
+            near = _neighbours(budget, evaluated, self.options.neighbours)
+            origin.update({policy: "neighbours" for policy in near if policy not in origin})
+            sampled += near
         fresh = list(dict.fromkeys(c for c in sampled if c not in evaluated and c not in taken))
         if not fresh:
             return []
@@ -266,10 +286,19 @@ def _evaluate(
     batch: list[tuple[Choice, ...]],
     evaluated: dict[tuple[Choice, ...], float],
     reward: SurrogateReward,
+    board: LearningBoard,
+    origin: dict[tuple[Choice, ...], str],
 ) -> None:
-    """Score ``batch`` for real (recorded, counted), add the proxies to ``evaluated``, refit the surrogate."""
-    for choices, episode in zip(batch, context.score_many([list(c) for c in batch]), strict=False):
+    """Score ``batch`` for real (recorded, counted), add the proxies to ``evaluated``, refit the surrogate; show the
+    surrogate's predictions of the batch against the measurements, and where the batch came from, on ``board``."""
+    predicted = reward.surrogate.predict(np.array(batch))[0] if batch else np.zeros(0)
+    episodes = context.score_many([list(c) for c in batch])
+    for choices, episode in zip(batch, episodes, strict=False):
         evaluated[choices] = float(episode.proxy)
+    scored = batch[: len(episodes)]
+    board.evaluated(
+        context.recorded, predicted[: len(scored)], [evaluated[c] for c in scored], Counter(origin[c] for c in scored)
+    )
     reward.surrogate.fit(list(evaluated), list(evaluated.values()))
     reward.update()
 

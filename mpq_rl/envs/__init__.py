@@ -1,8 +1,13 @@
-"""Gymnasium environments of mpq_rl; ``mpq_rl/BitWidth-v1`` is registered when mpq_rl is imported."""
+"""Gymnasium environments of mpq_rl; importing this package registers ``mpq_rl/BitWidth-v1``."""
+
+import gymnasium
 
 from mpq_rl.envs.bitwidth import BitWidthEnv
 from mpq_rl.envs.factory import ENV_ID, make_bitwidth_env
 from mpq_rl.envs.learned import EpisodeModel, LearnedRewardEnv
 from mpq_rl.envs.observation import ObservationBuilder
+
+if ENV_ID not in gymnasium.registry:
+    gymnasium.register(id=ENV_ID, entry_point="mpq_rl.envs.factory:make_bitwidth_env")
 
 __all__ = ["ENV_ID", "BitWidthEnv", "EpisodeModel", "LearnedRewardEnv", "ObservationBuilder", "make_bitwidth_env"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mpq_rl import status
 from mpq_rl.errors import UserError
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
 from mpq_rl.hardware.bitfusion import BitFusion
@@ -96,6 +97,7 @@ def build_cost_table(
     relative
     to ``reference_bits`` (``QuantizationConfig.reference_bits``)."""
     model = resolve_model(hardware)
+    status.say(f"building the {hardware.preset} {hardware.metric} cost table of {len(layers)} layers")
     shapes = LayerShapes.from_table(layers)
     bits = (*bits, *(c for c in candidate_codes(list(formats), [b for b in bits if b <= 8]) if c not in bits))
     widths = tuple(bits_of(b) for b in bits)

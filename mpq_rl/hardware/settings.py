@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from mpq_rl.settings import FilePath, Section
+from mpq_rl.settings import RELATIVE_TO_FILE, FilePath, Section
 
 
 class HardwareConfig(Section):
@@ -22,5 +22,5 @@ class HardwareConfig(Section):
     @classmethod
     def _table_exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():
-            raise ValueError(f"hardware.table file {str(v)!r} does not exist")
+            raise ValueError(f"hardware.table file {str(v)!r} does not exist ({RELATIVE_TO_FILE})")
         return v

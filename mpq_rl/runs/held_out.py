@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mpq_rl import status
+from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.budget import within_fraction
 from mpq_rl.search.evaluator import Metrics, evaluate_on_test
 from mpq_rl.search.problem import SearchProblem
-from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.rewards import proxy_value
 
 
@@ -71,6 +72,8 @@ def held_out_scores(problem: SearchProblem, recorder: Recorder, budgets: list[fl
     """Score on the test split the recorder's best policy, FP32, the best policy within each of ``budgets`` (when a
     budget-conditioned searcher searched more than one) and the uniform settings within the budget."""
     simulator = problem.evaluator.simulator
+    uniform = len(problem.budget.uniform_choices())
+    status.say(f"scoring the best policy, FP32 and {uniform} uniform settings within the budget on the test split")
     fp32_test = evaluate_on_test(problem.workload, {}, simulator)
     best, best_test = None, None
     if recorder.best is not None:

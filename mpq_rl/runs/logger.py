@@ -2,10 +2,11 @@
 
 Keys are namespaced like CleanRL's: ``episode/``, ``proxy/``, ``cost/``, ``cost_ratio/``, ``best/`` per episode
 (step = episode number), ``bits/`` histograms over windows of episodes, a ``best/bits`` figure of the best policy
-each time it improves, a custom-scalars layout grouping the charts, and the run's hyper-parameters with the final
+each time it improves, and the run's hyper-parameters with the final
 best reward and proxy as metrics and the held-out score of the best policy (HParams plugin). The RL agents' own
 losses come from stable-baselines3's logger, which writes to the same folder under ``train/`` and ``rollout/``,
-with the step converted to episodes like every other chart (:func:`mpq_rl.agents.sb3.agent_logger`).
+with the step converted to episodes like every other chart (:func:`mpq_rl.agents.sb3.agent_logger`). The Custom
+Scalars layout, the Pareto view, the bits heatmap and the held-out table are drawn by :mod:`mpq_rl.dashboards`.
 
 A resumed run continues the same charts: it drops whatever the interrupted part logged after the last episode the
 resumed run keeps (TensorBoard's purge step) and logs again the kept episodes that the interruption lost before
@@ -22,6 +23,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from mpq_rl.dashboards.plots import bits_figure
 from mpq_rl.search.episode import Episode
 
 TB_DIR = "tb"
@@ -41,40 +43,6 @@ HISTOGRAM_WINDOW = 20
 """Episodes per histogram of chosen bits."""
 
 
-def layout() -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: one chart per group of related keys."""
-    return {
-        "search": {
-            "reward": ["Multiline", [REWARD, BEST_REWARD]],
-            "proxy accuracy": ["Multiline", [r"proxy/.*", BEST_PROXY]],
-            "cost ratio (of W8A8)": ["Multiline", [r"cost_ratio/.*", BEST_COST_RATIO]],
-        },
-        "agent": {
-            "losses": ["Multiline", [r"train/.*loss"]],
-        },
-    }
-
-
-def bits_figure(policy: Mapping[str, tuple[int, int] | list[int]], title: str):
-    """A bar chart of weight and activation bits per layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    names = list(policy)
-    x = np.arange(len(names))
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(names)), 3.5))
-    axes.bar(x - 0.2, [policy[n][0] for n in names], width=0.4, label="weights")
-    axes.bar(x + 0.2, [policy[n][1] for n in names], width=0.4, label="activations")
-    axes.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
-    axes.set_ylabel("bits")
-    axes.set_title(title)
-    axes.legend()
-    figure.tight_layout()
-    return figure
-
-
 class TensorBoardLogger:
     """Writes the search's TensorBoard events; a :class:`~mpq_rl.runs.recorder.Recorder` listener."""
 
@@ -88,7 +56,6 @@ class TensorBoardLogger:
         self.searched = searched
         self.writer = SummaryWriter(str(self.folder), purge_step=None if keep is None else keep + 1)
         self._window: list[Episode] = []
-        self.writer.add_custom_scalars(layout())  # again on resume: an interrupted part may not have flushed it
 
     def __call__(self, number: int, episode: Episode, recorder: Any, improved: bool) -> None:
         scalars = {REWARD: episode.reward, PROJECTED_LAYERS: episode.projected_layers}

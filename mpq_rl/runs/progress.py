@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 import time
 
-from mpq_rl.search.episode import Episode
 from mpq_rl.runs.recorder import Recorder
+from mpq_rl.search.episode import Episode
 
 PROGRESS_STEP = 0.1
 """Away from a terminal, a progress line each time this fraction of the episodes is done ..."""
 PROGRESS_SECONDS = 60.0
 """... or when this long has passed since the last line."""
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{remaining} left, {rate_fmt}{postfix}]"
+"""tqdm's bar with the run's wall time (in the postfix) in place of tqdm's own clock, which restarts after the
+first episode so that its time left leaves the one-off work out."""
 
 
 class SearchProgress:
@@ -20,20 +23,43 @@ class SearchProgress:
     :data:`PROGRESS_SECONDS`, whichever comes first, so a log gets tens of lines per run, not one per update.
 
     The time left is estimated from the episodes after the first one of this part, which also carries one-off work
-    (Hessian traces, a sensitivity pre-pass, probes) that would otherwise make the estimate hours long."""
+    (Hessian traces, a sensitivity pre-pass, probes) that would otherwise make the estimate hours long. The clock
+    is the run's wall time: ``elapsed`` is what the run had taken (loading, calibrating) when the display began."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, proxy: str, metric: str) -> None:
+    def __init__(self, total: int, initial: int, enabled: bool, proxy: str, metric: str, elapsed: float = 0.0) -> None:
         from tqdm.auto import tqdm
 
         self.terminal = enabled and (sys.stderr.isatty() or "ipykernel" in sys.modules)  # a notebook shows a bar
-        self.bar = tqdm(total=total, initial=initial, disable=not self.terminal, unit="ep", desc="search", leave=False)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            disable=not self.terminal,
+            unit="ep",
+            desc="search",
+            leave=False,
+            bar_format=BAR_FORMAT,
+        )
         self.lines = enabled and not self.terminal
         self.proxy, self.metric = proxy, metric
         self.total, self.done = total, initial
-        self.started = self.last_line = time.monotonic()
+        self.last_line = time.monotonic()
+        self.started = self.last_line - elapsed
+        self.bar.set_postfix_str(self._wall(self.last_line))
         self.last_step = self._step(initial)
         self.timed_from: tuple[int, float] | None = None
         """(episodes done, time) when the first episode of this part ended: the start of the time-left estimate."""
+
+    def _wall(self, now: float) -> str:
+        return f"wall {now - self.started:.0f} s"
+
+    def start(self, searcher: str) -> None:
+        """Say that the search has begun (away from a terminal; a terminal shows the bar from now on)."""
+        if self.lines:
+            print(
+                f"search: {searcher} started, {self.done}/{self.total} episodes, {self._wall(time.monotonic())}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _step(self, done: int) -> int:
         return int(done / max(self.total, 1) / PROGRESS_STEP)
@@ -71,12 +97,13 @@ class SearchProgress:
                 )
             return
         best = recorder.best
+        wall = self._wall(time.monotonic())
         if best is not None:
-            self.bar.set_postfix(
-                best=f"{best.reward:.3f}",
-                **{self.proxy: f"{best.proxy:.4f}", self.metric: f"{best.cost_ratio[self.metric]:.3f}"},
-                refresh=False,
+            wall += (
+                f", best {best.reward:.3f}, {self.proxy} {best.proxy:.4f}, "
+                f"{self.metric} {best.cost_ratio[self.metric]:.3f}"
             )
+        self.bar.set_postfix_str(wall, refresh=False)
         self.bar.update(1)
         if first:  # restart the bar's clock so that its rate and time left leave the first episode out
             self.bar.reset(total=self.total)

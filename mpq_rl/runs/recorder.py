@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.hardware.cost_table import METRICS
 from mpq_rl.errors import UserError
+from mpq_rl.hardware.cost_table import METRICS
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.quantization.policy import save_policy
 from mpq_rl.safe_files import open_regular, read_bytes

@@ -11,11 +11,12 @@ from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import read_json
 from mpq_rl.quantization.formats import label
-from mpq_rl.search.evaluator import Metrics
 from mpq_rl.runs.logger import TB_DIR
-from mpq_rl.search.metrics import format_metric
 from mpq_rl.runs.recorder import EPISODES_FILE, PARETO_FILE, POLICY_FILE
 from mpq_rl.runs.run_folder import CONFIG_FILE, run_config, versions
+from mpq_rl.runs.ties import calibration_ties, tied_uniform
+from mpq_rl.search.evaluator import Metrics
+from mpq_rl.search.metrics import format_metric
 from mpq_rl.text_table import render_table
 
 SUMMARY_FILE = "summary.json"
@@ -80,6 +81,7 @@ class SearchResult:
             rows.append((name, test(item["test"]), _f(ratio[self.metric]), _f(ratio.get("size"))))
         lines.append(f"held-out test split, budget {self.budget:g} of W8A8 {self.metric}:")
         lines.append(render_table(rows, right=(1, 2, 3)))
+        lines.extend(calibration_ties(self.best, self.best_test, self.uniform, self.proxy, self.metric))
         resumed = f" over {len(self.parts)} parts (resumed)" if len(self.parts) > 1 else ""
         lines.append(
             f"{self.episodes} episodes, {self.evaluations} evaluations, {self.cache_hits} cache hits, "
@@ -134,6 +136,7 @@ def summary(result: SearchResult, config: RunConfig) -> dict[str, Any]:
         "best": result.best,
         "fp32": {"test_metrics": result.fp32_test},
         "uniform": result.uniform,
+        "uniform_ties": tied_uniform(result.best, result.uniform, result.metric),
         "budget": {"metric": result.metric, "fraction": result.budget, "enforcement": config.budget.enforcement},
         "proxy": result.proxy,
         "agent": config.agent.name,

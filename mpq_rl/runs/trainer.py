@@ -28,16 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.search.searcher import SearchContext, Searcher
+from mpq_rl.agents.checkpoint import CHECKPOINT_DIR
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
-from mpq_rl.safe_files import remove
-from mpq_rl.search.evaluator import EvaluationCache
+from mpq_rl.runs.dashboard import SearchDashboard
 from mpq_rl.runs.held_out import held_out_scores
 from mpq_rl.runs.logger import TB_DIR, TensorBoardLogger, logged_episodes
-from mpq_rl.search.pool import EvaluationPool, resolve_parallel
-from mpq_rl.search.problem import SearchProblem, build_problem
 from mpq_rl.runs.progress import SearchProgress
 from mpq_rl.runs.recorder import (
     EPISODES_FILE,
@@ -60,6 +57,11 @@ from mpq_rl.runs.run_folder import (
     write_manifest,
 )
 from mpq_rl.runs.summary import SUMMARY_FILE, SearchResult, summary
+from mpq_rl.safe_files import remove
+from mpq_rl.search.evaluator import EvaluationCache
+from mpq_rl.search.pool import EvaluationPool, resolve_parallel
+from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.searcher import SearchContext, Searcher
 
 CHECKPOINT_EVERY = 50
 """Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
@@ -116,7 +118,9 @@ def run_search(
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
     problem = build_problem(config)
-    pool = EvaluationPool(problem, resolve_parallel(config.parallel, config.agent.n_envs))  # nothing starts yet, but a missing Ray stops the run here
+    pool = EvaluationPool(
+        problem, resolve_parallel(config.parallel, config.agent.n_envs)
+    )  # nothing starts yet, but a missing Ray stops the run here
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)
@@ -162,8 +166,11 @@ def _search(
     # -- the recorder and its listeners ---------------------------------------------------------------------------
     proxy_name = config.proxy.key
     logger = TensorBoardLogger(folder, config.hparams(), problem.searched, keep=logged)
-    bar = SearchProgress(config.agent.episodes, kept, progress, proxy_name, problem.metric)
-    recorder = Recorder(folder, problem, listeners=[logger, bar], save_every=CHECKPOINT_EVERY, on_save=save_part)
+    elapsed = time.perf_counter() - started
+    bar = SearchProgress(config.agent.episodes, kept, progress, proxy_name, problem.metric, elapsed=elapsed)
+    dashboard = SearchDashboard(logger.writer, problem, config.agent.name, config.agent.episodes, proxy_name)
+    listeners = [logger, dashboard, bar]
+    recorder = Recorder(folder, problem, listeners=listeners, save_every=CHECKPOINT_EVERY, on_save=save_part)
     context = SearchContext(
         problem=problem,
         episodes=config.agent.episodes,
@@ -185,6 +192,7 @@ def _search(
             recorder.replay = len(previous)
 
     # -- the search ---------------------------------------------------------------------------------------------
+    bar.start(config.agent.name)
     try:
         searcher.search(context)
     except KeyboardInterrupt:
@@ -203,6 +211,7 @@ def _search(
     held_out = held_out_scores(problem, recorder, context.report.budgets or [])
     evaluator.close()
     logger.finish(recorder.best, held_out.best_test, recorder.count)
+    dashboard.finish(recorder, held_out)
     logger.close()
     parts.update(time.perf_counter() - started)  # the held-out scoring adds wall time, not evaluations
 

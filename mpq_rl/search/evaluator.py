@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mpq_rl import status
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, read_json, short
 from mpq_rl.quantization.policy import BitPair, Policy
@@ -125,6 +126,8 @@ def calibrated_simulator(workload: Workload) -> QuantSimulator:
         seed=ranges.seed,
     )
     if workload.calibration is not None:
+        samples = workload.calibration.num_samples
+        status.say(f"calibrating quantization ranges of {len(workload.layers)} layers on {samples} samples")
         simulator.calibrate((inputs for inputs, _ in workload.calibration), workload.calibration.num_samples)
     return simulator
 

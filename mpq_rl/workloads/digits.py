@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
+from mpq_rl import status
 from mpq_rl.io import atomic_write_bytes, atomic_write_json
 from mpq_rl.workloads.data import Splits
 
@@ -201,7 +202,12 @@ def trained_digits_cnn(cache_dir: Path | None = None) -> DigitsCNN:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     model = _load_cached(cache_dir)
     if model is not None:
+        status.say(f"using the trained digits CNN cached in {cache_dir}")
         return model
+    status.say(
+        f"training the built-in digits CNN once (15-70 s on a CPU, one thread); it is cached in {cache_dir} "
+        f"(${CACHE_ENV} to move it)"
+    )
     splits = load_digits()
     started = time.perf_counter()
     model = train_digits_cnn(splits["train"])

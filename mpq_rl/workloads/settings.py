@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from mpq_rl.settings import FilePath, Section
+from mpq_rl.settings import RELATIVE_TO_FILE, FilePath, Section
 
 
 class ModelConfig(Section):
@@ -23,7 +23,7 @@ class ModelConfig(Section):
         if self.factory is not None and self.name not in (None, "digits_cnn"):
             raise ValueError("give either model.name or model.factory, not both")
         if self.weights is not None and not self.weights.is_file():
-            raise ValueError(f"model.weights file {str(self.weights)!r} does not exist")
+            raise ValueError(f"model.weights file {str(self.weights)!r} does not exist ({RELATIVE_TO_FILE})")
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ValueError(f"model.input_shape must be positive sizes like [1, 3, 32, 32], got {self.input_shape}")
         return self

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mpq_rl import status
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.bits import REFERENCE_BITS
@@ -172,7 +173,10 @@ def example_input(config: RunConfig, calibration: Batches | None, device: torch.
 def load_workload(config: RunConfig, with_data: bool = True) -> Workload:
     """Build the model, load the data and measure the layer table for ``config``."""
     resolve_device(config.device)  # a missing GPU is reported before the model and data load
+    status.say(f"loading the model ({config.model.source})")
     model = build_model(config.model)
+    if with_data:
+        status.say(f"loading the data ({config.data.factory or config.data.name})")
     splits = load_data(config.data) if with_data else {}
     return assemble_workload(config, model, splits)
 
@@ -195,6 +199,7 @@ def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Wo
             test = make_batches(splits["test"], config.data.batch_size).to(device)
         check_data(model, calibration, test)
     example = example_input(config, calibration, device)
+    status.say("finding the quantizable layers (one forward pass)")
     layers = discover_layers(model, example, model_name=config.model.source)
 
     quant = config.quantization

@@ -9,7 +9,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import mpq_rl  # noqa: F401  (registers mpq_rl/BitWidth-v1)
+import mpq_rl.envs  # noqa: F401  (registers mpq_rl/BitWidth-v1)
 from mpq_rl.config import parse_config
 from mpq_rl.envs import ENV_ID, BitWidthEnv
 from mpq_rl.envs.observation import OBSERVATION_FEATURES

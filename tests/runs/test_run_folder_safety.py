@@ -400,7 +400,9 @@ def test_a_second_process_on_a_folder_in_use_is_refused(run, tmp_path, capsys):
             env=_env(),
             timeout=600,
         )
-    assert_one_line_error(child.returncode, child.stderr, f"in use by another mpq-rl process (pid {os.getpid()})")
+    *said, error = child.stderr.splitlines()  # what the command was doing, then the one-line error
+    assert said[0] == f"mpq-rl: search: loading PyTorch and {run}"
+    assert_one_line_error(child.returncode, error + "\n", f"in use by another mpq-rl process (pid {os.getpid()})")
 
     # The lock goes with the process that held it.
     assert resume(run, capsys)[0] == 0

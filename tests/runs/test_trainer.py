@@ -12,10 +12,10 @@ from mpq_rl.config import load_config, parse_config
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import load_policy
 from mpq_rl.runs import logger as tb_logger
-from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.runs.recorder import Recorder
 from mpq_rl.runs.run_folder import run_config
 from mpq_rl.runs.trainer import SearchInterrupted, run_search
+from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.workloads.workload import load_workload
 
 EPISODES = 12
@@ -265,7 +265,8 @@ def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, ca
     monkeypatch.setattr(progress, "PROGRESS_SECONDS", 3600.0)
     config = small_config(tmp_path / "run", episodes=40, name="random", kwargs={})
     run_search(config, progress=True)  # stderr is captured here, not a terminal
-    lines = capsys.readouterr().err.splitlines()
+    started, *lines = capsys.readouterr().err.splitlines()
+    assert started.startswith("search: random started, 0/40 episodes, wall ")
     assert len(lines) == 10, lines  # one per 10% of the run, no bar redrawn
     assert all(line.startswith("search: ") and "episodes (" in line for line in lines)
     assert lines[0].startswith("search: 4/40 episodes (10%), best reward ")
