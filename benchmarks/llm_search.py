@@ -192,8 +192,9 @@ def report(paths: list[Path]) -> str:
                 if r["searcher"] == "timing":
                     lines.append("")
                     lines.append(
-                        f"Seconds per evaluation: {r['seconds_per_evaluation']:.3f} s against {r['seconds_per_forward']:.3f}"
-                        f" s for the float forward pass over the same {r['calibration_tokens']} calibration tokens "
+                        f"Seconds per evaluation: {r['seconds_per_evaluation']:.3f} s against "
+                        f"{r['seconds_per_forward']:.3f} s for the float forward pass over the same "
+                        f"{r['calibration_tokens']} calibration tokens "
                         f"(ratio {r['ratio']:.2f}, medians of alternated runs)."
                     )
             lines.append("")
