@@ -131,9 +131,17 @@ def append(path: Path, row: dict[str, Any]) -> None:
 
 def sweep(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    base = load_config(args.config)
+    overrides = {"data.calibration_tokens": args.calibration_tokens, "data.test_tokens": args.test_tokens}
+    base = load_config(args.config).with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    first = build_problem(base.with_overrides(**{"budget.bpw": args.bpw[0]}))
     for bpw in args.bpw:
-        problem = build_problem(base.with_overrides(**{"budget.bpw": bpw}))
+        # one workload and evaluator (its cache included) for every budget
+        problem = build_problem(
+            base.with_overrides(**{"budget.bpw": bpw}),
+            workload=first.workload,
+            costs=first.costs,
+            evaluator=first.evaluator,
+        )
         common = {"workload": base.model.name, "budget_bpw": bpw}
         if args.timing:
             append(args.out, common | {"searcher": "timing"} | timing(problem))
@@ -142,7 +150,7 @@ def sweep(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             for name in args.searchers:
                 append(args.out, common | run_searcher(problem, name, args.episodes, seed))
-        problem.close()
+    first.close()
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -208,6 +216,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--searchers", type=lambda s: s.split(","), default=list(SEARCHERS))
+    parser.add_argument("--calibration-tokens", type=int, help="override data.calibration_tokens")
+    parser.add_argument("--test-tokens", type=int, help="override data.test_tokens")
     parser.add_argument("--timing", action="store_true", help="measure seconds per evaluation first")
     parser.add_argument("--out", type=Path, default=Path("docs/results/llm.jsonl"))
     parser.add_argument("--report", type=Path, nargs="+", help="render these JSON lines files as markdown")

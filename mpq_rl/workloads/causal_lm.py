@@ -101,7 +101,7 @@ def load_hf_causal_lm(path: Path) -> nn.Module:
     finally:
         if progress:
             transformers.utils.logging.enable_progress_bar()
-    return model.float().eval()
+    return model.eval()
 
 
 class CausalLM(nn.Module):
