@@ -88,7 +88,7 @@ def test_the_bpw_budget_is_the_searched_layers_average(problem):
         assert episode.within_budget == (bpw <= 3.0)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SEARCHERS.names if n != "exhaustive"))
+@pytest.mark.parametrize("name", sorted(n for n in SEARCHERS if n != "exhaustive"))
 def test_every_searcher_keeps_the_bpw_budget(problem, name, tmp_path):
     episodes = []
     context = SearchContext(problem, 6, 0, episodes.append, tmp_path)
