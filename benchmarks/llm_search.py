@@ -145,8 +145,9 @@ def sweep(args: argparse.Namespace) -> None:
         common = {"workload": base.model.name, "budget_bpw": bpw}
         if args.timing:
             append(args.out, common | {"searcher": "timing"} | timing(problem))
-        for row in uniform_rows(problem):
-            append(args.out, common | row)
+        if not args.no_uniform:
+            for row in uniform_rows(problem):
+                append(args.out, common | row)
         for seed in args.seeds:
             for name in args.searchers:
                 append(args.out, common | run_searcher(problem, name, args.episodes, seed))
@@ -218,6 +219,7 @@ def main() -> None:
     parser.add_argument("--searchers", type=lambda s: s.split(","), default=list(SEARCHERS))
     parser.add_argument("--calibration-tokens", type=int, help="override data.calibration_tokens")
     parser.add_argument("--test-tokens", type=int, help="override data.test_tokens")
+    parser.add_argument("--no-uniform", action="store_true", help="skip the uniform settings (run them once)")
     parser.add_argument("--timing", action="store_true", help="measure seconds per evaluation first")
     parser.add_argument("--out", type=Path, default=Path("docs/results/llm.jsonl"))
     parser.add_argument("--report", type=Path, nargs="+", help="render these JSON lines files as markdown")
