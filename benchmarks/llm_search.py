@@ -31,14 +31,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import load_config
 from mpq_rl.quantization.formats import label
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import evaluate_on_test
-from mpq_rl.search.metrics import model_outputs
 from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.size_budget import bits_per_weight
+from mpq_rl.workloads.model_io import model_outputs
 
 SEARCHERS = ("fixed_mix", "greedy", "hawq", "evolution", "mbppo")
 
@@ -82,7 +82,7 @@ def run_searcher(problem: SearchProblem, name: str, episodes: int, seed: int) ->
 def uniform_rows(problem: SearchProblem) -> list[dict[str, Any]]:
     """Every searched layer at each weight candidate, and the float model, on the held-out text."""
     rows = [{"searcher": "float", "bpw": 32.0} | held_out(problem, {})]
-    for index, code in enumerate(problem.budget.weight_bits):
+    for index, code in enumerate(problem.budget.weight_codes):
         episode = problem.score([(index, 0)] * len(problem.searched))
         rows.append(
             {
@@ -103,7 +103,7 @@ def timing(problem: SearchProblem, repeats: int = 5) -> dict[str, float]:
     rng = torch.Generator().manual_seed(0)
     evaluations, forwards = [], []
     for _ in range(repeats):
-        choices = torch.randint(len(problem.budget.weight_bits), (len(problem.searched),), generator=rng).tolist()
+        choices = torch.randint(len(problem.budget.weight_codes), (len(problem.searched),), generator=rng).tolist()
         policy = problem.policy([(c, 0) for c in choices])
         started = time.perf_counter()
         evaluator.measure(policy)
@@ -180,9 +180,9 @@ def report(paths: list[Path]) -> str:
             for r in chosen:
                 if r["searcher"] == "float" or r["searcher"].startswith("uniform"):
                     fits = "" if r["searcher"] == "float" else (" (within)" if r["within"] else " (over)")
-                    kl = "-" if r["searcher"] == "float" else f"{r['calibration_kl']:.4f}"
+                    kl = "-" if r["searcher"] == "float" else f"{r['calibration_kl']:.3g}"
                     lines.append(
-                        f"| {r['searcher']}{fits} | - | - | {r['bpw']:.3f} | {kl} | {r['test_kl']:.4f} | "
+                        f"| {r['searcher']}{fits} | - | - | {r['bpw']:.3f} | {kl} | {r['test_kl']:.3g} | "
                         f"{r['test_ppl']:.2f} | - |"
                     )
             for name in dict.fromkeys(r["searcher"] for r in chosen if "seed" in r):
@@ -192,7 +192,7 @@ def report(paths: list[Path]) -> str:
                     f"| {name} | {len(runs)} ({len(found)} found) | {runs[0]['evaluations']} | "
                     f"{_mean_sd([r['bpw'] for r in found])} | "
                     + " | ".join(
-                        f"{statistics.mean(v):.4f}" if v else "-"
+                        f"{statistics.mean(v):.3g}" if v else "-"
                         for v in ([r["calibration_kl"] for r in found], [r["test_kl"] for r in found])
                     )
                     + f" | {_mean_sd([r['test_ppl'] for r in found])} | {_mean_sd([r['seconds'] for r in runs])} |"

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 
 MIXES = ("Q3_K_M", "Q4_K_M", "Q5_K_M")
 
@@ -84,7 +84,7 @@ def steps(mix: str, name: str, blocks: int) -> int:
 def fixed_mix_choices(budget: Budget, mixes: Sequence[str] = MIXES) -> list[list[Choice]]:
     """Every (mix, base level) policy that fits ``budget``, costliest first, without repeats; a
     :class:`UserError` if none does."""
-    top_a = len(budget.activation_bits) - 1
+    top_a = len(budget.activation_codes) - 1
     ladders = [
         [
             int(w)
@@ -115,18 +115,21 @@ def fixed_mix_choices(budget: Budget, mixes: Sequence[str] = MIXES) -> list[list
     return fitting
 
 
+class FixedMixOptions(SearcherOptions):
+    mixes: list[str] = list(MIXES)
+    """The mixes to propose, some of Q3_K_M, Q4_K_M and Q5_K_M."""
+
+
 class FixedMix(Searcher):
     """llama.cpp's fixed mixes at every base level that fits. ``agent.kwargs``: ``mixes`` (default all of
     Q3_K_M, Q4_K_M, Q5_K_M)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        options = check_options("fixed_mix", kwargs, {"mixes": list(MIXES)})
-        unknown = [m for m in options["mixes"] if m not in MIXES]
-        if unknown or not options["mixes"]:
-            raise UserError(
-                f"agent.kwargs.mixes for 'fixed_mix' must list some of {', '.join(MIXES)}, got {options['mixes']!r}"
-            )
-        self.mixes = tuple(options["mixes"])
+        mixes = parse_options("fixed_mix", kwargs, FixedMixOptions).mixes
+        unknown = [m for m in mixes if m not in MIXES]
+        if unknown or not mixes:
+            raise UserError(f"agent.kwargs.mixes for 'fixed_mix' must list some of {', '.join(MIXES)}, got {mixes!r}")
+        self.mixes = tuple(mixes)
 
     def search(self, context: SearchContext) -> None:
         context.score_many(fixed_mix_choices(context.problem.budget, self.mixes)[: context.remaining])

@@ -6,7 +6,7 @@ real evaluations go only to the policies the agent and the model agree are promi
 
 1. **Sensitivity** (no evaluation; its wall time is reported in ``summary.json`` under ``search``): the relative
    weight and input quantization error of every searched layer at every candidate bit-width
-   (:mod:`mpq_rl.agents.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they
+   (:mod:`mpq_rl.search.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they
    are
    the surrogate's inputs.
 2. **Prior** (``probes``, ``prior``): one evaluation per searched layer measures it alone at its cheapest bits
@@ -33,7 +33,7 @@ real evaluations go only to the policies the agent and the model agree are promi
 The agent maximizes the predicted proxy within the budget (the projection keeps every episode in budget); which
 evaluated policy is best is decided by the run's reward, ties going to the cheaper policy, as for every searcher.
 
-``agent.kwargs`` (defaults in :data:`DEFAULTS`): the numbers above, ``members`` (surrogate ensemble size),
+``agent.kwargs`` (:class:`MbppoOptions`): the numbers above, ``members`` (surrogate ensemble size),
 ``n_envs`` (model environments PPO steps in lockstep), ``learning_rate``, ``n_epochs``, ``ent_coef``, ``net_arch``
 (PPO), and the ablation switches ``sensitivity`` (false: every layer gets the textbook error ``4^-bits`` instead of
 its measured one, and the agent observes no errors), ``surrogate`` (false: no model; the agent learns from real
@@ -44,40 +44,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-import torch
+from pydantic import Field
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
-from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
-from mpq_rl.envs import BitWidthEnv
-from mpq_rl.errors import UserError
+from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
+from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
+from mpq_rl.search.threads import one_thread
 
-DEFAULTS: dict[str, Any] = {
-    "evaluations_per_round": None,
-    "candidates": 64,
-    "model_episodes": 64,
-    "prior_episodes": 512,
-    "exploration": 1.0,
-    "neighbours": 3,
-    "members": 8,
-    "budgets": [],
-    "n_envs": 16,
-    "learning_rate": 3e-3,
-    "n_epochs": 4,
-    "ent_coef": 0.01,
-    "net_arch": [64, 64],
-    "sensitivity": True,
-    "surrogate": True,
-    "prior": True,
-    "probes": True,
-    "relaxation": True,
-}
+
+class MbppoOptions(SearcherOptions):
+    evaluations_per_round: int | None = Field(None, ge=1)
+    candidates: int = Field(64, ge=1)
+    model_episodes: int = Field(64, ge=0)
+    prior_episodes: int = Field(512, ge=0)
+    exploration: float = 1.0
+    neighbours: int = Field(3, ge=0)
+    members: int = Field(8, ge=1)
+    budgets: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(default_factory=list)
+    """Positive fractions of W8A8."""
+    n_envs: int = Field(16, ge=1)
+    learning_rate: float = 3e-3
+    n_epochs: int = Field(4, ge=1)
+    ent_coef: float = 0.01
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    sensitivity: bool = True
+    surrogate: bool = True
+    prior: bool = True
+    probes: bool = True
+    relaxation: bool = True
+
+
 ROUNDS = 20
 """With ``evaluations_per_round: null`` (the default), rounds of ``agent.episodes / 20`` evaluations (at most
 :data:`MAX_ROUND`): the surrogate is refitted about 20 times, whatever the evaluation budget."""
@@ -89,7 +92,7 @@ EPISODES_PER_UPDATE = 2
 class SurrogateReward:
     """The model environment's reward: minus each layer's predicted proxy loss, scaled so that the all-lowest
     policy loses 1 in all; its features, each candidate's predicted loss divided by the largest of any layer (an
-    :class:`~mpq_rl.envs.bitwidth.EpisodeModel`)."""
+    :class:`~mpq_rl.envs.learned.EpisodeModel`)."""
 
     def __init__(self, surrogate: Surrogate) -> None:
         self.surrogate = surrogate
@@ -118,43 +121,34 @@ class ModelBasedPPO(Searcher):
     """PPO trained on a learned surrogate of the proxy, spending real evaluations on its best proposals."""
 
     def __init__(self, **kwargs: Any) -> None:
-        options = check_options("mbppo", kwargs, DEFAULTS)
-        for key in ("evaluations_per_round", "candidates", "members", "n_envs", "n_epochs"):
-            if key == "evaluations_per_round" and options[key] is None:
-                continue
-            if not isinstance(options[key], int) or isinstance(options[key], bool) or options[key] < 1:
-                raise UserError(f"agent.kwargs.{key} must be a whole number >= 1, got {options[key]!r}")
-        for key in ("model_episodes", "prior_episodes", "neighbours"):
-            if not isinstance(options[key], int) or isinstance(options[key], bool) or options[key] < 0:
-                raise UserError(f"agent.kwargs.{key} must be a whole number >= 0, got {options[key]!r}")
-        budgets = options["budgets"]
-        if not isinstance(budgets, list) or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 and math.isfinite(b) for b in budgets
-        ):
-            raise UserError(f"agent.kwargs.budgets must be a list of positive fractions of W8A8, got {budgets!r}")
-        for key in ("sensitivity", "surrogate", "prior", "probes", "relaxation"):
-            if not isinstance(options[key], bool):
-                raise UserError(f"agent.kwargs.{key} must be true or false, got {options[key]!r}")
+        options = parse_options("mbppo", kwargs, MbppoOptions)
         self.options = options
 
     # -- pieces ---------------------------------------------------------------------------------------------------
 
     def _sensitivity(self, context: SearchContext) -> Sensitivity:
         problem, budget = context.problem, context.problem.budget
-        if not self.options["sensitivity"]:
-            return Sensitivity.theoretical(len(problem.searched), budget.weight_bits, budget.activation_bits)
+        if not self.options.sensitivity:
+            return Sensitivity.theoretical(len(problem.searched), budget.weight_codes, budget.activation_codes)
         return measure_sensitivity(
-            problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
+            problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
         )
 
-    def _env(self, context: SearchContext, sensitivity: Sensitivity, fractions: Sequence[float], model: Any):
-        return BitWidthEnv(
-            problem=context.problem,
-            discrete=True,
-            sensitivity=sensitivity if self.options["sensitivity"] else None,
-            budgets=fractions if len(fractions) > 1 else None,
-            model=model,
-        )
+    def _env(
+        self,
+        context: SearchContext,
+        sensitivity: Sensitivity,
+        fractions: Sequence[float],
+        model: SurrogateReward | None,
+    ):
+        options = {
+            "discrete": True,
+            "sensitivity": sensitivity if self.options.sensitivity else None,
+            "budgets": fractions if len(fractions) > 1 else None,
+        }
+        if model is None:
+            return BitWidthEnv(context.problem, **options)
+        return LearnedRewardEnv(context.problem, model, **options)
 
     def _agent(self, env: Any, steps: int, seed: int) -> PPO:
         o = self.options
@@ -164,12 +158,12 @@ class ModelBasedPPO(Searcher):
             env,
             n_steps=n_steps,
             batch_size=n_steps * env.num_envs,  # one minibatch per epoch: few, large steps keep updates cheap
-            n_epochs=o["n_epochs"],
-            learning_rate=o["learning_rate"],
-            ent_coef=o["ent_coef"],
+            n_epochs=o.n_epochs,
+            learning_rate=o.learning_rate,
+            ent_coef=o.ent_coef,
             gamma=1.0,
             gae_lambda=0.95,
-            policy_kwargs={"net_arch": list(o["net_arch"])},
+            policy_kwargs={"net_arch": list(o.net_arch)},
             seed=seed,
             device="cpu",
             verbose=0,
@@ -178,46 +172,43 @@ class ModelBasedPPO(Searcher):
     # -- the search -------------------------------------------------------------------------------------------
 
     def search(self, context: SearchContext) -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small MLPs: one thread is fastest, and never oversubscribes a busy machine
-        try:
+        with one_thread():
             self._search(context)
-        finally:
-            torch.set_num_threads(threads)
 
     def _search(self, context: SearchContext) -> None:
         o, problem = self.options, context.problem
         steps = len(problem.searched)
-        fractions = sorted({problem.budget.fraction, *(float(b) for b in o["budgets"])})
+        fractions = sorted({problem.budget.fraction, *(float(b) for b in o.budgets)})
         budgets = {f: problem.budget.with_fraction(f) for f in fractions}
         sensitivity = self._sensitivity(context)
-        context.notes.update(sensitivity_seconds=round(sensitivity.seconds, 4), budgets=fractions)
-        if not o["surrogate"]:
+        context.report.sensitivity_seconds = round(sensitivity.seconds, 4)
+        context.report.budgets = fractions
+        if not o.surrogate:
             self._model_free(context, sensitivity, fractions, steps)
             return
         proxy = problem.proxy
         link = "noise" if proxy.metric == "fidelity" and proxy.fidelity == "cosine" else "linear"
-        surrogate = Surrogate(sensitivity, problem.proxy_fp32, members=o["members"], seed=context.seed, link=link)
+        surrogate = Surrogate(sensitivity, problem.proxy_fp32, members=o.members, seed=context.seed, link=link)
         reward = SurrogateReward(surrogate)
-        train_env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, reward)] * o["n_envs"])
+        train_env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, reward)] * o.n_envs)
         train_env.seed(context.seed)
         agent = self._agent(train_env, steps, context.seed)
-        samplers = [self._env(context, sensitivity, fractions, reward) for _ in range(o["candidates"])]
+        samplers = [self._env(context, sensitivity, fractions, reward) for _ in range(o.candidates)]
         for i, env in enumerate(samplers):
             env.reset(seed=context.seed + 1 + i)
         rng = context.rng()
         evaluated: dict[tuple[Choice, ...], float] = {}
-        if o["probes"]:
+        if o.probes:
             _evaluate(context, _probes(problem.budget), evaluated, reward)
-        if o["prior"] and o["prior_episodes"]:
-            agent.learn(o["prior_episodes"] * steps)
-        round_size = o["evaluations_per_round"] or min(max(context.episodes // ROUNDS, 1), MAX_ROUND)
+        if o.prior and o.prior_episodes:
+            agent.learn(o.prior_episodes * steps)
+        round_size = o.evaluations_per_round or min(max(context.episodes // ROUNDS, 1), MAX_ROUND)
         first = True
         while not context.done:
             batch = []
             per_budget = math.ceil(round_size / len(fractions))
             for fraction in fractions:
-                if first and not o["prior"]:
+                if first and not o.prior:
                     found = _random_policies(budgets[fraction], rng, per_budget, {*evaluated, *batch})
                 else:
                     found = self._propose(agent, samplers, surrogate, budgets[fraction], per_budget, evaluated, batch)
@@ -229,9 +220,9 @@ class ModelBasedPPO(Searcher):
             if not batch:  # every policy of the space has been evaluated
                 break
             _evaluate(context, batch, evaluated, reward)
-            if not context.done and o["model_episodes"]:
-                agent.learn(o["model_episodes"] * steps, reset_num_timesteps=False)
-        context.notes["surrogate_samples"] = surrogate.samples
+            if not context.done and o.model_episodes:
+                agent.learn(o.model_episodes * steps, reset_num_timesteps=False)
+        context.report.surrogate_samples = surrogate.samples
 
     def _propose(
         self,
@@ -247,15 +238,15 @@ class ModelBasedPPO(Searcher):
         optima and the incumbents' neighbours, by the surrogate's UCB."""
         sampled = _rollout(agent, samplers, budget.fraction, deterministic=False)
         sampled += _rollout(agent, samplers[:1], budget.fraction, deterministic=True)
-        if self.options["relaxation"]:
+        if self.options.relaxation:
             sampled += _relaxation_optima(budget, surrogate)
-        if self.options["neighbours"]:
-            sampled += _neighbours(budget, evaluated, self.options["neighbours"])
+        if self.options.neighbours:
+            sampled += _neighbours(budget, evaluated, self.options.neighbours)
         fresh = list(dict.fromkeys(c for c in sampled if c not in evaluated and c not in taken))
         if not fresh:
             return []
         mean, std = surrogate.predict(np.array(fresh))
-        score = mean + self.options["exploration"] * std
+        score = mean + self.options.exploration * std
         order = np.lexsort((np.arange(len(fresh)), -score))
         return [fresh[i] for i in order[:count]]
 
@@ -328,7 +319,7 @@ def _relaxation_optima(budget: Budget, surrogate: Surrogate, members: int = 4) -
 def _probes(budget: Budget) -> list[tuple[Choice, ...]]:
     """One policy per searched layer: that layer at its cheapest pair (the most bits among equally cheap ones),
     every other layer at the highest bits. Each measures one layer's sensitivity in the proxy itself."""
-    top = (len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)
+    top = (len(budget.weight_codes) - 1, len(budget.activation_codes) - 1)
     found = []
     for step, costs in enumerate(budget.costs):
         cheapest = np.nanmin(costs)
@@ -345,8 +336,8 @@ def _neighbours(budget: Budget, evaluated: dict[tuple[Choice, ...], float], best
     found = []
     for choices in top:
         for step in range(len(choices)):
-            for w in range(len(budget.weight_bits)):
-                for a in range(len(budget.activation_bits)):
+            for w in range(len(budget.weight_codes)):
+                for a in range(len(budget.activation_codes)):
                     changed = list(choices)
                     changed[step] = (w, a)
                     if changed[step] != choices[step] and budget.fits(changed):
@@ -364,7 +355,7 @@ def _random_policies(
         if len(found) == count:
             break
         raw = [
-            (int(rng.integers(len(budget.weight_bits))), int(rng.integers(len(budget.activation_bits))))
+            (int(rng.integers(len(budget.weight_codes))), int(rng.integers(len(budget.activation_codes))))
             for _ in budget.names
         ]
         choices = tuple(budget.projected(raw))

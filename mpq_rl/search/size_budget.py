@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from mpq_rl.config import BudgetConfig
 from mpq_rl.hardware import CostTable
 from mpq_rl.hardware.roofline import BIAS_BITS
 from mpq_rl.quantization.policy import BitPair
+from mpq_rl.search.settings import BudgetConfig
 from mpq_rl.workloads.layers import LayerTable
 
 SIZE_METRIC = "size"
