@@ -102,7 +102,7 @@ def test_every_searcher_keeps_the_bpw_budget(problem, name, tmp_path):
         bpw = bits_per_weight(episode.cost_ratio["size"], problem.costs, workload.layers, problem.searched, {})
         assert episode.within_budget == (bpw <= 3.0 + 1e-9)
     assert any(e.within_budget for e in episodes)
-    if name not in ("uniform", "fixed_mix"):  # these also try settings over budget, marked as such
+    if name not in ("uniform", "fixed_mix", "greedy"):  # these also score settings over budget, marked as such
         assert all(e.within_budget for e in episodes)
 
 
