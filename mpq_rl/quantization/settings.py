@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mpq_rl.quantization.bits import ALLOWED_BITS, FLOAT_BITS, INTEGER_BITS, REFERENCE_BITS
 from mpq_rl.settings import Section
@@ -41,6 +41,41 @@ class QuantizationConfig(Section):
     percentile: float = Field(99.99, gt=50.0, le=100.0, allow_inf_nan=False)
     formats: list[Literal["int", "fp", "flint"]] = Field(default_factory=lambda: ["int"])
     """Number formats each layer's weights and activations choose from (see :mod:`mpq_rl.quantization.formats`)."""
+    weight_formats: list[str] = Field(default_factory=list)
+    """Group-wise weight formats (``q4_0``, ``int3_g64_asym``, ...: :mod:`mpq_rl.quantization.groupwise`); when
+    given, they are the weight candidates in place of ``weight_bits`` (a weight-only search)."""
+
+    @field_validator("weight_formats")
+    @classmethod
+    def _weight_formats(cls, v: list[str]) -> list[str]:
+        from mpq_rl.quantization import groupwise
+
+        unknown = [name for name in v if name not in groupwise.FORMAT_NAMES]
+        if unknown or len(set(v)) != len(v):
+            raise ValueError(
+                f"quantization.weight_formats must list each format once among {', '.join(groupwise.GGUF_TYPES)} "
+                f"and int<b>_g<G>[_asym] (b 2..8, G 32/64/128), got {unknown or v}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _group_formats_weight_only(self) -> QuantizationConfig:
+        if self.weight_formats and self.activation_bits:
+            raise ValueError(
+                "quantization.weight_formats are weight-only formats: set quantization.activation_bits: [] "
+                f"(got {self.activation_bits})"
+            )
+        return self
+
+    @property
+    def weight_codes(self) -> list[int]:
+        """The weight candidates as precision codes: ``weight_formats`` from the fewest bits per weight up, else
+        every ``formats`` at every ``weight_bits``."""
+        from mpq_rl.quantization import formats, groupwise
+
+        if self.weight_formats:
+            return groupwise.codes_by_size(self.weight_formats)
+        return formats.candidate_codes(self.formats, self.weight_bits)
 
     @field_validator("formats")
     @classmethod

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mpq_rl.errors import UserError
-from mpq_rl.quantization import formats
+from mpq_rl.quantization import formats, groupwise
 from mpq_rl.quantization.kernels import fake_quantize, table_quantize
 from mpq_rl.quantization.policy import BitPair
 from mpq_rl.quantization.quant import (
@@ -317,7 +317,11 @@ class QuantSimulator:
         them with the quantized weights."""
         weight = self.fp32_weights[name]
         quantizers: dict[int, Quantizer] = {}
-        for number_format, group in formats.by_format(c for c in codes if not is_float_bits(c)):
+        for code in codes:
+            if groupwise.is_block_code(code):
+                quantizers[code] = groupwise.weight_quantizer(weight, code, name)
+        others = (c for c in codes if not is_float_bits(c) and not groupwise.is_block_code(c))
+        for number_format, group in formats.by_format(others):
             bits = [formats.bits_of(c) for c in group]
             found = number_format.weight_quantizers(weight, bits, self.weight_range, self.percentile)
             quantizers.update(zip(group, found, strict=True))

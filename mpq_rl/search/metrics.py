@@ -58,9 +58,17 @@ class Scorer:
     p``); each call is then one pass of :func:`mpq_rl.quantization.kernels.output_scores` over the outputs, with ``KL(p
     || q) =
     sum p log p - sum p log q``.
+
+    Sequence outputs (``[batch, positions, vocabulary]``, a language model's next-token logits) are scored per
+    position by :class:`mpq_rl.search.token_metrics.TokenScorer`.
     """
 
     def __init__(self, reference: torch.Tensor, targets: torch.Tensor | None) -> None:
+        from mpq_rl.search.token_metrics import TokenScorer
+
+        self.tokens = TokenScorer(reference, targets) if reference.dim() == 3 else None
+        if self.tokens is not None:
+            return
         self.classifier = reference.dim() == 2
         ref = _numpy(reference)
         self.samples = len(ref)
@@ -73,6 +81,8 @@ class Scorer:
         self._kernel_targets = self.targets if self.targets is not None else np.zeros(0, dtype=np.int64)
 
     def __call__(self, outputs: torch.Tensor) -> dict[str, float]:
+        if self.tokens is not None:
+            return self.tokens(outputs)
         out = outputs.detach().cpu().float().reshape(len(outputs), -1).contiguous().numpy()
         if out.shape != self.reference_unit.shape:
             raise ValueError(f"outputs of shape {tuple(out.shape)} do not match the reference's")

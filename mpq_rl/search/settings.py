@@ -14,7 +14,23 @@ class BudgetConfig(Section):
     """The cost budget as a fraction of the W8A8 cost, and how an episode is kept within it."""
 
     fraction: float = Field(0.5, gt=0.0, allow_inf_nan=False)
+    bpw: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    """Average stored bits per weight of the searched layers (scales included), in place of ``fraction``: the
+    budget is then on model size (:mod:`mpq_rl.search.size_budget`)."""
+    bytes: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    """Stored bytes of all quantized layers, in place of ``fraction`` (a size budget, like ``bpw``)."""
     enforcement: Literal["project", "wall", "penalty"] = "project"
+
+    @model_validator(mode="after")
+    def _one_size_budget(self) -> BudgetConfig:
+        if self.bpw is not None and self.bytes is not None:
+            raise ValueError(f"give budget.bpw or budget.bytes, not both (got {self.bpw} and {self.bytes})")
+        return self
+
+    @property
+    def on_size(self) -> bool:
+        """Whether the budget is a model size (``bpw`` or ``bytes``) rather than a fraction of W8A8."""
+        return self.bpw is not None or self.bytes is not None
 
 
 class ProxyConfig(Section):

@@ -17,6 +17,8 @@ class ModelConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: FilePath | None = None
     input_shape: list[int] | None = None
+    path: FilePath | None = None
+    """A model folder or file that the model reads (``causal_lm``: a Hugging Face folder or a GGUF file)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -24,6 +26,8 @@ class ModelConfig(Section):
             raise ValueError("give either model.name or model.factory, not both")
         if self.weights is not None and not self.weights.is_file():
             raise ValueError(f"model.weights file {str(self.weights)!r} does not exist ({RELATIVE_TO_FILE})")
+        if self.path is not None and not self.path.exists():
+            raise ValueError(f"model.path {str(self.path)!r} does not exist: give a model folder or file")
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ValueError(f"model.input_shape must be positive sizes like [1, 3, 32, 32], got {self.input_shape}")
         return self
@@ -42,3 +46,15 @@ class DataConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     calibration_samples: int = Field(512, gt=0)
     batch_size: int = Field(256, gt=0)
+    path: FilePath | None = None
+    """A data file the dataset reads (``text``: a plain-text corpus)."""
+    calibration_tokens: int | None = Field(None, gt=0)
+    """Tokens in the calibration split of a text dataset (``text``)."""
+    test_tokens: int | None = Field(None, gt=0)
+    """Tokens in the held-out split of a text dataset (``text``)."""
+
+    @property
+    def file_kwargs(self) -> dict[str, Any]:
+        """``path``, ``calibration_tokens`` and ``test_tokens`` where given, as the dataset's keyword arguments."""
+        given = {"path": self.path, "calibration_tokens": self.calibration_tokens, "test_tokens": self.test_tokens}
+        return {key: value for key, value in given.items() if value is not None}
