@@ -124,9 +124,7 @@ def runtime_name() -> str:
     return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
 
 
-def check_gguf(
-    path: str | Path, model: torch.nn.Module, types: Mapping[str, str], windows: torch.Tensor
-) -> GgufCheck:
+def check_gguf(path: str | Path, model: torch.nn.Module, types: Mapping[str, str], windows: torch.Tensor) -> GgufCheck:
     """Measure the export at ``path`` of ``model`` under ``types`` in llama.cpp against the simulation."""
     runtime = runtime_name()
     return GgufCheck(

@@ -22,10 +22,10 @@ list of ``llama-quantize --tensor-type-file`` lines that would give the same typ
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,7 @@ def rope_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
 
 
 def gguf_name(module_name: str, blocks: int) -> str:
-    """llama.cpp's tensor name (``blk.3.ffn_down``) of a Hugging Face Llama module (``model.layers.3.mlp.down_proj``)."""
+    """llama.cpp's tensor name (``blk.3.ffn_down``) of a Hugging Face module (``model.layers.3.mlp.down_proj``)."""
     from gguf import MODEL_ARCH, get_tensor_name_map
 
     name = get_tensor_name_map(MODEL_ARCH.LLAMA, blocks).get_name(module_name)
