@@ -56,6 +56,8 @@ class ModelConfig(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: FilePath | None = None
     input_shape: list[int] | None = None
+    path: FilePath | None = None
+    """A model folder or file that the model reads (``causal_lm``: a Hugging Face folder or a GGUF file)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -63,6 +65,8 @@ class ModelConfig(_Section):
             raise ValueError("give either model.name or model.factory, not both")
         if self.weights is not None and not self.weights.is_file():
             raise ValueError(f"model.weights file {str(self.weights)!r} does not exist")
+        if self.path is not None and not self.path.exists():
+            raise ValueError(f"model.path {str(self.path)!r} does not exist: give a model folder or file")
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ValueError(f"model.input_shape must be positive sizes like [1, 3, 32, 32], got {self.input_shape}")
         return self
@@ -81,6 +85,18 @@ class DataConfig(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     calibration_samples: int = Field(512, gt=0)
     batch_size: int = Field(256, gt=0)
+    path: FilePath | None = None
+    """A data file the dataset reads (``text``: a plain-text corpus)."""
+    calibration_tokens: int | None = Field(None, gt=0)
+    """Tokens in the calibration split of a text dataset (``text``)."""
+    test_tokens: int | None = Field(None, gt=0)
+    """Tokens in the held-out split of a text dataset (``text``)."""
+
+    @property
+    def file_kwargs(self) -> dict[str, Any]:
+        """``path``, ``calibration_tokens`` and ``test_tokens`` where given, as the dataset's keyword arguments."""
+        given = {"path": self.path, "calibration_tokens": self.calibration_tokens, "test_tokens": self.test_tokens}
+        return {key: value for key, value in given.items() if value is not None}
 
 
 class QuantizationConfig(_Section):
@@ -100,6 +116,22 @@ class QuantizationConfig(_Section):
     percentile: float = Field(99.99, gt=50.0, le=100.0, allow_inf_nan=False)
     formats: list[Literal["int", "fp", "flint"]] = Field(default_factory=lambda: ["int"])
     """Number formats each layer's weights and activations choose from (see :mod:`mpq_rl.quantization.formats`)."""
+    weight_formats: list[str] = Field(default_factory=list)
+    """Group-wise weight formats (``q4_0``, ``int3_g64_asym``, ...: :mod:`mpq_rl.quantization.groupwise`); when
+    given, they are the weight candidates in place of ``weight_bits`` (a weight-only search)."""
+
+    @field_validator("weight_formats")
+    @classmethod
+    def _weight_formats(cls, v: list[str]) -> list[str]:
+        from mpq_rl.quantization import groupwise
+
+        unknown = [name for name in v if name not in groupwise.FORMAT_NAMES]
+        if unknown or len(set(v)) != len(v):
+            raise ValueError(
+                f"quantization.weight_formats must list each format once among {', '.join(groupwise.GGUF_TYPES)} "
+                f"and int<b>_g<G>[_asym] (b 2..8, G 32/64/128), got {unknown or v}"
+            )
+        return v
 
     @field_validator("formats")
     @classmethod
@@ -145,9 +177,28 @@ class QuantizationConfig(_Section):
             _check_allowed(bits, f"quantization.pin.{name}")
         return v
 
+    @model_validator(mode="after")
+    def _group_formats_weight_only(self) -> QuantizationConfig:
+        if self.weight_formats and self.activation_bits:
+            raise ValueError(
+                "quantization.weight_formats are weight-only formats: set quantization.activation_bits: [] "
+                f"(got {self.activation_bits})"
+            )
+        return self
+
     @property
     def weight_only(self) -> bool:
         return not self.activation_bits
+
+    @property
+    def weight_codes(self) -> list[int]:
+        """The weight candidates as precision codes: ``weight_formats`` from the fewest bits per weight up, else
+        every ``formats`` at every ``weight_bits``."""
+        from mpq_rl.quantization import formats, groupwise
+
+        if self.weight_formats:
+            return groupwise.codes_by_size(self.weight_formats)
+        return formats.candidate_codes(self.formats, self.weight_bits)
 
     @property
     def activation_candidates(self) -> list[int]:
@@ -181,6 +232,22 @@ class BudgetConfig(_Section):
 
     fraction: float = Field(0.5, gt=0.0, allow_inf_nan=False)
     enforcement: Literal["project", "wall", "penalty"] = "project"
+    bpw: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    """Average stored bits per weight of the searched layers (scales included), in place of ``fraction``: the
+    budget is then on model size (:mod:`mpq_rl.search.size_budget`)."""
+    bytes: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    """Stored bytes of all quantized layers, in place of ``fraction`` (a size budget, like ``bpw``)."""
+
+    @model_validator(mode="after")
+    def _one_size_budget(self) -> BudgetConfig:
+        if self.bpw is not None and self.bytes is not None:
+            raise ValueError(f"give budget.bpw or budget.bytes, not both (got {self.bpw} and {self.bytes})")
+        return self
+
+    @property
+    def on_size(self) -> bool:
+        """Whether the budget is a model size (``bpw`` or ``bytes``) rather than a fraction of W8A8."""
+        return self.bpw is not None or self.bytes is not None
 
 
 class ProxyConfig(_Section):

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 MODELS: Registry[Callable[..., nn.Module]] = Registry(
     "model.name",
     {
+        "causal_lm": "mpq_rl.workloads.causal_lm:build_causal_lm",
         "digits_cnn": "mpq_rl.workloads.digits:build_digits_cnn",
         "minilm": "mpq_rl.workloads.minilm:build_minilm",
         "mobilenet_v2": "mpq_rl.workloads.imagenet_models:mobilenet_v2",
         "resnet18": "mpq_rl.workloads.imagenet_models:resnet18",
         "resnet50": "mpq_rl.workloads.imagenet_models:resnet50",
+        "tinylm": "mpq_rl.workloads.tinylm:build_tinylm",
     },
     alternatives="model.factory",
 )
@@ -34,6 +36,7 @@ DATASETS: Registry[Callable[..., Splits]] = Registry(
         "digits": "mpq_rl.workloads.digits:load_digits",
         "imagenet": "mpq_rl.workloads.vision_data:load_imagenet",
         "minilm_sentences": "mpq_rl.workloads.minilm:load_minilm_sentences",
+        "text": "mpq_rl.workloads.text:load_text",
     },
     alternatives="'none', data.factory",
 )

@@ -10,10 +10,12 @@ A split is any map-style dataset (``len`` and indexing). Its items are one of
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from mpq_rl.config import DataConfig
@@ -123,14 +125,16 @@ def make_batches(dataset: Dataset, batch_size: int, limit: int | None = None, se
     return Batches(batches, len(indices))
 
 
-def load_data(config: DataConfig) -> Splits:
+def load_data(config: DataConfig, model: nn.Module | None = None) -> Splits:
     """The splits ``config`` names: a built-in dataset, a factory's, or none (``name: none``, no factory).
 
     A factory is called with ``config.kwargs`` only: the run's seed is never passed to it, so the held-out test
     split is the same for every run seed and the spread over seeds is search noise, not test-set noise (a factory
     that draws its splits at random takes its own ``seed`` from ``data.kwargs``). Built-in datasets use fixed
     splits. The run seed only picks which calibration samples are kept when ``data.calibration_samples`` is
-    smaller than the calibration split (see :func:`make_batches`).
+    smaller than the calibration split (see :func:`make_batches`). ``data.path``, ``data.calibration_tokens`` and
+    ``data.test_tokens`` are passed where given, and ``model`` to a dataset that takes a ``model`` argument (text
+    data is tokenized by the model's tokenizer).
     """
     if config.factory is not None:
         if config.name not in (*NO_DATA, DataConfig.model_fields["name"].default):
@@ -142,7 +146,10 @@ def load_data(config: DataConfig) -> Splits:
     else:
         fn = DATASETS.resolve(config.name)
         source = f"dataset {config.name!r}"
-    return _check_splits(call_with_kwargs(fn, dict(config.kwargs), "data"), source)
+    kwargs = {**config.kwargs, **config.file_kwargs}
+    if model is not None and "model" in inspect.signature(fn).parameters:
+        kwargs["model"] = model
+    return _check_splits(call_with_kwargs(fn, kwargs, "data"), source)
 
 
 def _check_splits(splits: Any, source: str) -> Splits:

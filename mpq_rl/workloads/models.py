@@ -23,7 +23,8 @@ def build_model(config: ModelConfig) -> nn.Module:
     else:
         fn = MODELS.resolve(config.name)
         source = f"model {config.name!r}"
-    model = call_with_kwargs(fn, config.kwargs, "model")
+    kwargs = config.kwargs if config.path is None else {**config.kwargs, "path": config.path}
+    model = call_with_kwargs(fn, kwargs, "model")
     if not isinstance(model, nn.Module):
         raise UserError(f"{source} must return a torch.nn.Module, got {type(model).__name__}")
     if config.weights is not None:

@@ -101,7 +101,10 @@ def check_data(model: nn.Module, calibration: Batches, test: Batches | None) -> 
                 "weights (model.weights) and its inputs"
             )
         if batches.has_targets:
-            check_labels([targets for _, targets in batches], split, outputs[0].numel())
+            # a sequence model's outputs are [batch, positions, classes], with one label per position
+            positions = outputs.dim() == 3
+            classes = outputs.shape[-1] if positions else outputs[0].numel()
+            check_labels([targets for _, targets in batches], split, classes, positions)
     if test is not None and shapes["test"] != shapes["calibration"]:
         raise UserError(
             f"the model's output is {list(shapes['calibration'])} per sample on the calibration split but "
@@ -120,11 +123,11 @@ def finite(value: object) -> bool:
     return True
 
 
-def check_labels(batches: Sequence[object], split: str, classes: int) -> None:
+def check_labels(batches: Sequence[object], split: str, classes: int, positions: bool = False) -> None:
     """Refuse labels (one batch of them per item) that are not one integer class id in ``[0, classes)`` per
-    sample."""
+    sample (per sample and position with ``positions``)."""
     for targets in batches:
-        if not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 1 + positions:
             shape = list(targets.shape[1:]) if isinstance(targets, torch.Tensor) else type(targets).__name__
             raise UserError(
                 f"the {split} split's labels must be one class id per sample, got {shape} per sample: "
@@ -172,7 +175,7 @@ def load_workload(config: RunConfig, with_data: bool = True) -> Workload:
     """Build the model, load the data and measure the layer table for ``config``."""
     resolve_device(config.device)  # a missing GPU is reported before the model and data load
     model = build_model(config.model)
-    splits = load_data(config.data) if with_data else {}
+    splits = load_data(config.data, model) if with_data else {}
     return assemble_workload(config, model, splits)
 
 
