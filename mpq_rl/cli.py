@@ -177,6 +177,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         "agent.name": args.agent,
         "agent.episodes": args.episodes,
         "budget.fraction": args.budget,
+        "budget.bpw": args.budget_bpw,
         "seed": args.seed,
         "output": args.output,
         "agent.n_envs": args.n_envs,
@@ -237,7 +238,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     """Run several searchers (and seeds) on one config at the same evaluation budget; table and Pareto plot."""
     from mpq_rl.search.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
 
-    flags = {"agent.episodes": args.episodes, "budget.fraction": args.budget, **_parallel_flags(args)}
+    flags = {
+        "agent.episodes": args.episodes,
+        "budget.fraction": args.budget,
+        "budget.bpw": args.budget_bpw,
+        **_parallel_flags(args),
+    }
     config = _config(args).with_overrides(**{key: value for key, value in flags.items() if value is not None})
     agents = [name.strip() for name in args.agents.split(",") if name.strip()]
     _set_threads(config)
@@ -328,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--episodes", type=int, metavar="N", help="policies to evaluate (agent.episodes)")
     search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
+    search.add_argument("--budget-bpw", type=float, metavar="B", help="budget as average bits per weight (budget.bpw)")
     search.add_argument("--seed", type=int, metavar="S", help="seed of the search (data split, agent, evaluator)")
     search.add_argument("--output", metavar="DIR", help="run folder (default: output in the config, runs/default)")
     search.add_argument("--n-envs", type=int, metavar="N", help="RL agents' parallel environments (agent.n_envs)")
@@ -341,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=_int_list, default=[0], metavar="S,S", help="seeds of each (default 0)")
     compare.add_argument("--episodes", type=int, metavar="N", help="evaluations per run (agent.episodes)")
     compare.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")
+    compare.add_argument("--budget-bpw", type=float, metavar="B", help="budget as average bits per weight (budget.bpw)")
     compare.add_argument("--output", required=True, metavar="DIR", help="folder for the runs and the comparison")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_parallel_flags(compare)

@@ -21,6 +21,7 @@ from mpq_rl.hardware.flexible import FormatFlexible
 from mpq_rl.hardware.gpu import A100, T4
 from mpq_rl.hardware.lut import LookupTable
 from mpq_rl.hardware.shapes import BITS, LayerShapes, bit_grid
+from mpq_rl.quantization import groupwise
 from mpq_rl.quantization.formats import bits_of, candidate_codes
 from mpq_rl.registry import Registry
 from mpq_rl.workloads.layers import LayerTable
@@ -86,6 +87,12 @@ def resolve_model(hardware: HardwareConfig) -> CostModel:
     return apply_overrides(preset.model, overrides, hardware.preset)
 
 
+def stored_bits(code: int) -> float:
+    """The bits a weight of precision ``code`` takes in memory: its bit-width, or a group-wise format's bits per
+    weight (scales included)."""
+    return groupwise.block_format(code).bits_per_weight if groupwise.is_block_code(code) else bits_of(code)
+
+
 FORMAT_BLIND_PRESETS = ("bops", "size")
 """Presets that count bits whatever their format, so they price fp and flint codes at their bit-width."""
 
@@ -96,15 +103,18 @@ def build_cost_table(
     bits: tuple[int, ...] = BITS,
     formats: Sequence[str] = ("int",),
     reference_bits: tuple[int, int] = REFERENCE_BITS,
+    codes: Sequence[int] = (),
 ) -> CostTable:
     """Compile ``layers`` on the hardware of ``hardware`` into a :class:`CostTable` over ``bits`` x ``bits``,
     extended by the precision codes of ``formats`` (:mod:`mpq_rl.quantization.formats`) beyond integers, with budgets
     relative
-    to ``reference_bits`` (``QuantizationConfig.reference_bits``)."""
+    to ``reference_bits`` (``QuantizationConfig.reference_bits``). ``codes`` adds other weight precision codes
+    (group-wise formats, priced at their bits per weight by the format-blind presets)."""
     model = resolve_model(hardware)
     shapes = LayerShapes.from_table(layers)
     bits = (*bits, *(c for c in candidate_codes(list(formats), [b for b in bits if b <= 8]) if c not in bits))
-    widths = tuple(bits_of(b) for b in bits)
+    bits = (*bits, *(c for c in codes if c not in bits))
+    widths = tuple(stored_bits(b) for b in bits)
     reads_formats = getattr(model, "reads_formats", False)
     if widths != bits and not reads_formats and hardware.preset not in FORMAT_BLIND_PRESETS:
         raise UserError(

@@ -28,6 +28,7 @@ from functools import cache
 import torch
 
 from mpq_rl.errors import UserError
+from mpq_rl.quantization import groupwise
 from mpq_rl.quantization.quant import broadcast_scale, mse_ratio_search, scored_in_slices
 
 FORMAT_NAMES = ("int", "fp", "flint")
@@ -98,15 +99,22 @@ FORMATS = {f.name: f for f in (IntegerFormat(), MiniFloat(), Flint())}
 
 
 def precision_code(format_name: str, bits: int) -> int:
-    """The code of ``format_name`` at ``bits`` (``bits`` itself for integers and floating point)."""
+    """The code of ``format_name`` at ``bits`` (``bits`` itself for integers and floating point; a group-wise
+    format of :mod:`mpq_rl.quantization.groupwise` has one bit-width and its own code)."""
+    if format_name in groupwise.FORMAT_NAMES:
+        return groupwise.block_code(format_name)
     return FORMAT_NAMES.index(format_name) * FORMAT_CODE_STRIDE + bits
 
 
 def format_of(code: int) -> str:
+    if groupwise.is_block_code(code):
+        return groupwise.block_format(code).name
     return FORMAT_NAMES[int(code) // FORMAT_CODE_STRIDE]
 
 
 def bits_of(code: int) -> int:
+    if groupwise.is_block_code(code):
+        return groupwise.block_format(code).bits
     return int(code) % FORMAT_CODE_STRIDE
 
 
@@ -117,6 +125,8 @@ def is_integer_code(code: int) -> bool:
 
 def label(code: int) -> str:
     """How a code reads: ``4`` for an integer, ``fp4``, ``flint6``."""
+    if groupwise.is_block_code(code):
+        return format_of(code)
     return str(code) if is_integer_code(code) else f"{format_of(code)}{bits_of(code)}"
 
 
@@ -132,6 +142,8 @@ def candidate_codes(formats: list[str], bits: list[int]) -> list[int]:
 
 def check_code(code: int, what: str) -> None:
     """A :class:`UserError` unless ``code`` names a format at a bit-width it has."""
+    if groupwise.is_block_code(code):
+        return
     index, bits = divmod(int(code), FORMAT_CODE_STRIDE)
     if index >= len(FORMAT_NAMES):
         raise UserError(f"{what}: precision code {code} names no format (known: {', '.join(FORMAT_NAMES)})")

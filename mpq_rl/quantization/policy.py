@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, read_json
+from mpq_rl.quantization import groupwise
 from mpq_rl.quantization.formats import (
     FORMAT_CODE_STRIDE,
     FORMAT_NAMES,
@@ -125,6 +126,14 @@ def _code(item: dict[str, Any], side: str, name: str, path: Path) -> int:
     """The precision code of one side (``w`` or ``a``) of a policy file's layer entry."""
     bits = _whole(item[f"{side}_bits"], name, f"{side}_bits", path)
     format_name = item.get(f"{side}_format", "int")
+    if format_name in groupwise.FORMAT_NAMES:
+        code = precision_code(format_name, bits)
+        if bits_of(code) != bits:
+            raise UserError(
+                f"policy file {path}: layer {name!r} has {side}_format {format_name!r}, which is "
+                f"{bits_of(code)}-bit, with {side}_bits {bits}: give {side}_bits {bits_of(code)}"
+            )
+        return code
     if format_name not in FORMAT_NAMES:
         raise UserError(
             f"policy file {path}: layer {name!r} has {side}_format {format_name!r}: choose one of {list(FORMAT_NAMES)}"
@@ -153,9 +162,7 @@ def checked_policy(
     ``layers`` are the workload's layer names; allowed bits are the configured candidates plus the bits the
     configuration fixes for unsearched layers (``fixed``).
     """
-    weight_bits = sorted(
-        {*candidate_codes(quantization.formats, quantization.weight_bits), *(w for w, _ in fixed.values())}
-    )
+    weight_bits = sorted({*quantization.weight_codes, *(w for w, _ in fixed.values())})
     activation_bits = sorted(
         {
             *candidate_codes(quantization.formats, quantization.activation_candidates),

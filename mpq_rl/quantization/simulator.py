@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mpq_rl.errors import UserError
-from mpq_rl.quantization import formats
+from mpq_rl.quantization import formats, groupwise
 from mpq_rl.quantization.kernels import fake_quantize, table_quantize
 from mpq_rl.quantization.policy import BitPair
 from mpq_rl.quantization.quant import (
@@ -325,7 +325,9 @@ class QuantSimulator:
                 {bits: QuantParams.symmetric(scale, bits) for bits, scale in zip(integers, scales, strict=True)}
             )
         for code in codes:
-            if not formats.is_integer_code(code):
+            if groupwise.is_block_code(code):
+                quantizers[code] = groupwise.weight_quantizer(weight, code, name)
+            elif not formats.is_integer_code(code):
                 quantizers[code] = formats.weight_quantizer(weight, code, self.weight_range, self.percentile)
         with torch.no_grad():
             for code, quantizer in quantizers.items():

@@ -97,9 +97,18 @@ class Scorer:
     p``); each call is then one pass of :func:`mpq_rl.quantization.kernels.output_scores` over the outputs, with ``KL(p
     || q) =
     sum p log p - sum p log q``.
+
+    Sequence outputs (``[batch, positions, vocabulary]``, a language model's next-token logits, with targets
+    ``[batch, positions]``) are scored per position: ``kl`` is the mean KL divergence of the next-token
+    distributions, ``top1`` the next-token accuracy, and ``nll`` the mean negative log-likelihood of the targets
+    (nats; the perplexity is its exponential).
     """
 
     def __init__(self, reference: torch.Tensor, targets: torch.Tensor | None) -> None:
+        self.sequences = reference.dim() == 3
+        if self.sequences:
+            reference = reference.flatten(0, 1)
+            targets = None if targets is None else targets.flatten()
         self.classifier = reference.dim() == 2
         ref = _numpy(reference)
         self.samples = len(ref)
@@ -112,6 +121,8 @@ class Scorer:
         self._kernel_targets = self.targets if self.targets is not None else np.zeros(0, dtype=np.int64)
 
     def __call__(self, outputs: torch.Tensor) -> dict[str, float]:
+        if self.sequences:
+            outputs = outputs.flatten(0, 1)
         out = outputs.detach().cpu().float().reshape(len(outputs), -1).contiguous().numpy()
         if out.shape != self.reference_unit.shape:
             raise ValueError(f"outputs of shape {tuple(out.shape)} do not match the reference's")
@@ -124,7 +135,16 @@ class Scorer:
             metrics["kl"] = max(self.p_log_p - cross / self.samples, 0.0)  # >= 0; rounding can go below by 1e-16
         if self.targets is not None:
             metrics["top1"] = top1 / self.samples
+            if self.sequences:
+                metrics["nll"] = negative_log_likelihood(outputs, self.targets)
         return metrics
+
+
+def negative_log_likelihood(logits: torch.Tensor, targets: np.ndarray) -> float:
+    """Mean ``-log softmax(logits)[target]`` over rows, in nats (float64)."""
+    rows = logits.detach().cpu().double()
+    picked = rows.gather(1, torch.from_numpy(targets).unsqueeze(1)).squeeze(1)
+    return float((torch.logsumexp(rows, dim=1) - picked).mean())
 
 
 def score(outputs: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None) -> dict[str, float]:

@@ -30,6 +30,7 @@ from mpq_rl.search.budget import Budget, Choice
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.search.rewards import Outcome, build_reward, proxy_value
+from mpq_rl.search.size_budget import SIZE_METRIC, size_fraction
 from mpq_rl.workloads.workload import Workload, load_workload
 
 PENALTY_PER_EXCESS = 10.0
@@ -74,6 +75,7 @@ def build_problem(
             config.hardware,
             formats=config.quantization.formats,
             reference_bits=config.quantization.reference_bits,
+            codes=config.quantization.weight_codes,
         ),
         evaluator,
         quantization=config.quantization,
@@ -115,7 +117,7 @@ class SearchProblem:
         them."""
         self.spec = spec
         """How a worker process builds this problem; None for a problem assembled from pieces in hand."""
-        self.metric = metric
+        self.metric = SIZE_METRIC if budget.on_size else metric
         self.enforcement = budget.enforcement
         self.budget = Budget.from_costs(
             metric_table=self.costs.metric(self.metric),
@@ -123,9 +125,9 @@ class SearchProblem:
             layer_names=self.costs.layer_names,
             searched=self.workload.searched,
             fixed=self.workload.fixed,
-            weight_bits=candidate_codes(quantization.formats, quantization.weight_bits),
+            weight_bits=quantization.weight_codes,
             activation_bits=candidate_codes(quantization.formats, quantization.activation_candidates),
-            fraction=budget.fraction,
+            fraction=size_fraction(budget, self.costs, workload.layers, workload.searched, workload.fixed),
             metric=self.metric,
             reference=self.costs.reference(self.metric),
             reference_bits=self.costs.reference_bits,
