@@ -1,17 +1,19 @@
-"""The consumer check of a GGUF export: its perplexity in llama.cpp against the simulation's on the same tokens.
+"""A run's policy exported to GGUF and checked in llama.cpp: its perplexity there against the simulation's.
 
-Both sides score the same token windows (``[windows, context]`` ids, each window evaluated from an empty cache):
-llama.cpp through ``llama-cpp-python`` (``logits_all=True``, one thread) on the exported file, and PyTorch on the
-model whose weights went through :func:`~mpq_rl.deployment.gguf_export.ggml_roundtrip`, the same quantizer that
-wrote the file. Perplexity is ``exp`` of the mean next-token negative log-likelihood over every position but the
-last of each window. The two differ only by the runtime's arithmetic: llama.cpp's CPU kernels quantize the
-activations to 8 bits per block of 32 (Q8_0 / Q8_1) before multiplying them by Q4/Q5/Q8 weights, and keep the KV
-cache in F16. :data:`PPL_TOLERANCE` bounds the relative difference.
+:func:`export_policy_gguf` writes the workload's causal LM with the policy's weight types
+(:mod:`mpq_rl.deployment.gguf_export`) and scores the same test token windows three ways, each window from an
+empty cache: llama.cpp through ``llama-cpp-python`` on the file (``logits_all=True``, one thread), the project's
+simulator applying the policy (:class:`~mpq_rl.quantization.simulator.QuantSimulator`, the quantizers of
+:mod:`mpq_rl.quantization.groupwise`), and the float model. Perplexity is ``exp`` of the mean next-token negative
+log-likelihood over the full vocabulary at every position but the last of each window.
+
+The file's weights equal the simulator's bit for bit, so the runtime and the simulation differ only by llama.cpp's
+arithmetic: its CPU kernels quantize activations to 8 bits per block of 32 (Q8_0 / Q8_1) before multiplying them
+by Q4/Q5/Q8 weights, and keep the KV cache in F16. :data:`PPL_TOLERANCE` bounds the relative difference.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -21,16 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpq_rl.deployment.gguf_export import ggml_roundtrip
+from mpq_rl.deployment.gguf_export import GgufExport, export_gguf, ggml_type_of
 from mpq_rl.errors import UserError
+from mpq_rl.io import atomic_write_json
+from mpq_rl.quantization.policy import BitPair
+from mpq_rl.search.evaluator import calibrated_simulator
+from mpq_rl.workloads.workload import Workload
 
 PPL_TOLERANCE = 0.01
-"""Largest relative perplexity difference |runtime - simulation| / simulation the check accepts."""
+"""Largest relative perplexity difference ``|runtime - simulation| / simulation`` the check accepts."""
+LM_PREFIX = "lm."
+"""Layer names of a causal-LM workload start here (``CausalLM.lm``, the Hugging Face model)."""
 
 
-def mean_nll(logits: np.ndarray, tokens: np.ndarray) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood of ``tokens[1:]`` under ``logits[:-1]`` (``[T, vocab]``), and
-    the number of predicted tokens."""
+def nll_sum(logits: np.ndarray, tokens: np.ndarray) -> tuple[float, int]:
+    """Summed negative log-likelihood of ``tokens[1:]`` under ``logits[:-1]`` (``[T, vocab]``), and its count."""
     logits = logits[:-1].astype(np.float64)
     top = logits.max(axis=1, keepdims=True)
     log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
@@ -42,44 +49,42 @@ def _perplexity(parts: list[tuple[float, int]]) -> float:
     return math.exp(sum(p[0] for p in parts) / sum(p[1] for p in parts))
 
 
+def runtime_name() -> str:
+    """The consumer that :func:`runtime_perplexity` runs, with its version."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(
+            "checking a GGUF export needs llama-cpp-python (`pip install llama-cpp-python`, it builds llama.cpp)"
+        ) from None
+    return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+
+
 def runtime_perplexity(path: str | Path, windows: torch.Tensor) -> float:
     """Perplexity of ``windows`` (``[n, context]`` token ids) in llama.cpp (llama-cpp-python, CPU, one thread)."""
     from llama_cpp import Llama
 
     context = int(windows.shape[1])
-    llm = Llama(
-        model_path=str(path), n_ctx=context, n_batch=context, logits_all=True, n_threads=1, seed=0, verbose=False
-    )
-    parts = []
-    for window in windows.tolist():
-        llm.reset()
-        llm.eval(window)
-        parts.append(mean_nll(np.asarray(llm.scores[:context]), np.asarray(window)))
-    llm.close()
+    llm = Llama(model_path=str(path), n_ctx=context, n_batch=context, logits_all=True, n_threads=1, verbose=False)
+    try:
+        parts = []
+        for window in windows.tolist():
+            llm.reset()
+            llm.eval(window)
+            parts.append(nll_sum(np.asarray(llm.scores[:context]), np.asarray(window)))
+    finally:
+        llm.close()
     return _perplexity(parts)
 
 
-def simulated_model(model: torch.nn.Module, types: Mapping[str, str]) -> torch.nn.Module:
-    """A copy of ``model`` whose named weights (``types``: module -> ggml type) are quantized like the export."""
-    simulated = copy.deepcopy(model)
-    modules = dict(simulated.named_modules())
-    tied = bool(getattr(simulated.config, "tie_word_embeddings", False))
-    for name, kind in types.items():
-        target = modules["model.embed_tokens"] if tied and name == "lm_head" else modules[name]
-        with torch.no_grad():
-            target.weight.copy_(ggml_roundtrip(target.weight, kind))
-    return simulated
-
-
 @torch.no_grad()
-def torch_perplexity(model: torch.nn.Module, windows: torch.Tensor, batch: int = 8) -> float:
-    """Perplexity of ``windows`` under a Hugging Face causal LM in PyTorch (float32)."""
-    model.eval()
+def torch_perplexity(lm: torch.nn.Module, windows: torch.Tensor, batch: int = 16) -> float:
+    """Perplexity of ``windows`` under a Hugging Face causal LM in PyTorch."""
     parts = []
     for start in range(0, len(windows), batch):
         chunk = windows[start : start + batch]
-        logits = model(input_ids=chunk).logits.float().numpy()
-        parts += [mean_nll(row, ids) for row, ids in zip(logits, chunk.numpy(), strict=True)]
+        logits = lm(input_ids=chunk, use_cache=False).logits.float().numpy()
+        parts += [nll_sum(row, ids) for row, ids in zip(logits, chunk.numpy(), strict=True)]
     return _perplexity(parts)
 
 
@@ -105,32 +110,59 @@ class GgufCheck:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "relative_difference": self.relative_difference, "passed": self.passed}
 
-    def lines(self) -> list[str]:
-        return [
+    def line(self) -> str:
+        return (
             f"{self.runtime} on {self.tokens} test tokens: perplexity {self.runtime_ppl:.4f}, simulation "
-            f"{self.simulated_ppl:.4f} (relative difference {self.relative_difference:.2%}, tolerance "
+            f"{self.simulated_ppl:.4f} (relative difference {self.relative_difference:.3%}, tolerance "
             f"{self.tolerance:.0%}: {'met' if self.passed else 'MISSED'}); float model {self.float_ppl:.4f}"
-        ]
+        )
 
 
-def runtime_name() -> str:
-    """The consumer that :func:`runtime_perplexity` runs, with its version."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise UserError(
-            "the GGUF consumer check needs llama-cpp-python (`pip install llama-cpp-python`, it builds llama.cpp)"
-        ) from None
-    return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+def test_windows(workload: Workload) -> torch.Tensor:
+    """The workload's test token sequences, ``[n, length]``."""
+    if workload.test is None:
+        raise UserError("checking a GGUF export needs test data: the run's data section gives none")
+    return torch.cat([inputs for inputs, _ in workload.test]).cpu()
 
 
-def check_gguf(path: str | Path, model: torch.nn.Module, types: Mapping[str, str], windows: torch.Tensor) -> GgufCheck:
-    """Measure the export at ``path`` of ``model`` under ``types`` in llama.cpp against the simulation."""
-    runtime = runtime_name()
-    return GgufCheck(
-        runtime=runtime,
-        tokens=int(windows.shape[0] * (windows.shape[1] - 1)),
-        runtime_ppl=runtime_perplexity(path, windows),
-        simulated_ppl=torch_perplexity(simulated_model(model, types), windows),
-        float_ppl=torch_perplexity(model, windows),
+def export_policy_gguf(
+    workload: Workload, policy: Mapping[str, BitPair], output: str | Path, check: bool = True
+) -> tuple[GgufExport, GgufCheck | None]:
+    """Write the workload's causal LM under ``policy`` to ``output`` (GGUF), and with ``check`` measure it in
+    llama.cpp against the simulation; ``<output>.json`` records the types and the check. A check outside the
+    tolerance is a :class:`UserError` after the files are written."""
+    lm = getattr(workload.model, "lm", None)
+    if lm is None:
+        raise UserError("GGUF export is for causal language models (model.name: tinylm or causal_lm)")
+    full = workload.full_policy(dict(policy))
+    types = {name.removeprefix(LM_PREFIX): ggml_type_of(w) for name, (w, _) in full.items()}
+    runtime = runtime_name() if check else None
+    written = export_gguf(lm, types, output)
+    result = None
+    if runtime is not None:
+        windows = test_windows(workload)
+        simulator = calibrated_simulator(workload)
+        try:
+            with simulator.applied(full):
+                simulated = torch_perplexity(lm, windows)
+        finally:
+            simulator.detach()
+        result = GgufCheck(
+            runtime=runtime,
+            tokens=int(windows.shape[0] * (windows.shape[1] - 1)),
+            runtime_ppl=runtime_perplexity(written.path, windows),
+            simulated_ppl=simulated,
+            float_ppl=torch_perplexity(lm, windows),
+        )
+    atomic_write_json(
+        Path(str(output) + ".json"),
+        {
+            "tensor_types": written.tensor_types,
+            "size_bytes": written.size_bytes,
+            "overrides": written.overrides_path.name,
+            "check": None if result is None else result.to_dict(),
+        },
     )
+    if result is not None and not result.passed:
+        raise UserError(result.line())
+    return written, result

@@ -8,8 +8,9 @@ list of ``llama-quantize --tensor-type-file`` lines that would give the same typ
   (``quantize_row_*_ref`` in ggml-quants.c): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and F16 / F32. k-quants (Q2_K ... Q6_K)
   are not written: gguf-py only dequantizes them, and their rows must be multiples of 256, which SmolLM2-135M's
   576-wide layers are not (llama.cpp itself falls back to the types above for such tensors,
-  ``tensor_type_fallback`` in src/llama-quant.cpp). :func:`ggml_roundtrip` is the same quantizer used as the
-  simulation, so the simulated weights are exactly the runtime's weights.
+  ``tensor_type_fallback`` in src/llama-quant.cpp). The simulation quantizes the same types with
+  :mod:`mpq_rl.quantization.groupwise`, bit for bit like gguf-py (tests hold the two together), so the simulated
+  weights are exactly the file's.
 * **Names** follow llama.cpp (``blk.N.attn_q.weight``, ``token_embd.weight``, ``output.weight``), mapped from the
   Hugging Face module names by gguf-py's ``TensorNameMap``.
 * **Q/K rows** are permuted per head from the Hugging Face rotary layout (the two halves of a head rotate together)
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 
 from mpq_rl.errors import UserError
+from mpq_rl.quantization import groupwise
+from mpq_rl.quantization.formats import label
 
 WRITABLE_TYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 """ggml types the writer can produce, widest first."""
@@ -69,6 +72,19 @@ def bits_per_weight(name: str) -> float:
     return 8.0 * nbytes / block
 
 
+def ggml_type_of(code: int) -> str:
+    """The ggml type that stores weights of precision ``code``: F32 / F16 for floating point, ``Q4_0`` ... for the
+    GGUF group-wise formats; other formats (plain integers, ``int3_g64`` ...) have no GGUF type."""
+    if int(code) in (16, 32):
+        return f"F{int(code)}"
+    if groupwise.is_block_code(code) and groupwise.block_format(code).name in groupwise.GGUF_TYPES:
+        return groupwise.block_format(code).name.upper()
+    raise UserError(
+        f"weight precision {label(code)} has no GGUF type: export policies whose weights are "
+        f"{', '.join(groupwise.GGUF_TYPES)} or float (16 / 32 bits)"
+    )
+
+
 def _quantize(weight: np.ndarray, name: str) -> np.ndarray:
     from gguf import GGML_QUANT_SIZES, quants
 
@@ -80,16 +96,6 @@ def _quantize(weight: np.ndarray, name: str) -> np.ndarray:
             "choose F16 or F32 for this tensor"
         )
     return quants.quantize(np.ascontiguousarray(weight, dtype=np.float32), qtype)
-
-
-def ggml_roundtrip(weight: torch.Tensor, name: str) -> torch.Tensor:
-    """``weight`` (``[out, in]``, blocks along ``in``) quantized to ggml type ``name`` and back, as llama.cpp sees
-    it: the simulation of the exported tensor."""
-    from gguf import quants
-
-    data = _quantize(weight.detach().cpu().numpy(), name)
-    values = quants.dequantize(data, ggml_type(name)).reshape(weight.shape)
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(weight.dtype)
 
 
 def rope_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
