@@ -93,8 +93,9 @@ def stored_bits(code: int) -> float:
     return groupwise.block_format(code).bits_per_weight if groupwise.is_block_code(code) else bits_of(code)
 
 
-FORMAT_BLIND_PRESETS = ("bops", "size")
-"""Presets that count bits whatever their format, so they price fp and flint codes at their bit-width."""
+FORMAT_BLIND_PRESETS = ("bops", "size", "a100_decode", "rtx4090_decode", "m2_decode", "laptop_ddr5_decode")
+"""Presets that count bits whatever their format, so they price fp and flint codes at their bit-width (and
+group-wise formats at their stored bits per weight); the decode models dequantize weights in registers."""
 
 
 def build_cost_table(

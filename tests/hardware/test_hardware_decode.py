@@ -66,3 +66,18 @@ def test_decode_presets_rank_bits_and_devices(preset):
     assert np.all(np.diff(latency, axis=1) >= 0), "more weight bits never decode faster"
     slower = build_cost_table(layers, HardwareConfig(preset="laptop_ddr5_decode")).latency
     assert np.all(slower >= table.latency), "the laptop CPU has the least bandwidth of the four"
+
+
+def test_gguf_formats_are_priced_at_their_stored_bits(shapes):
+    from mpq_rl.quantization import groupwise
+
+    model = nn.Sequential(nn.Linear(IN, OUT, bias=False))
+    layers = discover_layers(model, torch.zeros(1, TOKENS, IN), "ffn_up")
+    q4_0, q8_0 = groupwise.block_code("q4_0"), groupwise.block_code("q8_0")
+    table = build_cost_table(layers, HardwareConfig(preset="a100_decode"), codes=(q4_0, q8_0))
+    float_bits = table.bits.index(32)
+    latency = {code: table.latency[0, table.bits.index(code), float_bits] for code in (q4_0, q8_0)}
+    vector_bits = (IN + OUT) * 32
+    assert latency[q8_0] / latency[q4_0] == pytest.approx(
+        (IN * OUT * 8.5 + vector_bits) / (IN * OUT * 4.5 + vector_bits), rel=1e-12
+    )
