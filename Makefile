@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,nlp,vision,ray]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,nlp,vision,ray,llm]"
 	touch $(STAMP)
 
 install: $(STAMP)
