@@ -1,6 +1,6 @@
-"""GGUF export (mpq_rl.deployment.gguf_export / gguf_check): the simulation's quantizers against gguf-py's, the file
-read back with the gguf package, llama.cpp's names and rotary layout, errors, and the llama.cpp consumer check on
-tinylm."""
+"""GGUF export (mpq_rl.deployment.gguf_export / gguf_check): the file read back with the gguf package (types, values
+equal to the simulation's, llama.cpp's names and rotary layout), errors, and the llama.cpp consumer check on tinylm.
+(The GGUF formats against gguf-py bit for bit: tests/quantization/test_groupwise.py.)"""
 
 from __future__ import annotations
 
@@ -35,21 +35,6 @@ TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj")
 
 
-@pytest.mark.parametrize("kind", TYPES)
-def test_simulation_quantizes_bit_for_bit_like_gguf_py(kind):
-    """The simulator's GGUF formats (groupwise.py) give exactly the weights the file holds (gguf-py's quantizer,
-    a port of ggml's reference one)."""
-    torch.manual_seed(0)
-    weight = torch.randn(48, 256) * torch.rand(48, 1) * 0.1
-    weight[0, :32] = 0.0  # an all-zero block
-    weight[1, :32] = 0.5  # a constant block
-    qtype = gguf.GGMLQuantizationType[kind]
-    stored = gguf.quants.dequantize(gguf.quants.quantize(weight.numpy(), qtype), qtype)
-    simulated = groupwise.block_format(groupwise.block_code(kind.lower())).quantize(weight)
-    assert np.array_equal(simulated.numpy(), stored.reshape(weight.shape))
-    assert bits_per_weight(kind) == groupwise.block_format(groupwise.block_code(kind.lower())).bits_per_weight
-
-
 def test_rope_interleave_pairs_each_head_like_llama_cpp():
     # Hugging Face rotates row i with row i + d/2 of a head; llama.cpp rotates adjacent rows 2i, 2i + 1.
     rows = np.arange(16, dtype=np.float32).reshape(16, 1)
@@ -62,7 +47,8 @@ def test_override_lines_escape_dots_and_put_output_last():
     assert lines == ["token_embd=f16", r"blk\.1\.attn_output=q4_0", "output=q8_0"]
 
 
-def test_codes_map_to_ggml_types():
+def test_codes_map_to_ggml_types_at_their_bits():
+    assert bits_per_weight("Q4_0") == groupwise.block_format(groupwise.block_code("q4_0")).bits_per_weight == 4.5
     assert ggml_type_of(groupwise.block_code("q5_1")) == "Q5_1"
     assert ggml_type_of(32) == "F32" and ggml_type_of(16) == "F16"
     with pytest.raises(UserError, match="has no GGUF type"):
