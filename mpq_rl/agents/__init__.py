@@ -34,6 +34,8 @@ SEARCHERS: Registry[SearcherFactory] = Registry(
         "greedy": "mpq_rl.agents.greedy:Greedy",
         "hawq": "mpq_rl.agents.hawq:Hawq",
         "exhaustive": "mpq_rl.agents.exhaustive:Exhaustive",
+        # EvoPress-style evolution (budget-keeping mutations, selection on growing subsets), agents/evolution.py.
+        "evolution": "mpq_rl.agents.evolution:Evolution",
         # llama.cpp's Q3_K_M / Q4_K_M / Q5_K_M rules of thumb for causal LMs, mpq_rl/agents/fixed_mix.py.
         "fixed_mix": "mpq_rl.agents.fixed_mix:FixedMix",
     },

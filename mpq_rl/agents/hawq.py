@@ -55,7 +55,9 @@ def loss_kind(problem: SearchProblem) -> str:
     proxy = problem.proxy
     if proxy.metric == "top1":
         return "cross_entropy"
-    return "kl" if proxy.fidelity != "cosine" and problem.evaluator.reference.dim() == 2 else "mse"
+    # logits of classes ([samples, classes]) or of next tokens ([sequences, positions, vocabulary])
+    logits = problem.evaluator.reference.dim() in (2, 3)
+    return "kl" if proxy.fidelity != "cosine" and logits else "mse"
 
 
 @torch.no_grad()

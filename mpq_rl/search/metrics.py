@@ -98,17 +98,16 @@ class Scorer:
     || q) =
     sum p log p - sum p log q``.
 
-    Sequence outputs (``[batch, positions, vocabulary]``, a language model's next-token logits, with targets
-    ``[batch, positions]``) are scored per position: ``kl`` is the mean KL divergence of the next-token
-    distributions, ``top1`` the next-token accuracy, and ``nll`` the mean negative log-likelihood of the targets
-    (nats; the perplexity is its exponential).
+    Sequence outputs (``[batch, positions, vocabulary]``, a language model's next-token logits) are scored per
+    position by :class:`mpq_rl.search.token_metrics.TokenScorer`.
     """
 
     def __init__(self, reference: torch.Tensor, targets: torch.Tensor | None) -> None:
-        self.sequences = reference.dim() == 3
-        if self.sequences:
-            reference = reference.flatten(0, 1)
-            targets = None if targets is None else targets.flatten()
+        from mpq_rl.search.token_metrics import TokenScorer
+
+        self.tokens = TokenScorer(reference, targets) if reference.dim() == 3 else None
+        if self.tokens is not None:
+            return
         self.classifier = reference.dim() == 2
         ref = _numpy(reference)
         self.samples = len(ref)
@@ -121,8 +120,8 @@ class Scorer:
         self._kernel_targets = self.targets if self.targets is not None else np.zeros(0, dtype=np.int64)
 
     def __call__(self, outputs: torch.Tensor) -> dict[str, float]:
-        if self.sequences:
-            outputs = outputs.flatten(0, 1)
+        if self.tokens is not None:
+            return self.tokens(outputs)
         out = outputs.detach().cpu().float().reshape(len(outputs), -1).contiguous().numpy()
         if out.shape != self.reference_unit.shape:
             raise ValueError(f"outputs of shape {tuple(out.shape)} do not match the reference's")
@@ -135,16 +134,7 @@ class Scorer:
             metrics["kl"] = max(self.p_log_p - cross / self.samples, 0.0)  # >= 0; rounding can go below by 1e-16
         if self.targets is not None:
             metrics["top1"] = top1 / self.samples
-            if self.sequences:
-                metrics["nll"] = negative_log_likelihood(outputs, self.targets)
         return metrics
-
-
-def negative_log_likelihood(logits: torch.Tensor, targets: np.ndarray) -> float:
-    """Mean ``-log softmax(logits)[target]`` over rows, in nats (float64)."""
-    rows = logits.detach().cpu().double()
-    picked = rows.gather(1, torch.from_numpy(targets).unsqueeze(1)).squeeze(1)
-    return float((torch.logsumexp(rows, dim=1) - picked).mean())
 
 
 def score(outputs: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None) -> dict[str, float]:

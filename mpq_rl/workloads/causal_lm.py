@@ -108,9 +108,10 @@ class CausalLM(nn.Module):
     """Next-token logits of a Hugging Face causal LM (``self.lm``), with its ``tokenizer`` attached.
 
     With ``vocabulary`` (sorted token ids), the logits cover those tokens plus one last logit that pools every other
-    token: this is exact when the output embedding's other rows are zero (so their logits are all 0, and the pooled
-    logit ``log(count)`` carries their total probability), which :class:`CausalLM` checks. Perplexity and the KL
-    divergence to another such model are then those of the full vocabulary, at a fraction of the cost.
+    token: this is exact when the output embedding's other rows are all equal (so their logits are all the same
+    ``z``, and the pooled logit ``z + log(count)`` carries their total probability), which :class:`CausalLM`
+    checks. Perplexity and the KL divergence to another such model are then those of the full vocabulary, at a
+    fraction of the cost.
     """
 
     def __init__(self, lm: nn.Module, tokenizer: Any, vocabulary: torch.Tensor | None = None) -> None:
@@ -119,13 +120,21 @@ class CausalLM(nn.Module):
         self.tokenizer = tokenizer
         self.vocabulary = vocabulary
         self.pooled = 0
+        self.other_token = 0
+        """A token outside ``vocabulary`` (its output embedding is every such token's)."""
         if vocabulary is not None:
+            others = self.outside(vocabulary)
             weight = self.output_weight()
-            others = torch.ones(weight.shape[0], dtype=torch.bool)
-            others[vocabulary] = False
-            if bool(weight[others].any()):
-                raise UserError("a pooled vocabulary needs zero output embeddings for the tokens outside it")
-            self.pooled = int(others.sum())
+            if others.numel() and not bool((weight[others] == weight[others[0]]).all()):
+                raise UserError("a pooled vocabulary needs equal output embeddings for the tokens outside it")
+            self.pooled = others.numel()
+            self.other_token = int(others[0]) if self.pooled else 0
+
+    def outside(self, vocabulary: torch.Tensor) -> torch.Tensor:
+        """The token ids not in ``vocabulary``, sorted."""
+        inside = torch.zeros(self.output_weight().shape[0], dtype=torch.bool)
+        inside[vocabulary] = True
+        return torch.nonzero(~inside).flatten()
 
     def output_weight(self) -> torch.Tensor:
         return self.lm.get_output_embeddings().weight
@@ -155,11 +164,12 @@ class CausalLM(nn.Module):
         weight = self.output_weight()
         if self.vocabulary is None:
             return F.linear(hidden, weight)
-        logits = F.linear(hidden, weight[self.vocabulary])
         if not self.pooled:
-            return logits
-        rest = logits.new_full((*logits.shape[:-1], 1), math.log(self.pooled))
-        return torch.cat([logits, rest], dim=-1)
+            return F.linear(hidden, weight[self.vocabulary])
+        rows = torch.cat([weight[self.vocabulary], weight[self.other_token : self.other_token + 1]])
+        logits = F.linear(hidden, rows)
+        logits[..., -1] += math.log(self.pooled)
+        return logits
 
 
 def build_causal_lm(path: str | Path | None = None) -> nn.Module:

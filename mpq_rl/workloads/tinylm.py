@@ -7,10 +7,11 @@ block) are what mpq_rl quantizes; every input width is a multiple of 128, so gro
 32-weight GGUF blocks all apply.
 
 Training: next-token cross-entropy on the training sequences of :mod:`mpq_rl.workloads.text` (the pydoc text,
-about 90,000 tokens; calibration and test sequences are never trained on), with :data:`TRAIN_RECIPE`. Only the
-embedding rows of tokens that occur in the text are trained; the others are zero, so their logits are exactly 0
-and :class:`~mpq_rl.workloads.causal_lm.CausalLM` pools them into one logit. The loss is therefore the exact
-full-vocabulary cross-entropy, at a tenth of its cost (about 5,300 of 49,152 tokens occur).
+about 90,000 tokens; calibration and test sequences are never trained on), with :data:`TRAIN_RECIPE`. The
+tokens that never occur in the text share one embedding (trained, and copied to all of their rows after each
+step), so their logits are all equal and :class:`~mpq_rl.workloads.causal_lm.CausalLM` pools them into one logit.
+The loss is therefore the exact full-vocabulary cross-entropy, at a tenth of its cost (about 5,300 of 49,152
+tokens occur).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from mpq_rl.workloads.text import SEQUENCE_LENGTH, corpus_text, token_sequences,
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "mpq_rl.tinylm/1"
+CACHE_FORMAT = "mpq_rl.tinylm/2"
 WEIGHTS_FILE = "tinylm.pt"
 MANIFEST_FILE = "tinylm.json"
 
@@ -100,6 +101,13 @@ def _fresh_model(tokenizer: object, vocabulary: torch.Tensor) -> CausalLM:
     return CausalLM(lm, tokenizer, vocabulary)
 
 
+def _share_outside_embedding(model: CausalLM, outside: torch.Tensor) -> None:
+    """Copy the trained shared row to every token outside the vocabulary (they only differ by the update)."""
+    with torch.no_grad():
+        weight = model.output_weight()
+        weight[outside] = weight[model.other_token].clone()
+
+
 def perplexity(model: CausalLM, sequences: torch.Tensor, batch_size: int = 32) -> float:
     """``exp`` of the mean next-token cross-entropy of ``model`` over ``sequences`` ``[N, L]``."""
     total, count = 0.0, 0
@@ -124,6 +132,7 @@ def train_tinylm(model: CausalLM, train: torch.Tensor) -> CausalLM:
         optimizer,
         lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(step / total_steps, 1.0))),
     )
+    outside = model.outside(model.vocabulary)
     model.train()
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_RECIPE["threads"])  # the thread count changes the sums, hence the weights
@@ -138,6 +147,7 @@ def train_tinylm(model: CausalLM, train: torch.Tensor) -> CausalLM:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                _share_outside_embedding(model, outside)
                 schedule.step()
     finally:
         torch.set_num_threads(threads)
