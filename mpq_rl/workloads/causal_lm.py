@@ -101,7 +101,10 @@ def load_hf_causal_lm(path: Path) -> nn.Module:
     finally:
         if progress:
             transformers.utils.logging.enable_progress_bar()
-    return model.float().eval()
+    # not model.float(): transformers refuses it on a model loaded from GGUF, which it marks as quantized
+    for parameter in model.parameters():
+        parameter.data = parameter.data.float()
+    return model.eval()
 
 
 class CausalLM(nn.Module):
