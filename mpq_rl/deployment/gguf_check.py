@@ -119,10 +119,11 @@ class GgufCheck:
 
 
 def test_windows(workload: Workload) -> torch.Tensor:
-    """The workload's test token sequences, ``[n, length]``."""
+    """The workload's test token sequences, ``[n, length]`` (batches of ``input_ids``, or of ``{"input_ids": ...}``)."""
     if workload.test is None:
         raise UserError("checking a GGUF export needs test data: the run's data section gives none")
-    return torch.cat([inputs for inputs, _ in workload.test]).cpu()
+    batches = [inputs["input_ids"] if isinstance(inputs, dict) else inputs for inputs, _ in workload.test]
+    return torch.cat(batches).cpu()
 
 
 def export_policy_gguf(
