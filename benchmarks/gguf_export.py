@@ -7,7 +7,7 @@ the float model. Policies: every GGUF type uniformly, llama.cpp's Q4_K_M rule on
 Q5_1 < Q8_0 (``mpq_rl/agents/fixed_mix.py``: two steps up for attn_v and ffn_down in the ``use_more_bits`` blocks),
 and a mix cycling through the five types layer by layer.
 
-Run: ``python benchmarks/gguf_export.py [--workloads tinylm smollm2] [--test-tokens N]``; it rewrites its section of
+Run: ``python benchmarks/gguf_export.py [--workloads tinylm smollm2] [--test-tokens N] [--policies ...]``; it rewrites its section of
 ``benchmarks/RESULTS.md``.
 """
 
@@ -54,7 +54,7 @@ def bits_per_weight(workload, policy: Policy) -> float:
     return total / sum(weights[n] for n in policy)
 
 
-def measure(workload_names: list[str], test_tokens: int | None) -> list[list[str]]:
+def measure(workload_names: list[str], test_tokens: int | None, chosen: list[str] | None) -> list[list[str]]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for workload_name in workload_names:
@@ -64,6 +64,8 @@ def measure(workload_names: list[str], test_tokens: int | None) -> list[list[str
             workload = load_workload(config)
             blocks = workload.model.lm.config.num_hidden_layers
             for policy_name, policy in policies(list(workload.layers.names), blocks).items():
+                if chosen and policy_name not in chosen:
+                    continue
                 path = Path(folder) / f"{workload_name}.gguf"
                 started = time.perf_counter()
                 written, check = export_policy_gguf(workload, policy, path, require_agreement=False)
@@ -89,10 +91,11 @@ def main(argv: list[str] | None = None, write: Writer = write_section) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS, reverse=True))
     parser.add_argument("--test-tokens", type=int, help="test tokens per workload (default: the config's)")
+    parser.add_argument("--policies", nargs="+", help="only these policies (e.g. Q8_0 Q4_0 'Q4_K_M rule')")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     before = machine()
-    rows = measure(args.workloads, args.test_tokens)
+    rows = measure(args.workloads, args.test_tokens, args.policies)
     header = ["workload", "policy", "bpw (linear)", "file MB", "llama.cpp ppl", "simulated ppl", "float ppl"]
     lines = [
         "## GGUF export in llama.cpp (benchmarks/gguf_export.py)",

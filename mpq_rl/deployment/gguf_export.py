@@ -165,6 +165,18 @@ def _copy_tokenizer(writer, source: Path, vocab_size: int) -> None:
             writer.add_key_value(key, value.contents(), value.types[0], sub_type=sub_type)
 
 
+def _rope_theta(config) -> float:
+    """The rotary base of a Llama config (``rope_parameters`` in transformers 5, ``rope_theta`` before); scaled
+    rotary embeddings (Llama 3's, YaRN) are not written."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise UserError(f"GGUF export writes plain rotary embeddings, not rope_type {rope['rope_type']!r}")
+    theta = rope.get("rope_theta") or getattr(config, "rope_theta", None)
+    if theta is None:
+        raise UserError("the model config has no rope_theta: cannot write llama.rope.freq_base")
+    return float(theta)
+
+
 def _add_hyperparameters(writer, config, name: str) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_name(name)
@@ -175,7 +187,7 @@ def _add_hyperparameters(writer, config, name: str) -> None:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or 10000.0))
+    writer.add_rope_freq_base(_rope_theta(config))
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(config.vocab_size)
     writer.add_quantization_version(2)

@@ -71,6 +71,7 @@ def tiny_llama():
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=False,
+        rope_theta=100000.0,  # SmolLM2's, not the default
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
@@ -108,6 +109,7 @@ def test_export_reads_back_with_each_chosen_type(tiny_llama, tmp_path):
     fields = reader.fields
     assert fields["llama.block_count"].contents() == 2
     assert fields["llama.attention.head_count_kv"].contents() == 2
+    assert fields["llama.rope.freq_base"].contents() == 100000.0
     assert len(fields["tokenizer.ggml.tokens"].contents()) == VOCAB
     lines = (tmp_path / ("tiny.gguf" + OVERRIDES_SUFFIX)).read_text().split()
     assert r"blk\.0\.attn_q=q4_0" in lines and lines[-1] == "output=q8_0" and len(lines) == 2 * 7 + 2
@@ -124,7 +126,7 @@ def test_export_errors_are_one_line(tiny_llama, tmp_path):
 
 TINYLM_CONFIG = {
     "model": {"name": "tinylm"},
-    "data": {"name": "text", "calibration_tokens": 512, "test_tokens": 2048},
+    "data": {"name": "text", "calibration_tokens": 256, "test_tokens": 1024},
     "quantization": {
         "activation_bits": [],
         "weight_only_activation_bits": 32,
