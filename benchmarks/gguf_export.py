@@ -7,8 +7,8 @@ the float model. Policies: every GGUF type uniformly, llama.cpp's Q4_K_M rule on
 Q5_1 < Q8_0 (``mpq_rl/agents/fixed_mix.py``: two steps up for attn_v and ffn_down in the ``use_more_bits`` blocks),
 and a mix cycling through the five types layer by layer.
 
-Run: ``python benchmarks/gguf_export.py [--workloads tinylm smollm2] [--test-tokens N] [--policies ...]``; it rewrites its section of
-``benchmarks/RESULTS.md``.
+Run: ``python benchmarks/gguf_export.py [--workloads tinylm smollm2] [--test-tokens N] [--policies ...]``; it
+rewrites its section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
