@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from mpq_rl.cli import main
-from mpq_rl.config import parse_config
 from mpq_rl.deployment.gguf_export import (
     OVERRIDES_SUFFIX,
     bits_per_weight,
@@ -145,13 +144,14 @@ def test_tinylm_export_agrees_with_the_simulation_in_llama_cpp(tmp_path, capsys)
 
     import yaml
 
-    from mpq_rl.workloads.workload import load_workload
+    from mpq_rl.workloads.tinylm import ARCHITECTURE
 
     config_path = tmp_path / "tinylm.yaml"
     config_path.write_text(yaml.safe_dump(TINYLM_CONFIG))
-    workload = load_workload(parse_config(TINYLM_CONFIG))
+    linears = [*LINEARS, "mlp.up_proj", "mlp.down_proj"]
+    names = [f"lm.model.layers.{b}.{linear}" for b in range(ARCHITECTURE["num_hidden_layers"]) for linear in linears]
     codes = groupwise.codes_by_size(list(groupwise.GGUF_TYPES))
-    policy = {name: (codes[i % len(codes)], 32) for i, name in enumerate(workload.layers.names)}
+    policy = {name: (codes[i % len(codes)], 32) for i, name in enumerate(names)}
     save_policy(tmp_path / "policy.json", policy)
     output = tmp_path / "tinylm.gguf"
     assert main(["export", "--config", str(config_path), "--policy", str(tmp_path / "policy.json"),
