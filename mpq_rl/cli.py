@@ -163,7 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """Export the model quantized by a policy as ONNX (Q/DQ per layer) with a JSON sidecar of bits and scales."""
+    """Export the model quantized by a policy as ONNX (Q/DQ per layer) with a JSON sidecar of bits and scales, or
+    a causal LM as GGUF with its ggml type per tensor, checked in llama.cpp."""
     from mpq_rl.deployment.export import export_policy, sidecar_path
     from mpq_rl.deployment.export_check import ExportCheck
     from mpq_rl.quantization.policy import checked_policy
@@ -176,6 +177,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     policy_file = _needs_policy(policy_file)
     workload = load_workload(config)
     policy = checked_policy(policy_file, workload.layers.names, workload.fixed, config.quantization)
+    if Path(args.output).suffix == ".gguf":  # a causal LM for llama.cpp, mpq_rl/deployment/gguf_check.py
+        from mpq_rl.deployment.gguf_check import export_policy_gguf
+
+        written, check = export_policy_gguf(workload, policy, args.output, check=not args.no_check)
+        size_mb = written.size_bytes / 1e6
+        print(f"wrote {written.path} ({size_mb:.2f} MB), {written.overrides_path} and {args.output}.json")
+        if check is not None:
+            print(check.line())
+        return
     sidecar = export_policy(
         workload, policy, args.output, weights=args.weights, min_agreement=args.min_agreement, threads=args.threads
     )
@@ -358,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(export)
     export.add_argument("--policy", help="policy.json giving each layer's bits (or --run DIR for DIR/policy.json)")
     export.add_argument("--weights", help="finetuned weights: an evaluate --output folder or its model.safetensors")
-    export.add_argument("--output", required=True, help="the model file to write, e.g. model.onnx")
+    export.add_argument(
+        "--output", required=True, help="the model file to write: model.onnx, or model.gguf for a causal LM (llama.cpp)"
+    )
     export.add_argument(
         "--min-agreement",
         type=float,
@@ -367,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when onnxruntime's top-1 agreement (or cosine) with the simulation is below F (default 0.99)",
     )
     export.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the latency figures")
+    export.add_argument(
+        "--no-check", action="store_true", help="GGUF only: skip the llama.cpp perplexity check against the simulation"
+    )
     search = add("search", cmd_search)
     search.add_argument(
         "--agent",

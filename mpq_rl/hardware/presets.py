@@ -16,6 +16,7 @@ from mpq_rl.hardware.bitfusion import BitFusion
 from mpq_rl.hardware.bitserial import BISMO_PYNQ, BISMO_ULTRA96, LOOM, STRIPES
 from mpq_rl.hardware.cost_table import CostTable
 from mpq_rl.hardware.counts import BopsCount, SizeCount, bops, size_bits
+from mpq_rl.hardware.decode import A100_DECODE, APPLE_M2_DECODE, LAPTOP_DDR5_DECODE, RTX4090_DECODE
 from mpq_rl.hardware.flexible import FormatFlexible
 from mpq_rl.hardware.gpu import A100, T4
 from mpq_rl.hardware.lut import LookupTable
@@ -54,6 +55,10 @@ _BUILT_IN = (
         FormatFlexible(),
         "Bit Fusion 16x32 with fp and flint operand decoders (ANT-style), prices int, fp and flint",
     ),
+    Preset("a100_decode", A100_DECODE, "LM decode on an A100 40GB: weight bytes per token over 1555 GB/s, batch 1"),
+    Preset("rtx4090_decode", RTX4090_DECODE, "LM decode on an RTX 4090: weight bytes per token over 1008 GB/s"),
+    Preset("m2_decode", APPLE_M2_DECODE, "LM decode on an Apple M2: weight bytes per token over 100 GB/s"),
+    Preset("laptop_ddr5_decode", LAPTOP_DDR5_DECODE, "LM decode on a laptop CPU, dual-channel DDR5-5600 (89.6 GB/s)"),
     Preset("bops", BopsCount(), "bit operations, MACs * w_bits * a_bits (HAWQ-V3)"),
     Preset("size", SizeCount(), "model size, parameters * w_bits"),
     Preset("lut", LookupTable(), "a measured table from hardware.table (HAQ .npy, or .csv / .json rows)"),
@@ -88,8 +93,9 @@ def stored_bits(code: int) -> float:
     return groupwise.block_format(code).bits_per_weight if groupwise.is_block_code(code) else bits_of(code)
 
 
-FORMAT_BLIND_PRESETS = ("bops", "size")
-"""Presets that count bits whatever their format, so they price fp and flint codes at their bit-width."""
+FORMAT_BLIND_PRESETS = ("bops", "size", "a100_decode", "rtx4090_decode", "m2_decode", "laptop_ddr5_decode")
+"""Presets that count bits whatever their format, so they price fp and flint codes at their bit-width (and
+group-wise formats at their stored bits per weight); the decode models dequantize weights in registers."""
 
 
 def build_cost_table(
