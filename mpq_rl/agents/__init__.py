@@ -34,6 +34,8 @@ SEARCHERS: Registry[SearcherFactory] = Registry(
         "greedy": "mpq_rl.agents.greedy:Greedy",
         "hawq": "mpq_rl.agents.hawq:Hawq",
         "exhaustive": "mpq_rl.agents.exhaustive:Exhaustive",
+        # EvoPress-style evolution (budget-keeping mutations, selection on growing subsets), agents/evolution.py.
+        "evolution": "mpq_rl.agents.evolution:Evolution",
     },
 )
 
