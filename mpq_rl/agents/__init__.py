@@ -36,6 +36,8 @@ SEARCHERS: Registry[SearcherFactory] = Registry(
         "exhaustive": "mpq_rl.agents.exhaustive:Exhaustive",
         # EvoPress-style evolution (budget-keeping mutations, selection on growing subsets), agents/evolution.py.
         "evolution": "mpq_rl.agents.evolution:Evolution",
+        # The mbppo pipeline without the agent (surrogate, solver, neighbours, UCB), agents/surrogate_search.py.
+        "surrogate": "mpq_rl.agents.surrogate_search:SurrogateSearch",
     },
 )
 

@@ -28,9 +28,7 @@ budget is spent), how many next-best solutions to score.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,9 +36,9 @@ import torch
 
 from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.agents.hessian import calibration_loss, hessian_traces
+from mpq_rl.agents.knapsack import ranked_policies
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.quant import is_float_bits
-from mpq_rl.search.budget import Choice
 from mpq_rl.search.metrics import model_outputs
 from mpq_rl.search.problem import SearchProblem
 
@@ -111,107 +109,6 @@ def sensitivities(problem: SearchProblem, samples: int = 32, seed: int = 0) -> n
     weight_scale = np.array([max(traces.weight[n], 0.0) / traces.weight_elements[n] for n in problem.searched])
     input_scale = np.array([max(traces.activation[n], 0.0) / traces.activation_elements[n] for n in problem.searched])
     return 0.5 * ((weight_scale[:, None] * weight_error)[:, :, None] + (input_scale[:, None] * input_error)[:, None, :])
-
-
-def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The lower-left convex hull of (cost, objective) points, from the cheapest (least objective among ties) to
-    the least objective (cheapest among ties): costs rise, objectives fall, and the slopes rise towards zero."""
-    hull: list[tuple[float, float]] = []
-    for c, v in sorted(points):
-        if hull and v >= hull[-1][1]:
-            continue  # costs more and is no better
-        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (c - hull[-2][0]) >= (v - hull[-2][1]) * (
-            hull[-1][0] - hull[-2][0]
-        ):
-            hull.pop()
-        hull.append((c, v))
-    return hull
-
-
-class _RelaxationBound:
-    """Lower bounds on the objective of layers ``k, k+1, ...`` within a cost: the LP relaxation of the
-    multiple-choice knapsack (Sinha and Zoltners, Operations Research 27(3), 1979). Every layer starts at its
-    cheapest choice; then the segments of the layers' lower convex hulls are bought in order of objective saved
-    per unit of cost, the last one in part. The segments of every suffix of layers are sorted once, so a bound is
-    one binary search."""
-
-    def __init__(self, options: list[list[tuple[float, float, Choice]]]) -> None:
-        layers = len(options)
-        self.base_cost = [0.0] * (layers + 1)
-        self.base_value = [0.0] * (layers + 1)
-        self.spent: list[np.ndarray] = [np.zeros(0)] * (layers + 1)
-        self.saved: list[np.ndarray] = [np.zeros(0)] * (layers + 1)
-        segments = np.zeros((0, 3))  # slope, cost, objective change
-        for k in range(layers - 1, -1, -1):
-            hull = np.array(_lower_hull([(c, v) for c, v, _ in options[k]]))
-            self.base_cost[k] = self.base_cost[k + 1] + hull[0, 0]
-            self.base_value[k] = self.base_value[k + 1] + hull[0, 1]
-            steps = np.diff(hull, axis=0)
-            segments = np.concatenate([segments, np.column_stack([steps[:, 1] / steps[:, 0], steps])])
-            segments = segments[np.argsort(segments[:, 0], kind="stable")]
-            self.spent[k] = np.cumsum(segments[:, 1])
-            self.saved[k] = np.cumsum(segments[:, 2])
-
-    def __call__(self, k: int, left: float) -> float | None:
-        """The bound for layers ``k, ...`` within ``left`` (None if even their cheapest choices exceed it)."""
-        extra = left - self.base_cost[k]
-        if extra < 0.0:
-            return None
-        spent, saved = self.spent[k], self.saved[k]
-        i = int(np.searchsorted(spent, extra, side="right"))
-        value = self.base_value[k] + (float(saved[i - 1]) if i else 0.0)
-        if i < len(spent):
-            before, gained = (float(spent[i - 1]), float(saved[i - 1])) if i else (0.0, 0.0)
-            value += (float(saved[i]) - gained) * (extra - before) / (float(spent[i]) - before)
-        return value
-
-
-def ranked_policies(objective: np.ndarray, costs: np.ndarray, capacity: float) -> Iterator[list[Choice]]:
-    """Every choice per layer with ``sum costs[s, w, a] <= capacity``, in increasing order of
-    ``sum objective[s, w, a]``: the ILP's optimum first, then its next-best solutions, lazily.
-
-    ``objective`` and ``costs`` are [layer, w, a]; NaN costs mark pairs that cannot be chosen; of policies with
-    equal objective, the costlier comes first. A best-first
-    (A*) search over the layers in order: a partial policy's key is its objective so far plus a lower bound on
-    the rest (:class:`_RelaxationBound`, the LP relaxation within the capacity left). A complete policy is popped
-    only when no partial one could complete below it, so policies come out exactly in order.
-    """
-    layers = costs.shape[0]
-    options: list[list[tuple[float, float, Choice]]] = [[] for _ in range(layers)]
-    for s, w, a in np.argwhere(~np.isnan(costs)).tolist():
-        options[s].append((float(costs[s, w, a]), float(objective[s, w, a]), (w, a)))
-    if any(not layer for layer in options):
-        return
-    relaxation = _RelaxationBound(options)
-    # Rounding in the bounds' sums must not let a bound exceed what a completion actually reaches.
-    slack = 1e-9 * sum(max(abs(v) for _, v, _ in layer) for layer in options) + 1e-300
-
-    def bound(k: int, left: float) -> float | None:
-        value = relaxation(k, left)
-        return None if value is None else value - slack
-
-    root = bound(0, capacity)
-    if root is None:
-        return
-    order = itertools.count()
-    # (key, minus the cost spent, arrival, depth, cost spent, objective, choices): among policies of equal
-    # objective the costlier comes first (the second-order model cannot tell them apart; more bits is the safer
-    # guess), then the one found first.
-    heap: list[tuple[float, float, int, int, float, float, tuple[Choice, ...]]] = [
-        (root, 0.0, next(order), 0, 0.0, 0.0, ())
-    ]
-    while heap:
-        _, _, _, depth, spent, value, chosen = heapq.heappop(heap)
-        if depth == layers:
-            yield list(chosen)
-            continue
-        for cost, v, choice in options[depth]:
-            rest = bound(depth + 1, capacity - spent - cost)
-            if rest is None:
-                continue
-            total, used = value + v, spent + cost
-            key = total if depth + 1 == layers else total + rest
-            heapq.heappush(heap, (key, -used, next(order), depth + 1, used, total, (*chosen, choice)))
 
 
 class Hawq(Searcher):
