@@ -63,10 +63,16 @@ K = 5
 SEEDS = (0, 1, 2)
 
 
-def build(workload: str, budget: float, seed: int) -> tuple[SearchProblem, SubsetScorer]:
+PROXIES = {"top1": {"proxy.metric": "top1"}, "kl": {"proxy.metric": "fidelity", "proxy.fidelity": "kl"}}
+"""What the search maximizes: calibration top-1 (the default), or minus the KL divergence to FP32 (smooth); the
+held-out and calibration columns are top-1 either way."""
+
+
+def build(workload: str, budget: float, seed: int, proxy: str = "top1") -> tuple[SearchProblem, SubsetScorer]:
     """The problem on the search part of the calibration split, and a scorer for the held-aside part."""
     config = load_config().with_overrides(
         **{"seed": seed, "budget.fraction": budget, "hardware.preset": "bitfusion", "hardware.metric": "latency"},
+        **PROXIES[proxy],
         **{f"model.{k}": v for k, v in WORKLOADS[workload].get("model", {}).items()},
     )
     loaded = load_workload(config)
@@ -91,7 +97,8 @@ def one_run(problem: SearchProblem, selection: SubsetScorer, label: str, episode
             continue
         test = evaluate_on_test(problem.workload, chosen.episode.policy, problem.evaluator.simulator)
         picks[rule] = {
-            "calibration": chosen.episode.proxy,
+            "calibration": chosen.episode.metrics["top1"],
+            "proxy": chosen.episode.proxy,
             "selection": chosen.selection_proxy,
             "test": test["top1"],
             "cost_ratio": chosen.episode.cost_ratio[problem.metric],
@@ -112,35 +119,115 @@ def sweep(
     searchers: Sequence[str],
     episodes: int,
     seeds: Sequence[int] = SEEDS,
+    proxy: str = "top1",
 ) -> None:
     done = set()
     if runs.is_file():
         for line in runs.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["workload"], r["budget"], r["seed"], r["searcher"], r["episodes"]))
+            done.add((r["workload"], r["budget"], r["seed"], r["searcher"], r["episodes"], r.get("proxy", "top1")))
     torch.set_num_threads(1)
     for seed in seeds:
         for workload in workloads:
             for budget in budgets:
-                todo = [s for s in searchers if (workload, budget, seed, s, episodes) not in done]
+                todo = [s for s in searchers if (workload, budget, seed, s, episodes, proxy) not in done]
                 if not todo:
                     continue
-                problem, selection = build(workload, budget, seed)
+                problem, selection = build(workload, budget, seed, proxy)
                 for name in todo:
                     row = one_run(problem, selection, name, episodes, seed)
                     load = machine()["load_average"]
-                    row.update(workload=workload, budget=budget, seed=seed, episodes=episodes, load=load)
+                    row.update(workload=workload, budget=budget, seed=seed, episodes=episodes, proxy=proxy, load=load)
                     with runs.open("a") as out:
                         out.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
                 problem.close()
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _cell(values: list[float]) -> str:
     if not values:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * std:.2f}"
+    mean, std = _mean_std(values)
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _label(row: dict[str, Any]) -> str:
+    proxy = row.get("proxy", "top1")
+    return row["searcher"] if proxy == "top1" else f"{row['searcher']} ({proxy} proxy)"
+
+
+def _tests(rows: list[dict[str, Any]], rule: str = "top1") -> list[float]:
+    return [r["picks"][rule]["test"] for r in rows if rule in r["picks"]]
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """One row per searcher, one column per (workload, budget): held-out top-1 of the top1 pick."""
+    columns = sorted({(r["workload"], r["budget"]) for r in rows})
+    labels = list(dict.fromkeys(_label(r) for r in rows))
+    lines = [
+        "| searcher | " + " | ".join(f"{w} {b}" for w, b in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for label in labels:
+        cells = [
+            _cell(_tests([r for r in rows if _label(r) == label and (r["workload"], r["budget"]) == c]))
+            for c in columns
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets(rows: list[dict[str, Any]], test_samples: int = 397) -> list[str]:
+    """The issue's targets per (workload, budget): mbppo against the best other searcher (within one test
+    sample), mbppo minus surrogate against the seed-to-seed std, and mbppo's calibration-minus-held-out gap against
+    hawq's."""
+    sample = 1.0 / test_samples
+    lines = [
+        "| column | mbppo | best other (searcher) | within one test sample | mbppo - surrogate | seed std "
+        "(max of the two) | above the std | gap mbppo | gap hawq | gap no larger |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|---|",
+    ]
+    for workload, budget in sorted({(r["workload"], r["budget"]) for r in rows}):
+        here = [
+            r for r in rows if (r["workload"], r["budget"]) == (workload, budget) and r.get("proxy", "top1") == "top1"
+        ]
+        by = {name: [r for r in here if r["searcher"] == name] for name in dict.fromkeys(r["searcher"] for r in here)}
+        if "mbppo" not in by:
+            continue
+        mean = {name: _mean_std(_tests(rs)) for name, rs in by.items() if _tests(rs) and "+" not in name}
+        others = {n: m for n, m in mean.items() if n != "mbppo"}
+        best = max(others, key=lambda n: others[n][0])
+        mine = mean["mbppo"][0]
+        delta = mine - mean["surrogate"][0] if "surrogate" in mean else float("nan")
+        spread = max(mean["mbppo"][1], mean["surrogate"][1]) if "surrogate" in mean else float("nan")
+
+        def gap(name: str, by: dict[str, list[dict[str, Any]]] = by) -> float:
+            return statistics.fmean(r["picks"]["top1"]["calibration"] - r["picks"]["top1"]["test"] for r in by[name])
+
+        lines.append(
+            f"| {workload} {budget} | {100 * mine:.2f} | {100 * others[best][0]:.2f} ({best}) "
+            f"| {'met' if mine >= others[best][0] - sample else '**missed**'} | {100 * delta:+.2f} "
+            f"| {100 * spread:.2f} "
+            f"| {'met' if delta > spread else '**missed**'} | {100 * gap('mbppo'):+.2f} | {100 * gap('hawq'):+.2f} "
+            f"| {'met' if gap('mbppo') <= gap('hawq') else '**missed**'} |"
+        )
+    return lines
+
+
+def selection_study(rows: list[dict[str, Any]]) -> list[str]:
+    """Held-out top-1 of each pick, averaged over every run of a searcher (all workloads, budgets and seeds)."""
+    lines = ["| searcher | runs | " + " | ".join(f"held-out, {rule} pick" for rule in RULES) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(RULES))
+    for label in dict.fromkeys(_label(r) for r in rows):
+        mine = [r for r in rows if _label(r) == label]
+        lines.append(f"| {label} | {len(mine)} | " + " | ".join(_cell(_tests(mine, rule)) for rule in RULES) + " |")
+    every = [_cell(_tests(rows, rule)) for rule in RULES]
+    lines.append(f"| all searchers | {len(rows)} | " + " | ".join(every) + " |")
+    return lines
 
 
 def report(runs: Path) -> list[str]:
@@ -157,19 +244,34 @@ def report(runs: Path) -> list[str]:
             "| held-out (pooled pick) | evaluations | wall s |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for name in dict.fromkeys(r["searcher"] for r in here):
-            mine = [r for r in here if r["searcher"] == name]
+        for name in dict.fromkeys(_label(r) for r in here):
+            mine = [r for r in here if _label(r) == name]
             top = [r["picks"]["top1"] for r in mine if "top1" in r["picks"]]
             gap = [p["calibration"] - p["test"] for p in top]
-            tests = {rule: [r["picks"][rule]["test"] for r in mine if rule in r["picks"]] for rule in RULES}
             lines.append(
-                f"| {name} | {len(mine)} | {_cell(tests['top1'])} | {_cell([p['calibration'] for p in top])} "
-                f"| {_cell(gap)} | {_cell(tests['selection'])} | {_cell(tests['pooled'])} "
+                f"| {name} | {len(mine)} | {_cell(_tests(mine))} | {_cell([p['calibration'] for p in top])} "
+                f"| {_cell(gap)} | {_cell(_tests(mine, 'selection'))} | {_cell(_tests(mine, 'pooled'))} "
                 f"| {statistics.fmean(r['evaluations'] for r in mine):.1f} "
                 f"| {statistics.fmean(r['wall_s'] for r in mine):.1f} |"
             )
         lines.append("")
-    return lines
+    return [
+        "## Held-out top-1 (mean ± std over seeds)",
+        "",
+        *summary(rows),
+        "",
+        "## Targets",
+        "",
+        *targets(rows),
+        "",
+        "## Which pick holds held-out",
+        "",
+        *selection_study(rows),
+        "",
+        "## Every setting",
+        "",
+        *lines,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -179,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--searchers", default=",".join(SEARCHERS), help=f"labels among {list(VARIANTS)}")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--proxy", choices=list(PROXIES), default="top1", help="what the searchers maximize")
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--report", action="store_true", help="print the tables from --runs instead of running")
     args = parser.parse_args(argv)
@@ -193,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.searchers.split(","),
         args.episodes,
         [int(s) for s in args.seeds.split(",")],
+        args.proxy,
     )
 
 
