@@ -16,8 +16,8 @@ from mpq_rl.search.subsets import SubsetScorer, select_samples, split_samples
 
 @pytest.fixture(scope="module")
 def problem(digits_workload, digits_costs, digits_evaluator, one_thread):
-    """The whole digits space (9 layers, 7 x 7 candidates) at 0.3 of W8A8 latency."""
-    config = parse_config({"budget": 0.3})
+    """Every digits layer searched, weights at 2/4/6/8 bits and activations at 4/6/8, at 0.3 of W8A8 latency."""
+    config = parse_config({"quantization": {"weight_bits": [2, 4, 6, 8], "activation_bits": [4, 6, 8]}, "budget": 0.3})
     return build_problem(config, workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator)
 
 
