@@ -33,11 +33,11 @@ if __package__ in (None, ""):
 
 from benchmarks.harness import machine
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import load_config
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import EvaluationCache, evaluate_on_test
 from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.selection import RULES, held_aside, pick
 from mpq_rl.search.subsets import SubsetScorer
 from mpq_rl.workloads.workload import load_workload
@@ -106,7 +106,7 @@ def one_run(problem: SearchProblem, selection: SubsetScorer, label: str, episode
     return {
         "searcher": label,
         "recorded": len(recorded),
-        "evaluations": len(problem.evaluator.cache) + context.notes.get("subset_evaluations", 0.0),
+        "evaluations": len(problem.evaluator.cache) + (context.report.subset_evaluations or 0.0),
         "wall_s": round(wall, 2),
         "picks": picks,
     }

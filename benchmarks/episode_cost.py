@@ -10,8 +10,8 @@ two medians carries; the ratio of the medians is printed beside it.
 
 Variants, timed interleaved in each round:
 
-* ``fp32``: :func:`mpq_rl.search.metrics.model_outputs` over the calibration batches, the simulator restored (hooks in
-  place, quantizing nothing).
+* ``fp32``: :func:`mpq_rl.workloads.model_io.model_outputs` over the calibration batches, the simulator restored
+  (hooks in place, quantizing nothing).
 * ``quantized``: the evaluation's core alone, the round's policy applied to the simulator and one forward pass
   over the calibration data: the least any episode can cost, so ``episode / quantized`` is the environment's
   own overhead.
@@ -68,8 +68,9 @@ from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import Policy
 from mpq_rl.quantization.simulator import QuantSimulator
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
-from mpq_rl.search.metrics import model_outputs, score
+from mpq_rl.search.metrics import score
 from mpq_rl.search.problem import build_problem
+from mpq_rl.workloads.model_io import model_outputs
 from mpq_rl.workloads.workload import Workload, load_workload
 
 NAME = "episode_cost"

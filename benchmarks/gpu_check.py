@@ -46,7 +46,7 @@ def policies(problem: SearchProblem, count: int, seed: int = 0) -> list[list[tup
     while len(chosen) < count:
         chosen.append(
             [
-                (int(rng.integers(len(budget.weight_bits))), int(rng.integers(len(budget.activation_bits))))
+                (int(rng.integers(len(budget.weight_codes))), int(rng.integers(len(budget.activation_codes))))
                 for _ in problem.searched
             ]
         )

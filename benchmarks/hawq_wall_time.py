@@ -48,7 +48,7 @@ AGENTS = ("random", "hawq")
 
 
 def _search(agent: str, episodes: int, evaluations: dict[str, int]) -> None:
-    from mpq_rl.search.trainer import run_search
+    from mpq_rl.runs.trainer import run_search
 
     with tempfile.TemporaryDirectory() as scratch:
         overrides = {"agent.name": agent, "agent.episodes": episodes, "output": str(Path(scratch) / agent)}

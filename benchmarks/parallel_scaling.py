@@ -87,7 +87,7 @@ def run(workload: str = "digits", policies: int = 24, repeats: int = 5) -> dict[
     batch = [problem.policy(sample_policy(budget, rng)) for _ in range(policies)]
     # every layer at every (w, a) pair, twice: each worker quantizes every (layer, bits) and calibrates its range
     # (done once per process, on first use) before the timing, as it has early in a search
-    pairs = [(w, a) for w in range(len(budget.weight_bits)) for a in range(len(budget.activation_bits))]
+    pairs = [(w, a) for w in range(len(budget.weight_codes)) for a in range(len(budget.activation_codes))]
     warmup = 2 * [problem.policy([pair] * len(problem.searched)) for pair in pairs]
 
     # one CPU per actor of the 1- and 2-worker backends (idle ones hold theirs); the machine's cores are what they are
@@ -137,7 +137,7 @@ def run(workload: str = "digits", policies: int = 24, repeats: int = 5) -> dict[
 
 def _hit_seconds(problem: Any, batch: list[Any]) -> float:
     """Seconds per episode answered from the driver's cache (costs, reward and the cache lookup)."""
-    from mpq_rl.agents.base import SearchContext
+    from mpq_rl.search.searcher import SearchContext
 
     seen: list[Any] = []
     context = SearchContext(problem, len(batch), 0, seen.append, None)

@@ -28,10 +28,10 @@ if __package__ in (None, ""):
 
 from benchmarks.harness import Writer, machine, machine_lines, publish, table, write_section
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.config import parse_config
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.searcher import SearchContext
 
 NAME = "search_quality"
 PROXIES = {"top1": {"metric": "top1"}, "kl": {"metric": "fidelity", "fidelity": "kl"}}

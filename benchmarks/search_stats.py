@@ -33,7 +33,7 @@ def _search_into(queue: Any, *args: Any) -> None:
 
 
 def _search(agent: str, n_envs: int, episodes: int, output: str) -> dict[str, Any]:
-    from mpq_rl.search.trainer import run_search
+    from mpq_rl.runs.trainer import run_search
 
     overrides = {"agent.name": agent, "agent.episodes": episodes, "agent.n_envs": n_envs, "output": output}
     result = run_search(load_config().with_overrides(**overrides), progress=False)

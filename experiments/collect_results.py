@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from mpq_rl.io import atomic_write_text
-from mpq_rl.search.compare import COMPARE_JSON, PARETO_PNG, render_markdown, uniform_row
+from mpq_rl.runs.compare import COMPARE_JSON, PARETO_PNG, render_markdown, uniform_row
 from mpq_rl.search.metrics import format_metric
 
 DEFAULT_OUTPUT = Path("docs/results.md")

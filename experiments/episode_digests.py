@@ -2,7 +2,7 @@
 
 Each case runs ``mpq-rl search`` on the built-in digits workload (the default config) with seed 0, a few episodes
 and one searcher, in a fresh folder, and hashes the run's ``episodes.csv`` byte for byte (the file has no wall-time
-column, see :mod:`mpq_rl.search.recorder`). ``python experiments/episode_digests.py --record`` writes the digests to
+column, see :mod:`mpq_rl.runs.recorder`). ``python experiments/episode_digests.py --record`` writes the digests to
 ``experiments/episode_digests.json``; without ``--record`` it compares and exits 1 on a difference.
 ``tests/test_episode_digests.py`` runs the same comparison.
 """
@@ -42,7 +42,7 @@ def episodes_digest(case: str, folder: Path) -> str:
     import torch
 
     from mpq_rl.config import load_config
-    from mpq_rl.search.trainer import run_search
+    from mpq_rl.runs.trainer import run_search
 
     torch.set_num_threads(1)
     config = load_config(None).with_overrides(seed=SEED, output=str(folder), **CASES[case])

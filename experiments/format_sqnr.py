@@ -15,7 +15,7 @@ import math
 import torch
 
 from mpq_rl.config import load_config
-from mpq_rl.quantization import formats, quant
+from mpq_rl.quantization import formats
 from mpq_rl.workloads.workload import load_workload
 
 BITS = range(2, 9)
@@ -23,11 +23,15 @@ BITS = range(2, 9)
 
 def weight_sqnr(weights: list[torch.Tensor], code: int, method: str) -> float:
     """SQNR in dB of all ``weights`` quantized at ``code``, errors and energies summed over the layers."""
-    quantize = quant.quantize_weight if formats.is_integer_code(code) else formats.quantize_weight
+    number_format = formats.format_for(code)
     signal = noise = 0.0
     for weight in weights:
+        with torch.no_grad():
+            quantized = number_format.weight_quantizers(weight, [formats.bits_of(code)], method)[0].fake_quantize(
+                weight
+            )
         signal += float(weight.pow(2).sum())
-        noise += float((quantize(weight, code, method) - weight).pow(2).sum())
+        noise += float((quantized - weight).pow(2).sum())
     return 10.0 * math.log10(signal / noise)
 
 

@@ -4,5 +4,5 @@ import gymnasium
 
 __version__ = "0.1.0"
 
-if "mpq_rl/BitWidth-v0" not in gymnasium.registry:
-    gymnasium.register(id="mpq_rl/BitWidth-v0", entry_point="mpq_rl.envs.bitwidth:BitWidthEnv")
+if "mpq_rl/BitWidth-v1" not in gymnasium.registry:
+    gymnasium.register(id="mpq_rl/BitWidth-v1", entry_point="mpq_rl.envs.factory:make_bitwidth_env")

@@ -7,9 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mpq_rl.config import BACKENDS, RunConfig, load_config
+from mpq_rl.config import RunConfig, load_config
 from mpq_rl.errors import UserError
 from mpq_rl.io import check_output_file, json_text
+from mpq_rl.search.settings import BACKENDS
 from mpq_rl.search.threads import set_torch_threads, threads_per_process
 from mpq_rl.text_table import render_table
 from mpq_rl.workloads.layers import LayerTable
@@ -31,8 +32,8 @@ def _config_and_policy(args: argparse.Namespace) -> tuple[RunConfig, Path | None
     """The config and policy file a command works on: ``--run DIR``'s config.yaml and policy.json (``--policy``
     still picks another policy); else ``--config``, or, without it, the config of the run folder that holds
     ``--policy`` (a policy is only meaningful with the model and data it was searched on)."""
-    from mpq_rl.search.recorder import POLICY_FILE
-    from mpq_rl.search.run_folder import CONFIG_FILE, holds_run, run_config
+    from mpq_rl.runs.recorder import POLICY_FILE
+    from mpq_rl.runs.run_folder import CONFIG_FILE, holds_run, run_config
 
     policy = None if args.policy is None else Path(args.policy)
     if args.run is not None:
@@ -170,8 +171,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     """Search per-layer bit-widths under the budget; write the run folder and print the best policy on test data."""
-    from mpq_rl.search.run_folder import run_config
-    from mpq_rl.search.trainer import run_search
+    from mpq_rl.runs.run_folder import run_config
+    from mpq_rl.runs.trainer import run_search
 
     flags = {
         "agent.name": args.agent,
@@ -199,9 +200,9 @@ def cmd_search(args: argparse.Namespace) -> None:
 def _set_threads(config: RunConfig) -> None:
     """This process's torch threads: its share of the cores with the workers it starts on this machine (the
     workers, and a comparison's Ray tasks, set their own)."""
-    from mpq_rl.search.pool import local_processes
+    from mpq_rl.search.pool import local_processes, resolve_parallel
 
-    set_torch_threads(threads_per_process(local_processes(config.evaluation)))
+    set_torch_threads(threads_per_process(local_processes(resolve_parallel(config.parallel, config.agent.n_envs))))
 
 
 def _parallel_flags(args: argparse.Namespace) -> dict[str, object]:
@@ -235,7 +236,7 @@ def _int_list(text: str) -> list[int]:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """Run several searchers (and seeds) on one config at the same evaluation budget; table and Pareto plot."""
-    from mpq_rl.search.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
+    from mpq_rl.runs.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
 
     flags = {"agent.episodes": args.episodes, "budget.fraction": args.budget, **_parallel_flags(args)}
     config = _config(args).with_overrides(**{key: value for key, value in flags.items() if value is not None})

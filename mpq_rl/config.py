@@ -1,7 +1,10 @@
 """The run configuration: one YAML file per run, typed and validated once, at the edge.
 
-Every part of mpq_rl reads the same :class:`RunConfig`. Loading rejects unknown keys, wrong types and missing
-files with a one-line :class:`~mpq_rl.errors.UserError` that names the key, what was received and how to fix it.
+Each package declares the sections it reads (``mpq_rl/*/settings.py``); this module composes them into
+:class:`RunConfig`, which the command line and the run layer (:mod:`mpq_rl.runs`) hold, and which three builders
+still take whole (``load_workload``, ``build_problem`` and the environment's, see docs/architecture.md). Loading
+rejects unknown keys, wrong types and missing files with a one-line :class:`~mpq_rl.errors.UserError` that names the
+key, what was received and how to fix it.
 """
 
 from __future__ import annotations
@@ -9,255 +12,30 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from mpq_rl.errors import UserError
+from mpq_rl.hardware.settings import HardwareConfig
+from mpq_rl.quantization.settings import QuantizationConfig
+from mpq_rl.search.settings import BudgetConfig, ParallelConfig, ProxyConfig, RewardConfig
+from mpq_rl.settings import FilePath, Section
+from mpq_rl.workloads.settings import DataConfig, ModelConfig
 
-FLOAT_BITS = (16, 32)
-"""Bit-widths that mean "leave this tensor in floating point"."""
-INTEGER_BITS = tuple(range(2, 9))
-REFERENCE_BITS = (8, 8)
-"""W8A8: budgets are fractions of the model's cost at these bits; layers left out of the search keep them."""
-ALLOWED_BITS = INTEGER_BITS + FLOAT_BITS
-METRICS = ("latency", "energy", "size", "bops")
 SEED_LIMIT = 2**32
 """Seeds are below this: NumPy's and Gymnasium's seeding take 32-bit seeds."""
 
 
-FilePath = Annotated[Path, Field(strict=False)]
-"""A path given as a YAML string."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-def _check_allowed(values: list[int], key: str) -> None:
-    bad = [b for b in values if b not in ALLOWED_BITS]
-    if bad:
-        raise ValueError(f"{key} must be among {list(ALLOWED_BITS)} (16/32 = floating point), got {bad}")
-
-
-def _check_bits(values: list[int], key: str) -> list[int]:
-    _check_allowed(values, key)
-    if len(set(values)) != len(values):
-        raise ValueError(f"{key} lists a bit-width twice: {values}")
-    return sorted(values)
-
-
-class ModelConfig(_Section):
-    """Which network to quantize: a built-in ``name`` or a ``factory`` ("pkg.module:callable")."""
-
-    name: str | None = "digits_cnn"
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    weights: FilePath | None = None
-    input_shape: list[int] | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelConfig:
-        if self.factory is not None and self.name not in (None, "digits_cnn"):
-            raise ValueError("give either model.name or model.factory, not both")
-        if self.weights is not None and not self.weights.is_file():
-            raise ValueError(f"model.weights file {str(self.weights)!r} does not exist")
-        if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
-            raise ValueError(f"model.input_shape must be positive sizes like [1, 3, 32, 32], got {self.input_shape}")
-        return self
-
-    @property
-    def source(self) -> str:
-        """The factory path if one is given, else the built-in name."""
-        return self.factory or self.name or ""
-
-
-class DataConfig(_Section):
-    """Where calibration and test data come from: a built-in ``name`` or a ``factory``; ``none`` for no data."""
-
-    name: str | None = "digits"
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    calibration_samples: int = Field(512, gt=0)
-    batch_size: int = Field(256, gt=0)
-
-
-class QuantizationConfig(_Section):
-    """The bit-width candidates, which layers are searched, and how ranges are chosen."""
-
-    weight_bits: list[int] = Field(default_factory=lambda: list(INTEGER_BITS))
-    activation_bits: list[int] = Field(default_factory=lambda: list(INTEGER_BITS))
-    include: str | None = None
-    exclude: str | None = None
-    pin: dict[str, list[int]] = Field(default_factory=dict)
-    weight_only_activation_bits: int = FLOAT_BITS[-1]
-    """The precision activations run at in a weight-only search (``activation_bits: []``): 32 or 16 (floating
-    point) or an integer bit-width; every layer's input is simulated and costed at it, and the budget's reference
-    is W8 with activations at it, so weight bits alone reach any budget down to the lowest weight bits."""
-    weight_range: Literal["mse", "minmax", "percentile"] = "mse"
-    activation_range: Literal["mse", "minmax", "percentile"] = "mse"
-    percentile: float = Field(99.99, gt=50.0, le=100.0, allow_inf_nan=False)
-    formats: list[Literal["int", "fp", "flint"]] = Field(default_factory=lambda: ["int"])
-    """Number formats each layer's weights and activations choose from (see :mod:`mpq_rl.quantization.formats`)."""
-
-    @field_validator("formats")
-    @classmethod
-    def _formats(cls, v: list[str]) -> list[str]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError(f"quantization.formats must list each format once, e.g. [int, fp, flint], got {v}")
-        return v
-
-    @field_validator("weight_bits")
-    @classmethod
-    def _weight_bits(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("quantization.weight_bits needs at least one bit-width, e.g. [2, 4, 8]")
-        return _check_bits(v, "quantization.weight_bits")
-
-    @field_validator("activation_bits")
-    @classmethod
-    def _activation_bits(cls, v: list[int]) -> list[int]:
-        return _check_bits(v, "quantization.activation_bits")
-
-    @field_validator("weight_only_activation_bits")
-    @classmethod
-    def _weight_only_activation_bits(cls, v: int) -> int:
-        _check_allowed([v], "quantization.weight_only_activation_bits")
-        return v
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression ({exc})") from None
-        return v
-
-    @field_validator("pin")
-    @classmethod
-    def _pin(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
-        for name, bits in v.items():
-            if len(bits) != 2:
-                raise ValueError(f"quantization.pin.{name} must be [w_bits, a_bits], got {bits}")
-            _check_allowed(bits, f"quantization.pin.{name}")
-        return v
-
-    @property
-    def weight_only(self) -> bool:
-        return not self.activation_bits
-
-    @property
-    def activation_candidates(self) -> list[int]:
-        """The activation bits to choose from: ``[weight_only_activation_bits]`` for a weight-only search."""
-        return self.activation_bits or [self.weight_only_activation_bits]
-
-    @property
-    def reference_bits(self) -> tuple[int, int]:
-        """The bits budgets are fractions of: W8A8, or W8 at the deployed activation precision when weight-only."""
-        return (REFERENCE_BITS[0], self.weight_only_activation_bits) if self.weight_only else REFERENCE_BITS
-
-
-class HardwareConfig(_Section):
-    """The hardware cost model: a preset, the metric the budget constrains, and parameter overrides."""
-
-    preset: str = "bitfusion"
-    metric: Literal["latency", "energy", "size", "bops"] = "latency"
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    table: FilePath | None = None
-
-    @field_validator("table")
-    @classmethod
-    def _table_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
-            raise ValueError(f"hardware.table file {str(v)!r} does not exist")
-        return v
-
-
-class BudgetConfig(_Section):
-    """The cost budget as a fraction of the W8A8 cost, and how an episode is kept within it."""
-
-    fraction: float = Field(0.5, gt=0.0, allow_inf_nan=False)
-    enforcement: Literal["project", "wall", "penalty"] = "project"
-
-
-class ProxyConfig(_Section):
-    """The proxy accuracy the search optimizes, on calibration data only."""
-
-    metric: Literal["top1", "fidelity"] = "top1"
-    fidelity: Literal["agreement", "kl", "cosine"] = "agreement"
-
-    @property
-    def key(self) -> str:
-        """The name of the proxy among the evaluator's metrics (and in every report): top1, agreement, kl or
-        cosine."""
-        return self.metric if self.metric == "top1" else self.fidelity
-
-
-class RewardConfig(_Section):
-    name: str = "haq"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
-class AgentConfig(_Section):
+class AgentConfig(Section):
     name: str = "mbppo"
     episodes: int = Field(300, gt=0)
     n_envs: int = Field(1, gt=0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-BackendName = Literal["local", "process", "ray"]
-BACKENDS: tuple[str, ...] = get_args(BackendName)
-_CLUSTER_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d+")
-
-
-class ParallelConfig(_Section):
-    """Where a search's evaluations run: ``local`` (in the search's process, one at a time), ``process`` (spawned
-    worker processes on this machine) or ``ray`` (actors on a Ray cluster: a local one started for the run when
-    ``address`` is null, else the cluster at ``auto`` or ``host:port``). ``workers`` evaluate at once.
-
-    Left out (null), the backend is ``process`` with ``agent.n_envs`` workers when ``agent.n_envs > 1`` (the
-    environments' episodes are evaluated in parallel, as before this section existed) and ``local`` otherwise;
-    ``workers`` left out is ``agent.n_envs`` when above 1, else the cores this process may use. See
-    :meth:`resolved`."""
-
-    backend: BackendName | None = None
-    workers: int | None = Field(None, gt=0)
-    address: str | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ParallelConfig:
-        if self.backend == "local" and self.workers not in (None, 1):
-            raise ValueError(
-                f"parallel.backend local evaluates one policy at a time, got workers: {self.workers}: "
-                "set parallel.backend to process or ray, or workers to 1"
-            )
-        if self.address is not None and self.backend != "ray":
-            raise ValueError(
-                f"parallel.address names a Ray cluster, got {self.address!r} with backend "
-                f"{self.backend or 'unset'}: set parallel.backend: ray, or remove the address"
-            )
-        if self.address not in (None, "auto") and not _CLUSTER_ADDRESS.fullmatch(self.address):
-            raise ValueError(
-                "parallel.address must be null (start a local Ray cluster), auto (the cluster `ray start` "
-                f"started on this machine) or host:port like 10.0.0.5:6379, got {self.address!r}"
-            )
-        return self
-
-    def resolved(self, n_envs: int) -> ParallelConfig:
-        """This section with its backend and workers filled in for a run with ``agent.n_envs = n_envs``."""
-        from mpq_rl.search.threads import usable_cores
-
-        backend = self.backend or ("process" if n_envs > 1 or (self.workers or 1) > 1 else "local")
-        if backend == "local":
-            return self.model_copy(update={"backend": backend, "workers": 1})
-        workers = self.workers or (n_envs if n_envs > 1 else usable_cores())
-        return self.model_copy(update={"backend": backend, "workers": workers})
-
-
-class RunConfig(_Section):
+class RunConfig(Section):
     """One run of mpq_rl. ``budget`` may be a number (a fraction of W8A8) or a mapping."""
 
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
@@ -288,11 +66,6 @@ class RunConfig(_Section):
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return {"fraction": float(v)}
         return v
-
-    @property
-    def evaluation(self) -> ParallelConfig:
-        """Where this run's evaluations run: :attr:`parallel` resolved against ``agent.n_envs``."""
-        return self.parallel.resolved(self.agent.n_envs)
 
     def same_search(self, other: RunConfig) -> bool:
         """Whether ``other`` is this search, wherever its evaluations run: equal but for ``parallel`` (a parallel

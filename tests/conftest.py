@@ -102,7 +102,7 @@ def small_digits_config():
 def episodes_of():
     """``episodes_of(problem, searcher, episodes, pool=None)``: the JSON of the episodes a seed-0 search records."""
     from mpq_rl.agents import build_searcher
-    from mpq_rl.agents.base import SearchContext
+    from mpq_rl.search.searcher import SearchContext
 
     def run(problem, name, episodes, pool=None):
         seen = []

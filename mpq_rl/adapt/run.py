@@ -35,13 +35,14 @@ from torch.utils.tensorboard import SummaryWriter
 from mpq_rl.adapt.rule import AdaptRule, AdaptSettings
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.adapt.training import TrainingResult, checked_loader, train
-from mpq_rl.config import ALLOWED_BITS, REFERENCE_BITS, RunConfig
+from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mpq_rl.quantization.bits import ALLOWED_BITS, REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy, save_policy
-from mpq_rl.search.logger import TB_DIR, bits_figure
-from mpq_rl.search.recorder import POLICY_FILE
-from mpq_rl.search.run_folder import CONFIG_FILE, check_new_run_folder, exclusive, write_manifest
+from mpq_rl.runs.logger import TB_DIR, bits_figure
+from mpq_rl.runs.recorder import POLICY_FILE
+from mpq_rl.runs.run_folder import CONFIG_FILE, check_new_run_folder, exclusive, write_manifest
 from mpq_rl.workloads.workload import Workload, load_workload
 
 SUMMARY_FORMAT = "mpq_rl.adapt/1"
@@ -57,7 +58,8 @@ STRATEGY_LEVEL = {"min": 0, "mean": 1, "max": 2}
 
 
 def container_bits(word_length: int) -> int:
-    """The smallest bit-width mpq_rl represents (:data:`~mpq_rl.config.ALLOWED_BITS`) that holds ``word_length``."""
+    """The smallest bit-width mpq_rl represents (:data:`~mpq_rl.quantization.bits.ALLOWED_BITS`) that holds
+    ``word_length``."""
     return min(b for b in ALLOWED_BITS if b >= word_length)
 
 
@@ -204,7 +206,7 @@ def _write(
     history: _History,
     summary: dict[str, Any],
 ) -> None:
-    from mpq_rl.search.run_folder import write_config
+    from mpq_rl.runs.run_folder import write_config
 
     quant = config.quantization
     w_bits = sorted({*quant.weight_bits, *(w for w, _ in policy.values())})

@@ -26,9 +26,9 @@ from mpq_rl.adapt.rule import AdaptRule, AdaptSettings, Precision
 from mpq_rl.adapt.speedup import OpsCounter
 from mpq_rl.deployment.train_split import train_loader
 from mpq_rl.errors import UserError
-from mpq_rl.search.metrics import model_outputs, output_tensor, top1
+from mpq_rl.search.metrics import top1
 from mpq_rl.workloads.data import to_device
-from mpq_rl.workloads.layers import call_model
+from mpq_rl.workloads.model_io import call_model, model_outputs, output_tensor
 from mpq_rl.workloads.workload import Workload
 
 StepCallback = Callable[[int, float, AdaptRule, OpsCounter], None]

@@ -2,7 +2,7 @@
 class of your own as ``"pkg.module:Class"``.
 
 An entry is called with the ``agent.kwargs`` as keyword arguments and returns a
-:class:`~mpq_rl.agents.base.Searcher`; it raises :class:`~mpq_rl.errors.UserError` for keys it does not know.
+:class:`~mpq_rl.search.searcher.Searcher`; it raises :class:`~mpq_rl.errors.UserError` for keys it does not know.
 Modules are imported when their searcher is built, so a run with a baseline never imports stable-baselines3.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mpq_rl.agents.base import SearchContext, Searcher
 from mpq_rl.errors import UserError
 from mpq_rl.registry import Registry
+from mpq_rl.search.searcher import SearchContext, Searcher
 
 SearcherFactory = Callable[..., Searcher]
 

@@ -47,6 +47,9 @@ _FIX = "delete the checkpoint folder to re-run the agent from its seed (cached e
 
 Count = Annotated[StrictInt, Field(ge=0)]
 
+CHECKPOINT_DIR = "checkpoint"
+"""The subfolder of the searcher's output folder (the run folder) that holds its checkpoint."""
+
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

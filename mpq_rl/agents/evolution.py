@@ -20,7 +20,7 @@ bit-width.
    ``agent.episodes``; ``summary.json`` reports the subset share under ``search.subset_evaluations``. When what is
    left cannot pay for a generation, the remaining evaluations go to children scored on the whole split.
 
-``agent.kwargs`` (defaults in :data:`DEFAULTS`): ``population`` (4), ``offspring`` (16), ``switches`` (3, the
+``agent.kwargs`` (defaults in :class:`EvolutionOptions`): ``population`` (4), ``offspring`` (16), ``switches`` (3, the
 most level switches per child), ``stages`` (``[[0.125, 4], [0.5, 1]]``: pairs of sample share and survivors,
 shares rising and below 1, survivors falling).
 """
@@ -31,15 +31,24 @@ import math
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
 from mpq_rl.search.evaluator import Metrics
 from mpq_rl.search.rewards import proxy_value
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 from mpq_rl.search.subsets import SubsetScorer
 
-DEFAULTS: dict[str, Any] = {"population": 4, "offspring": 16, "switches": 3, "stages": [[0.125, 4], [0.5, 1]]}
+
+class EvolutionOptions(SearcherOptions):
+    population: int = Field(4, ge=1)
+    offspring: int = Field(16, ge=1)
+    switches: int = Field(3, ge=1)
+    stages: list[Any] = Field(default_factory=lambda: [[0.125, 4], [0.5, 1]])
+    """Pairs of [share of the calibration samples, survivors]: shares rising in (0, 1), survivors not rising."""
+
+
 TRIES = 50
 """Attempts at a new child (or a mutation that fits) before giving up on it."""
 
@@ -105,7 +114,7 @@ def _switch(policy: list[Choice], budget: Budget, rng: np.random.Generator) -> l
 def _moves(budget: Budget, layer: int, choice: Choice, direction: int) -> list[Choice]:
     """``choice`` with its weight or its activation candidate moved one place in ``direction``, for each move the
     hardware can run."""
-    sizes = (len(budget.weight_bits), len(budget.activation_bits))
+    sizes = (len(budget.weight_codes), len(budget.activation_codes))
     moves = []
     for axis in (0, 1):
         moved = list(choice)
@@ -144,15 +153,11 @@ class Evolution(Searcher):
     """EvoPress-style evolution: budget-keeping level switches, selection on growing calibration subsets."""
 
     def __init__(self, **kwargs: Any) -> None:
-        options = check_options("evolution", kwargs, DEFAULTS)
-        for key in ("population", "offspring", "switches"):
-            value = options[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"agent.kwargs.{key} must be a whole number >= 1, got {value!r}")
-        self.population = options["population"]
-        self.offspring = options["offspring"]
-        self.switches = options["switches"]
-        self.stages = _stages(options["stages"])
+        options = parse_options("evolution", kwargs, EvolutionOptions)
+        self.population = options.population
+        self.offspring = options.offspring
+        self.switches = options.switches
+        self.stages = _stages(options.stages)
         if self.stages and self.stages[0][1] > self.offspring:
             raise UserError(
                 f"agent.kwargs.stages: {self.stages[0][1]} survivors of the first stage but only "
@@ -184,7 +189,7 @@ class Evolution(Searcher):
             else:
                 run.record(self.select(run, candidates), self.population)
             candidates = self.children(run, budget, rng)
-        context.notes["subset_evaluations"] = round(run.subset_spent, 3)
+        context.report.subset_evaluations = round(run.subset_spent, 3)
 
     def select(self, run: _Run, candidates: list[Policy]) -> list[Policy]:
         """``candidates`` through the subset stages: at each, the best ``survivors`` on fresh samples."""
@@ -241,6 +246,6 @@ class _Run:
 
 def _random_choices(budget: Budget, rng: np.random.Generator) -> list[Choice]:
     return [
-        (int(rng.integers(len(budget.weight_bits))), int(rng.integers(len(budget.activation_bits))))
+        (int(rng.integers(len(budget.weight_codes))), int(rng.integers(len(budget.activation_codes))))
         for _ in budget.names
     ]

@@ -13,9 +13,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 
 MAX_POLICIES = 10**6
 """The largest search space :class:`Exhaustive` enumerates."""
@@ -39,7 +39,7 @@ class Exhaustive(Searcher):
     """Score every in-budget policy (spaces up to 10^6 policies). Takes no ``agent.kwargs``."""
 
     def __init__(self, **kwargs: Any) -> None:
-        check_options("exhaustive", kwargs, {})
+        parse_options("exhaustive", kwargs, SearcherOptions)
 
     def search(self, context: SearchContext) -> None:
         policies = in_budget_policies(context.problem.budget)

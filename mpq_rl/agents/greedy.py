@@ -28,12 +28,17 @@ import math
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
-from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 
-DEFAULTS = {"sensitivity_share": 0.75, "pareto_points": 8, "refine": True}
+
+class GreedyOptions(SearcherOptions):
+    sensitivity_share: float = Field(0.75, ge=0.0, le=1.0)
+    pareto_points: int = Field(8, ge=1)
+    refine: bool = True
+
 
 Losses = list[dict[Choice, float]]
 """Per searched layer: measured pair -> proxy loss with only that layer at the pair (0 at the highest bits)."""
@@ -65,7 +70,7 @@ def measurable_pairs(budget: Budget, step: int, weights: list[int], activations:
 
 def measurement_plan(budget: Budget, cap: int) -> list[list[Choice]]:
     """Per searched layer, the pairs to measure: at most ``cap`` in all, thinning the bit candidates to fit."""
-    w_order, a_order = keep_order(budget.weight_bits), keep_order(budget.activation_bits)
+    w_order, a_order = keep_order(budget.weight_codes), keep_order(budget.activation_codes)
     kw, ka = len(w_order), len(a_order)
     while True:
         plan = [measurable_pairs(budget, s, w_order[:kw], a_order[:ka]) for s in range(len(budget.names))]
@@ -142,14 +147,10 @@ class Greedy(Searcher):
     """AIMET-AMP-style sensitivity measurement, greedy Pareto walk into the budget, then local refinement."""
 
     def __init__(self, **kwargs: Any) -> None:
-        options = check_options("greedy", kwargs, DEFAULTS)
-        self.sensitivity_share = float(options["sensitivity_share"])
-        self.pareto_points = int(options["pareto_points"])
-        self.refine = bool(options["refine"])
-        if not 0.0 <= self.sensitivity_share <= 1.0:
-            raise UserError(f"agent.kwargs.sensitivity_share must be in [0, 1], got {self.sensitivity_share}")
-        if self.pareto_points < 1:
-            raise UserError(f"agent.kwargs.pareto_points must be at least 1, got {self.pareto_points}")
+        options = parse_options("greedy", kwargs, GreedyOptions)
+        self.sensitivity_share = options.sensitivity_share
+        self.pareto_points = options.pareto_points
+        self.refine = options.refine
 
     def search(self, context: SearchContext) -> None:
         if context.done:

@@ -33,16 +33,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.agents.hessian import calibration_loss, hessian_traces
 from mpq_rl.agents.knapsack import ranked_policies
-from mpq_rl.errors import UserError
 from mpq_rl.quantization.quant import is_float_bits
-from mpq_rl.search.metrics import model_outputs
 from mpq_rl.search.problem import SearchProblem
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
+from mpq_rl.workloads.model_io import model_outputs
 
-DEFAULTS = {"samples": 32, "alternatives": None}
+
+class HawqOptions(SearcherOptions):
+    samples: int = Field(32, ge=1)
+    alternatives: int | None = Field(None, ge=0)
+
+
 ILP_MARGIN = 1e-6
 """Relative tightening of the ILP's budget row (in units of the reference cost), so that the costs summed in
 another order can never leave a solution over the budget's own check."""
@@ -60,7 +65,7 @@ def loss_kind(problem: SearchProblem) -> str:
 def input_perturbations(problem: SearchProblem) -> np.ndarray:
     """``||Q_a(x) - x||^2`` of each searched layer's FP32 input over the calibration data: [layer, a candidate]."""
     simulator = problem.evaluator.simulator
-    bits = problem.budget.activation_bits
+    bits = problem.budget.activation_codes
     errors = np.zeros((len(problem.searched), len(bits)))
     row = {name: s for s, name in enumerate(problem.searched)}
 
@@ -100,7 +105,7 @@ def sensitivities(problem: SearchProblem, samples: int = 32, seed: int = 0) -> n
         [
             [
                 0.0 if is_float_bits(b) else float((simulator.weight(n, b) - simulator.fp32_weights[n]).pow(2).sum())
-                for b in budget.weight_bits
+                for b in budget.weight_codes
             ]
             for n in problem.searched
         ]
@@ -115,13 +120,9 @@ class Hawq(Searcher):
     """Hessian-trace sensitivities, an exact ILP under the budget, then the next-best ILP solutions."""
 
     def __init__(self, **kwargs: Any) -> None:
-        options = check_options("hawq", kwargs, DEFAULTS)
-        self.samples = int(options["samples"])
-        self.alternatives = options["alternatives"]
-        if self.samples < 1:
-            raise UserError(f"agent.kwargs.samples must be at least 1, got {self.samples}")
-        if self.alternatives is not None and int(self.alternatives) < 0:
-            raise UserError(f"agent.kwargs.alternatives must be null or at least 0, got {self.alternatives}")
+        options = parse_options("hawq", kwargs, HawqOptions)
+        self.samples = options.samples
+        self.alternatives = options.alternatives
 
     def search(self, context: SearchContext) -> None:
         if context.done:

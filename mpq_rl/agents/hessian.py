@@ -23,9 +23,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mpq_rl.errors import UserError
-from mpq_rl.search.metrics import output_tensor
 from mpq_rl.workloads.data import Batches
-from mpq_rl.workloads.layers import batch_size_of, call_model
+from mpq_rl.workloads.model_io import batch_size_of, call_model, output_tensor
 
 LossFn = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 """``loss(outputs, batch index, targets or None)``: the *sum* over the batch's samples of a per-sample loss."""

@@ -6,7 +6,7 @@ real evaluations go only to the policies the agent and the model agree are promi
 
 1. **Sensitivity** (no evaluation; its wall time is reported in ``summary.json`` under ``search``): the relative
    weight and input quantization error of every searched layer at every candidate bit-width
-   (:mod:`mpq_rl.agents.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they
+   (:mod:`mpq_rl.search.sensitivity`). The agent observes them (the environment's ``sensitivity`` features), and they
    are
    the surrogate's inputs.
 2. **Prior** (``probes``, ``prior``): one evaluation per searched layer measures it alone at its cheapest bits
@@ -50,31 +50,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.base import SearchContext
-from mpq_rl.agents.sensitivity import Sensitivity
 from mpq_rl.agents.surrogate import Surrogate
-from mpq_rl.agents.surrogate_search import DEFAULTS as SURROGATE_DEFAULTS
-from mpq_rl.agents.surrogate_search import SurrogateSearch
-from mpq_rl.envs import BitWidthEnv
-from mpq_rl.errors import UserError
+from mpq_rl.agents.surrogate_search import SurrogateOptions, SurrogateSearch
+from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext
+from mpq_rl.search.sensitivity import Sensitivity
 
-DEFAULTS: dict[str, Any] = {
-    **SURROGATE_DEFAULTS,
-    "candidates": 64,
-    "model_episodes": 64,
-    "prior_episodes": 512,
-    "n_envs": 16,
-    "learning_rate": 3e-3,
-    "n_epochs": 4,
-    "ent_coef": 0.01,
-    "net_arch": [64, 64],
-    "surrogate": True,
-    "prior": True,
-}
+
+class MbppoOptions(SurrogateOptions):
+    candidates: int = Field(64, ge=1)
+    model_episodes: int = Field(64, ge=0)
+    prior_episodes: int = Field(512, ge=0)
+    n_envs: int = Field(16, ge=1)
+    learning_rate: float = 3e-3
+    n_epochs: int = Field(4, ge=1)
+    ent_coef: float = 0.01
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    surrogate: bool = True
+    prior: bool = True
+
+
 EPISODES_PER_UPDATE = 2
 """Episodes each model environment plays between two PPO updates."""
 
@@ -82,7 +82,7 @@ EPISODES_PER_UPDATE = 2
 class SurrogateReward:
     """The model environment's reward: minus each layer's predicted proxy loss, scaled so that the all-lowest
     policy loses 1 in all; its features, each candidate's predicted loss divided by the largest of any layer (an
-    :class:`~mpq_rl.envs.bitwidth.EpisodeModel`). With an interacting surrogate, each environment plays through its
+    :class:`~mpq_rl.envs.learned.EpisodeModel`). With an interacting surrogate, each environment plays through its
     own :meth:`episode`, which adds the interaction with the previous layer's choice to each step."""
 
     def __init__(self, surrogate: Surrogate) -> None:
@@ -145,30 +145,25 @@ class ModelBasedPPO(SurrogateSearch):
     """PPO trained on a learned surrogate of the proxy, spending real evaluations on its best proposals."""
 
     name = "mbppo"
-    defaults = DEFAULTS
-
-    def checked(self, options: dict[str, Any]) -> dict[str, Any]:
-        for key in ("candidates", "n_envs", "n_epochs"):
-            if not isinstance(options[key], int) or isinstance(options[key], bool) or options[key] < 1:
-                raise UserError(f"agent.kwargs.{key} must be a whole number >= 1, got {options[key]!r}")
-        for key in ("model_episodes", "prior_episodes"):
-            if not isinstance(options[key], int) or isinstance(options[key], bool) or options[key] < 0:
-                raise UserError(f"agent.kwargs.{key} must be a whole number >= 0, got {options[key]!r}")
-        for key in ("surrogate", "prior"):
-            if not isinstance(options[key], bool):
-                raise UserError(f"agent.kwargs.{key} must be true or false, got {options[key]!r}")
-        return super().checked(options)
+    options_model = MbppoOptions
 
     # -- pieces ---------------------------------------------------------------------------------------------------
 
-    def _env(self, context: SearchContext, sensitivity: Sensitivity, fractions: Sequence[float], model: Any):
-        return BitWidthEnv(
-            problem=context.problem,
-            discrete=True,
-            sensitivity=sensitivity if self.options["sensitivity"] else None,
-            budgets=fractions if len(fractions) > 1 else None,
-            model=model,
-        )
+    def _env(
+        self,
+        context: SearchContext,
+        sensitivity: Sensitivity,
+        fractions: Sequence[float],
+        model: SurrogateReward | EpisodeReward | None,
+    ):
+        options = {
+            "discrete": True,
+            "sensitivity": sensitivity if self.options.sensitivity else None,
+            "budgets": fractions if len(fractions) > 1 else None,
+        }
+        if model is None:
+            return BitWidthEnv(context.problem, **options)
+        return LearnedRewardEnv(context.problem, model, **options)
 
     def _agent(self, env: Any, steps: int, seed: int) -> PPO:
         o = self.options
@@ -178,12 +173,12 @@ class ModelBasedPPO(SurrogateSearch):
             env,
             n_steps=n_steps,
             batch_size=n_steps * env.num_envs,  # one minibatch per epoch: few, large steps keep updates cheap
-            n_epochs=o["n_epochs"],
-            learning_rate=o["learning_rate"],
-            ent_coef=o["ent_coef"],
+            n_epochs=o.n_epochs,
+            learning_rate=o.learning_rate,
+            ent_coef=o.ent_coef,
             gamma=1.0,
             gae_lambda=0.95,
-            policy_kwargs={"net_arch": list(o["net_arch"])},
+            policy_kwargs={"net_arch": list(o.net_arch)},
             seed=seed,
             device="cpu",
             verbose=0,
@@ -194,7 +189,7 @@ class ModelBasedPPO(SurrogateSearch):
     def rounds(
         self, context: SearchContext, sensitivity: Sensitivity, fractions: list[float], budgets: dict[float, Budget]
     ) -> None:
-        if not self.options["surrogate"]:
+        if not self.options.surrogate:
             self._model_free(context, sensitivity, fractions, len(context.problem.searched))
             return
         super().rounds(context, sensitivity, fractions, budgets)
@@ -204,24 +199,20 @@ class ModelBasedPPO(SurrogateSearch):
         self.steps = len(context.problem.searched)
         self.reward = SurrogateReward(self.surrogate)
         # one reward view per environment: an interacting surrogate's reward depends on the previous step
-        train_env = DummyVecEnv(
-            [lambda: self._env(context, sensitivity, fractions, self.reward.episode())] * o["n_envs"]
-        )
+        train_env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, self.reward.episode())] * o.n_envs)
         train_env.seed(context.seed)
         self.agent = self._agent(train_env, self.steps, context.seed)
-        self.samplers = [
-            self._env(context, sensitivity, fractions, self.reward.episode()) for _ in range(o["candidates"])
-        ]
+        self.samplers = [self._env(context, sensitivity, fractions, self.reward.episode()) for _ in range(o.candidates)]
         for i, env in enumerate(self.samplers):
             env.reset(seed=context.seed + 1 + i)
 
     def after_probes(self) -> None:
-        if self.options["prior"] and self.options["prior_episodes"]:
-            self.agent.learn(self.options["prior_episodes"] * self.steps)
+        if self.options.prior and self.options.prior_episodes:
+            self.agent.learn(self.options.prior_episodes * self.steps)
 
     @property
     def random_first_round(self) -> bool:
-        return not self.options["prior"]
+        return not self.options.prior
 
     def proposals(self, budget: Budget) -> list[tuple[Choice, ...]]:
         """The agent's samples from its stochastic policy, and its most likely policy."""
@@ -232,8 +223,8 @@ class ModelBasedPPO(SurrogateSearch):
         self.reward.update()
 
     def after_round(self) -> None:
-        if self.options["model_episodes"]:
-            self.agent.learn(self.options["model_episodes"] * self.steps, reset_num_timesteps=False)
+        if self.options.model_episodes:
+            self.agent.learn(self.options.model_episodes * self.steps, reset_num_timesteps=False)
 
     def _model_free(self, context: SearchContext, sensitivity: Sensitivity, fractions: list[float], steps: int):
         """The ``surrogate: false`` ablation: PPO on the real environment, every episode an evaluation (with no

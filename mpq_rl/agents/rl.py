@@ -31,20 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from mpq_rl.agents.base import SearchContext, Searcher
-from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes
+from mpq_rl.agents.checkpoint import CHECKPOINT_DIR, load_checkpoint, read_checkpoint, save_checkpoint
+from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes, agent_logger
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.search.logger import agent_logger
-from mpq_rl.search.run_folder import CHECKPOINT_DIR
+from mpq_rl.search.searcher import SearchContext, Searcher
+from mpq_rl.search.threads import one_thread
 
 HAQ_NET_ARCH = [300, 300]
 HAQ_ACTOR_LR = 1e-4
@@ -269,13 +267,8 @@ class RLSearcher(Searcher):
     # -- the search ---------------------------------------------------------------------------------------------
 
     def search(self, context: SearchContext) -> None:
-        # Small MLPs train fastest on one thread, and two threads spinning on a busy 2-core machine are ~20x slower.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             self._search(context)
-        finally:
-            torch.set_num_threads(threads)
 
     def _search(self, context: SearchContext) -> None:
         steps = len(context.problem.searched)
@@ -288,7 +281,8 @@ class RLSearcher(Searcher):
             # The checkpoint's values go into the freshly built algorithm: nothing in the run folder is unpickled.
             load_checkpoint(model, found)
         self.model = model
-        model.set_logger(agent_logger(context.output, steps))
+        if context.log_dir is not None:
+            model.set_logger(agent_logger(context.log_dir, steps))
         callback = RecordEpisodes(
             context,
             checkpoint=lambda model: self.save_checkpoint(model, context),

@@ -1,18 +1,21 @@
 """stable-baselines3 plumbing shared by the searchers that train an SB3 algorithm (:mod:`mpq_rl.agents.rl`,
-:mod:`mpq_rl.agents.model_based`): environments stepped together over the search's evaluation pool, and the
-callback that records every finished episode."""
+:mod:`mpq_rl.agents.model_based`): environments stepped together over the search's evaluation pool, the
+callback that records every finished episode, and the logger that charts the algorithm's losses per episode."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.search.episode import Episode
+from mpq_rl.search.searcher import SearchContext
 
 DEFAULT_CHECKPOINT_EVERY = 50
 
@@ -61,3 +64,20 @@ class RecordEpisodes(BaseCallback):
             if self.checkpoint is not None and context.recorded % self.every == 0:
                 self.checkpoint(self.model)
         return not context.done
+
+
+class _EpisodeSteps(TensorBoardOutputFormat):
+    """stable-baselines3's TensorBoard output with environment steps converted to episodes."""
+
+    def __init__(self, folder: str, steps_per_episode: int) -> None:
+        super().__init__(folder)
+        self.steps_per_episode = steps_per_episode
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        super().write(key_values, key_excluded, step // self.steps_per_episode)
+
+
+def agent_logger(folder: Path, steps_per_episode: int) -> Logger:
+    """A stable-baselines3 logger that writes the agent's losses to the TensorBoard folder ``folder`` against
+    episodes (``steps_per_episode`` environment steps each), like the search's own charts."""
+    return Logger(str(folder), [_EpisodeSteps(str(folder), steps_per_episode)])

@@ -1,7 +1,7 @@
 """A learned surrogate of the proxy: predicts how much accuracy (or fidelity) a policy loses, from the policies
 evaluated so far, with an uncertainty.
 
-The model is additive over layers and linear in the measured quantization errors (:mod:`mpq_rl.agents.sensitivity`)::
+The model is additive over layers and linear in the measured quantization errors (:mod:`mpq_rl.search.sensitivity`)::
 
     proxy(policy) ~ proxy_fp32 - sum_l ( cw_l * ew_l(w_l) + ca_l * ea_l(a_l) ),   cw_l, ca_l >= 0
 
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import nnls
 
-from mpq_rl.agents.sensitivity import Sensitivity
 from mpq_rl.search.budget import Choice
+from mpq_rl.search.sensitivity import Sensitivity
 
 PRIOR_COEFFICIENT = 1.0
 """Every layer's importance before any evaluation."""

@@ -5,7 +5,7 @@ round proposes the model's optima within the budget and the incumbents' neighbou
 confidence bound of the model, and evaluates the best for real:
 
 1. **Sensitivity** (no evaluation): every layer's relative weight and input quantization error at every candidate
-   (:mod:`mpq_rl.agents.sensitivity`), the model's inputs (``sensitivity: false``: the textbook ``4^-bits``).
+   (:mod:`mpq_rl.search.sensitivity`), the model's inputs (``sensitivity: false``: the textbook ``4^-bits``).
 2. **Probes** (``probes``): one evaluation per layer, that layer at its cheapest bits and every other at the
    highest; the model is first fitted on them.
 3. **Rounds**, until ``agent.episodes`` are spent: the model's optimum within each budget (``solver``:
@@ -31,30 +31,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-import torch
+from pydantic import Field
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
 from mpq_rl.agents.knapsack import ranked_policies
-from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
-from mpq_rl.agents.surrogate import INTERACTIONS, Surrogate
-from mpq_rl.errors import UserError
+from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
+from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
+from mpq_rl.search.threads import one_thread
 
-DEFAULTS: dict[str, Any] = {
-    "evaluations_per_round": None,
-    "exploration": 1.0,
-    "neighbours": 3,
-    "members": 8,
-    "budgets": [],
-    "solver": "relaxation",
-    "interactions": "none",
-    "sensitivity": True,
-    "probes": True,
-}
-SOLVERS = ("relaxation", "exact", "none")
+
+class SurrogateOptions(SearcherOptions):
+    evaluations_per_round: int | None = Field(None, ge=1)
+    exploration: float = 1.0
+    neighbours: int = Field(3, ge=0)
+    members: int = Field(8, ge=1)
+    budgets: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(default_factory=list)
+    """Positive fractions of W8A8."""
+    solver: Literal["relaxation", "exact", "none"] = "relaxation"
+    interactions: Literal["none", "adjacent"] = "none"
+    sensitivity: bool = True
+    probes: bool = True
+
+
 ROUNDS = 20
 """With ``evaluations_per_round: null`` (the default), rounds of ``agent.episodes / 20`` evaluations (at most
 :data:`MAX_ROUND`): the surrogate is refitted about 20 times, whatever the evaluation budget."""
@@ -69,40 +71,12 @@ class SurrogateSearch(Searcher):
     """Surrogate, solver, trust-region neighbours and UCB ranking; subclasses add proposals of their own."""
 
     name = "surrogate"
-    defaults = DEFAULTS
+    options_model: type[SurrogateOptions] = SurrogateOptions
 
     def __init__(self, **kwargs: Any) -> None:
-        self.options = self.checked(check_options(self.name, kwargs, self.defaults))
+        self.options = parse_options(self.name, kwargs, self.options_model)
         self.surrogate: Surrogate | None = None
         """The model as last fitted by :meth:`search` (for inspection)."""
-
-    def checked(self, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` validated (subclasses check their own keys and call this)."""
-        for key in ("evaluations_per_round", "members"):
-            value = options[key]
-            if key == "evaluations_per_round" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"agent.kwargs.{key} must be a whole number >= 1, got {value!r}")
-        if not isinstance(options["neighbours"], int) or isinstance(options["neighbours"], bool):
-            raise UserError(f"agent.kwargs.neighbours must be a whole number >= 0, got {options['neighbours']!r}")
-        if options["neighbours"] < 0:
-            raise UserError(f"agent.kwargs.neighbours must be a whole number >= 0, got {options['neighbours']!r}")
-        budgets = options["budgets"]
-        if not isinstance(budgets, list) or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 and math.isfinite(b) for b in budgets
-        ):
-            raise UserError(f"agent.kwargs.budgets must be a list of positive fractions of W8A8, got {budgets!r}")
-        if options["interactions"] not in INTERACTIONS:
-            raise UserError(
-                f"agent.kwargs.interactions must be one of {list(INTERACTIONS)}, got {options['interactions']!r}"
-            )
-        if options["solver"] not in SOLVERS:
-            raise UserError(f"agent.kwargs.solver must be one of {list(SOLVERS)}, got {options['solver']!r}")
-        for key in ("sensitivity", "probes"):
-            if not isinstance(options[key], bool):
-                raise UserError(f"agent.kwargs.{key} must be true or false, got {options[key]!r}")
-        return options
 
     # -- hooks for a searcher that adds an agent ----------------------------------------------------------------
 
@@ -130,27 +104,24 @@ class SurrogateSearch(Searcher):
     # -- the search ---------------------------------------------------------------------------------------------
 
     def search(self, context: SearchContext) -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small models: one thread is fastest, and never oversubscribes a busy machine
-        try:
+        with one_thread():  # small models: one thread is fastest, and never oversubscribes a busy machine
             self._search(context)
-        finally:
-            torch.set_num_threads(threads)
 
     def sensitivity(self, context: SearchContext) -> Sensitivity:
         problem, budget = context.problem, context.problem.budget
-        if not self.options["sensitivity"]:
-            return Sensitivity.theoretical(len(problem.searched), budget.weight_bits, budget.activation_bits)
+        if not self.options.sensitivity:
+            return Sensitivity.theoretical(len(problem.searched), budget.weight_codes, budget.activation_codes)
         return measure_sensitivity(
-            problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
+            problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
         )
 
     def _search(self, context: SearchContext) -> None:
         o, problem = self.options, context.problem
-        fractions = sorted({problem.budget.fraction, *(float(b) for b in o["budgets"])})
+        fractions = sorted({problem.budget.fraction, *(float(b) for b in o.budgets)})
         budgets = {f: problem.budget.with_fraction(f) for f in fractions}
         sensitivity = self.sensitivity(context)
-        context.notes.update(sensitivity_seconds=round(sensitivity.seconds, 4), budgets=fractions)
+        context.report.sensitivity_seconds = round(sensitivity.seconds, 4)
+        context.report.budgets = fractions
         self.rounds(context, sensitivity, fractions, budgets)
 
     def rounds(
@@ -163,18 +134,18 @@ class SurrogateSearch(Searcher):
         self.surrogate = Surrogate(
             sensitivity,
             problem.proxy_fp32,
-            members=o["members"],
+            members=o.members,
             seed=context.seed,
             link=link,
-            interactions=o["interactions"],
+            interactions=o.interactions,
         )
         self.start(context, sensitivity, fractions)
         rng = context.rng()
         evaluated: dict[Policy, float] = {}
-        if o["probes"]:
+        if o.probes:
             self._evaluate(context, probes(problem.budget), evaluated)
         self.after_probes()
-        round_size = o["evaluations_per_round"] or min(max(context.episodes // ROUNDS, 1), MAX_ROUND)
+        round_size = o.evaluations_per_round or min(max(context.episodes // ROUNDS, 1), MAX_ROUND)
         first = True
         while not context.done:
             batch: list[Policy] = []
@@ -194,21 +165,21 @@ class SurrogateSearch(Searcher):
             self._evaluate(context, batch, evaluated)
             if not context.done:
                 self.after_round()
-        context.notes["surrogate_samples"] = self.surrogate.samples
+        context.report.surrogate_samples = self.surrogate.samples
 
     def _propose(self, budget: Budget, count: int, evaluated: dict[Policy, float], taken: list[Policy]) -> list[Policy]:
         """The ``count`` best new policies within ``budget`` among the subclass's proposals, the surrogate's optima
         and the incumbents' neighbours, by the surrogate's UCB."""
         sampled = self.proposals(budget)
-        if self.options["solver"] != "none":
-            sampled += solver_optima(budget, self.surrogate, self.options["solver"])
-        if self.options["neighbours"]:
-            sampled += neighbours(budget, evaluated, self.options["neighbours"])
+        if self.options.solver != "none":
+            sampled += solver_optima(budget, self.surrogate, self.options.solver)
+        if self.options.neighbours:
+            sampled += neighbours(budget, evaluated, self.options.neighbours)
         fresh = list(dict.fromkeys(c for c in sampled if c not in evaluated and c not in taken))
         if not fresh:
             return []
         mean, std = self.surrogate.predict(np.array(fresh))
-        score = mean + self.options["exploration"] * std
+        score = mean + self.options.exploration * std
         order = np.lexsort((np.arange(len(fresh)), -score))
         return [fresh[i] for i in order[:count]]
 
@@ -270,7 +241,7 @@ def relaxation_optimum(budget: Budget, loss: np.ndarray, costs: np.ndarray) -> P
 def probes(budget: Budget) -> list[Policy]:
     """One policy per searched layer: that layer at its cheapest pair (the most bits among equally cheap ones),
     every other layer at the highest bits. Each measures one layer's sensitivity in the proxy itself."""
-    top = (len(budget.weight_bits) - 1, len(budget.activation_bits) - 1)
+    top = (len(budget.weight_codes) - 1, len(budget.activation_codes) - 1)
     found = []
     for step, costs in enumerate(budget.costs):
         cheapest = np.nanmin(costs)
@@ -287,8 +258,8 @@ def neighbours(budget: Budget, evaluated: dict[Policy, float], best: int) -> lis
     found = []
     for choices in top:
         for step in range(len(choices)):
-            for w in range(len(budget.weight_bits)):
-                for a in range(len(budget.activation_bits)):
+            for w in range(len(budget.weight_codes)):
+                for a in range(len(budget.activation_codes)):
                     changed = list(choices)
                     changed[step] = (w, a)
                     if changed[step] != choices[step] and budget.fits(changed):
@@ -304,7 +275,7 @@ def random_policies(budget: Budget, rng: np.random.Generator, count: int, taken:
         if len(found) == count:
             break
         raw = [
-            (int(rng.integers(len(budget.weight_bits))), int(rng.integers(len(budget.activation_bits))))
+            (int(rng.integers(len(budget.weight_codes))), int(rng.integers(len(budget.activation_codes))))
             for _ in budget.names
         ]
         choices = tuple(budget.projected(raw))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpq_rl.agents.base import SearchContext, Searcher, check_options
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 
 
 class Uniform(Searcher):
     """Every in-budget uniform setting, highest cost first. Takes no ``agent.kwargs``."""
 
     def __init__(self, **kwargs: Any) -> None:
-        check_options("uniform", kwargs, {})
+        parse_options("uniform", kwargs, SearcherOptions)
 
     def search(self, context: SearchContext) -> None:
         context.score_many(context.problem.budget.uniform_choices()[: context.remaining])

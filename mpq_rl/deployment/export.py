@@ -50,9 +50,9 @@ from mpq_rl.quantization.policy import BitPair
 from mpq_rl.quantization.qat import LayerScales, LsqAttachment, calibrated_scales
 from mpq_rl.quantization.quant import QuantParams
 from mpq_rl.search.evaluator import calibrated_simulator
-from mpq_rl.search.metrics import model_outputs
 from mpq_rl.workloads.data import Batches
 from mpq_rl.workloads.layers import layer_modules
+from mpq_rl.workloads.model_io import model_outputs
 from mpq_rl.workloads.workload import Workload
 
 OPSET = 21

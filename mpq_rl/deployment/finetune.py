@@ -39,10 +39,10 @@ from mpq_rl.io import atomic_write_json
 from mpq_rl.quantization.policy import BitPair, Policy, policy_to_json
 from mpq_rl.quantization.qat import LayerScales, LsqAttachment, calibrated_scales
 from mpq_rl.search.evaluator import Metrics, calibrated_simulator
-from mpq_rl.search.metrics import model_outputs, output_tensor, score
+from mpq_rl.search.metrics import score
 from mpq_rl.text_table import render_table
 from mpq_rl.workloads.data import to_device
-from mpq_rl.workloads.layers import call_model
+from mpq_rl.workloads.model_io import call_model, model_outputs, output_tensor
 from mpq_rl.workloads.workload import Workload
 
 EVALUATION_FORMAT = "mpq_rl.evaluation/1"

@@ -9,9 +9,8 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from mpq_rl.errors import UserError
-from mpq_rl.search.metrics import output_tensor
 from mpq_rl.workloads.data import split_item
-from mpq_rl.workloads.layers import call_model
+from mpq_rl.workloads.model_io import call_model, output_tensor
 from mpq_rl.workloads.workload import Workload, check_labels, finite
 
 

@@ -4,67 +4,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mpq_rl.agents.sensitivity import Sensitivity
-from mpq_rl.config import RunConfig
-from mpq_rl.hardware import CostTable
-from mpq_rl.quantization.formats import bits_of, format_of
+from mpq_rl.envs.observation import FeatureSource, ObservationBuilder
+from mpq_rl.quantization.formats import Precision
 from mpq_rl.search.budget import Choice
-from mpq_rl.search.evaluator import Evaluator
-from mpq_rl.search.problem import SearchProblem, build_problem
-from mpq_rl.workloads.workload import Workload
-
-OBSERVATION_FEATURES = (
-    ("layer_index", "position of the layer among the searched layers, 0 (first) to 1 (last)", 0.0, 1.0),
-    ("is_conv", "1 for a convolution", 0.0, 1.0),
-    ("is_linear", "1 for a linear layer", 0.0, 1.0),
-    ("is_depthwise", "1 for a depthwise convolution", 0.0, 1.0),
-    ("in_channels", "input channels (features), divided by the model's largest", 0.0, 1.0),
-    ("out_channels", "output channels (features), divided by the model's largest", 0.0, 1.0),
-    ("kernel", "kernel taps, divided by the model's largest", 0.0, 1.0),
-    ("stride", "stride (product over axes), divided by the model's largest", 0.0, 1.0),
-    ("params", "log(1 + parameters), divided by the model's largest", 0.0, 1.0),
-    ("macs", "log(1 + MACs), divided by the model's largest", 0.0, 1.0),
-    ("cost_share", "the layer's share of the model's W8A8 cost in the budget metric", 0.0, 1.0),
-    ("prev_w_bits", "previous layer's weight bits actually used, 0 (lowest bit-width) to 1 (highest)", 0.0, 1.0),
-    ("prev_a_bits", "previous layer's activation bits actually used, 0 (lowest) to 1 (highest)", 0.0, 1.0),
-    ("spent", "cost spent so far (fixed layers included), as a fraction of the budget", 0.0, 2.0),
-    ("remaining_min", "least cost this and the later layers need, as a fraction of the budget", 0.0, 2.0),
-)
-
-
-class EpisodeModel(Protocol):
-    """What stands in for the evaluator in a model-based environment: a learned per-step reward, and what the
-    model predicts for each candidate of a layer (observed by the agent)."""
-
-    n_features: int
-
-    def reward(self, step: int, choice: Choice) -> float:
-        """The reward of choosing ``choice`` (candidate indices) at searched layer ``step``."""
-        ...
-
-    def features(self, step: int) -> list[float]:
-        """``n_features`` values in [0, 1] describing layer ``step``'s candidates under the model."""
-        ...
+from mpq_rl.search.problem import SearchProblem
+from mpq_rl.search.sensitivity import Sensitivity
 
 
 class _Axis:
     """One side's candidates (precision codes) seen as bit-widths x formats, for actions that pick both."""
 
     def __init__(self, codes: Sequence[int], formats: Sequence[str]) -> None:
-        self.bits = sorted({bits_of(c) for c in codes})
-        self.positions = [self.bits.index(bits_of(c)) / max(len(self.bits) - 1, 1) for c in codes]
+        precisions = [Precision.of(c) for c in codes]
+        self.bits = sorted({p.bits for p in precisions})
+        self.positions = [self.bits.index(p.bits) / max(len(self.bits) - 1, 1) for p in precisions]
         """Per candidate, its bit-width's place among the bit-widths, 0 to 1 (the observed previous bits)."""
         self._grid = []
         for name in formats:
-            own = [i for i, c in enumerate(codes) if format_of(c) == name] or list(range(len(codes)))
-            self._grid.append([min(own, key=lambda i, b=b: (abs(bits_of(codes[i]) - b), i)) for b in self.bits])
+            own = [i for i, p in enumerate(precisions) if p.format == name] or list(range(len(codes)))
+            self._grid.append([min(own, key=lambda i, b=b: (abs(precisions[i].bits - b), i)) for b in self.bits])
 
     def candidate(self, format_index: int, bits_index: int) -> int:
         """The candidate of that format nearest to that bit-width."""
@@ -125,23 +89,25 @@ class BitWidthEnv(gym.Env):
     | 13 | spent | cost spent so far (fixed layers included), as a fraction of the budget | 0 | 2 |
     | 14 | remaining_min | least cost this and the later layers need, as a fraction of the budget | 0 | 2 |
 
-    Optional components, appended in this order when their argument is given:
+    Optional components, appended in this order when their argument is given
+    (:class:`~mpq_rl.envs.observation.ObservationBuilder` builds them):
 
     | index | name | meaning | min | max |
     |---|---|---|---|---|
     | 15+k | w_error_k | ``sensitivity``: relative error of the layer's weight at weight candidate k | 0 | 1 |
     | 15+n_w+k | a_error_k | ``sensitivity``: relative error of its input at activation candidate k | 0 | 1 |
-    | next | m_k | ``model``: the model's k-th feature of the layer (``EpisodeModel.features``) | 0 | 1 |
+    | next | m_k | ``model`` (:class:`~mpq_rl.envs.learned.LearnedRewardEnv`): its k-th feature of the layer | 0 | 1 |
     | last | budget | ``budgets``: this episode's budget, as a fraction of W8A8 | 0 | 2 |
 
-    Errors map to ``(log10(err) + 6) / 6`` clipped to [0, 1] (see :class:`mpq_rl.agents.sensitivity.Sensitivity`).
+    Errors map to ``(log10(err) + 6) / 6`` clipped to [0, 1] (see :class:`mpq_rl.search.sensitivity.Sensitivity`).
 
     ## Rewards
     Zero before the last step. At the last step, ``reward.name``: ``haq`` (0.1 x the proxy accuracy difference
     to FP32, in percent), ``mnasnet`` (accuracy x (cost / budget) ^ -0.07), ``releq`` (ReLeQ's shaped reward) or
     a user function of :class:`mpq_rl.search.rewards.Outcome`. With ``penalty`` enforcement, a policy over budget
-    loses :data:`~mpq_rl.search.problem.PENALTY_PER_EXCESS` (10) times its relative excess over the budget. With a
-    ``model``, every step is rewarded by ``model.reward(step, choice)`` and nothing is evaluated.
+    loses :data:`~mpq_rl.search.enforcement.PENALTY_PER_EXCESS` (10) times its relative excess over the budget.
+    :class:`~mpq_rl.envs.learned.LearnedRewardEnv` rewards every step by a learned model instead and evaluates
+    nothing.
 
     ## Starting State
     The first searched layer, nothing spent but the fixed (pinned or excluded) layers' cost, previous bits 0.
@@ -152,52 +118,45 @@ class BitWidthEnv(gym.Env):
     -> [w_bits, a_bits], every layer), ``metrics`` (proxy metrics on the calibration split), ``proxy`` and
     ``proxy_fp32``, ``cost`` and ``cost_ratio`` (latency, energy, size, bops; absolute and as fractions of
     W8A8), ``within_budget``, ``projected`` (whether the budget changed any choice) and ``projected_layers``.
-    With a ``model`` it holds only ``choices`` (the candidate indices used), ``budget`` and ``projected_layers``.
 
     ## Arguments
-    ``config``: a YAML path, a mapping or a :class:`~mpq_rl.config.RunConfig` (defaults: the digits workload).
-    ``workload``, ``costs``, ``evaluator``: pieces already built (e.g. a model and data from Python, see
-    :func:`mpq_rl.workloads.workload.assemble_workload`); whatever is not given is built from ``config``. With both a
-    workload and a config, the workload decides which layers are searched and the config everything else.
-    ``problem``: a :class:`~mpq_rl.search.problem.SearchProblem` shared with other searchers (instead of the above).
+    ``problem``: the :class:`~mpq_rl.search.problem.SearchProblem` played (possibly shared with other searchers; the
+    environment never closes it). ``gym.make("mpq_rl/BitWidth-v1", config=...)`` builds one from a config through
+    :func:`mpq_rl.envs.factory.make_bitwidth_env`, and closes it with the environment.
     ``discrete``: use the ``MultiDiscrete`` action space.
     ``sensitivity``: measured quantization errors of the searched layers, observed per candidate.
     ``budgets``: budget-conditioned episodes: each ``reset`` draws the episode's budget from this list (or takes
     ``options={"budget": fraction}``), projects into it, and shows it in the observation.
-    ``model``: a learned stand-in for the evaluator (:class:`EpisodeModel`), for training on a surrogate.
 
     ## Version History
-    * v0: first version; the format components of the action came later, only with several
-      ``quantization.formats`` (integer-only spaces unchanged).
+    * v1: the format components of the action (with several ``quantization.formats``); made from a problem, or
+      from a config through the factory; ``close()`` leaves a problem it was given open.
+    * v0: first version (integer formats only; the environment built its problem from a config itself).
     """
 
     metadata = {"render_modes": []}
 
+    model: FeatureSource | None = None
+    """What a subclass observes besides the layer (see :class:`~mpq_rl.envs.learned.LearnedRewardEnv`)."""
+
     def __init__(
         self,
-        config: str | Path | dict[str, Any] | RunConfig | None = None,
+        problem: SearchProblem,
         *,
-        workload: Workload | None = None,
-        costs: CostTable | None = None,
-        evaluator: Evaluator | None = None,
-        problem: SearchProblem | None = None,
         discrete: bool = False,
         sensitivity: Sensitivity | None = None,
         budgets: Sequence[float] | None = None,
-        model: EpisodeModel | None = None,
     ) -> None:
         super().__init__()
-        if problem is None:
-            problem = build_problem(config, workload=workload, costs=costs, evaluator=evaluator)
         self.problem = problem
         self.workload = problem.workload
         self.budget = problem.budget
         self.weight_only = problem.weight_only
         self.n_steps = len(self.workload.searched)
         self.discrete = discrete
-        n_w, n_a = len(self.budget.weight_bits), len(self.budget.activation_bits)
+        n_w, n_a = len(self.budget.weight_codes), len(self.budget.activation_codes)
         formats = problem.formats
-        axes = [_Axis(self.budget.weight_bits, formats), _Axis(self.budget.activation_bits, formats)]
+        axes = [_Axis(self.budget.weight_codes, formats), _Axis(self.budget.activation_codes, formats)]
         self._axes = axes[:1] if self.weight_only else axes
         self._with_formats = len(formats) > 1
         if self._with_formats:
@@ -208,26 +167,12 @@ class BitWidthEnv(gym.Env):
             self.action_space = spaces.MultiDiscrete(dims)
         else:
             self.action_space = spaces.Box(-1.0, 1.0, (len(dims),), dtype=np.float32)
-        self.model = model
         self.budgets = {f: self.budget.with_fraction(f) for f in budgets or ()}
-        bounds = [(f[2], f[3]) for f in OBSERVATION_FEATURES]
-        features = self._static_features()
-        if sensitivity is not None:
-            errors = sensitivity.features()
-            if errors.shape != (self.n_steps, n_w + n_a):
-                raise ValueError(f"sensitivity has shape {errors.shape}, expected {(self.n_steps, n_w + n_a)}")
-            features = np.concatenate([features, errors], axis=1)
-            bounds += [(0.0, 1.0)] * (n_w + n_a)
-        if model is not None:
-            bounds += [(0.0, 1.0)] * model.n_features
-        if self.budgets:
-            bounds.append((0.0, 2.0))
-        low, high = np.array(bounds, dtype=np.float32).T
-        self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        self._features = features
-        # Plain-Python copies for step(): building observations and choices from lists avoids numpy's per-call
-        # overhead on arrays of 2 to 15 values, which dominated the step time.
-        self._feature_rows: list[list[float]] = self._features.tolist()
+        self._observe = ObservationBuilder(
+            problem, sensitivity=sensitivity, model=self.model, with_budget=bool(self.budgets)
+        )
+        self.observation_space = self._observe.space
+        # A plain-Python copy for step(): numpy's per-call overhead on arrays this small dominated the step time.
         self._suffix_min: list[float] = self.budget.suffix_min.tolist()
         self._sizes = tuple(dims)
         self._previous = (axes[0].positions, axes[1].positions)
@@ -235,32 +180,6 @@ class BitWidthEnv(gym.Env):
         self._spent = self.budget.fixed_cost
         self._projected_layers = 0
         self._started = self._closed = False
-
-    def _static_features(self) -> np.ndarray:
-        """Per searched layer, the first 11 observation components (they do not change during an episode)."""
-        layers = [self.workload.layers[name] for name in self.workload.searched]
-        costs, metric = self.problem.costs, self.problem.metric
-        shares = costs.per_layer(costs.reference_policy(), metric) / costs.reference(metric)
-        share_of = dict(zip(costs.layer_names, shares, strict=True))
-
-        def scaled(values: list[float]) -> list[float]:
-            top = max(values)
-            return [v / top if top > 0 else 0.0 for v in values]
-
-        columns = [
-            [i / max(len(layers) - 1, 1) for i in range(len(layers))],
-            [float(not layer.is_linear) for layer in layers],
-            [float(layer.is_linear) for layer in layers],
-            [float(layer.is_depthwise) for layer in layers],
-            scaled([layer.in_channels for layer in layers]),
-            scaled([layer.out_channels for layer in layers]),
-            scaled([layer.kernel_size for layer in layers]),
-            scaled([math.prod(layer.stride) for layer in layers]),
-            scaled([math.log1p(layer.params) for layer in layers]),
-            scaled([math.log1p(layer.macs) for layer in layers]),
-            [min(max(float(share_of[layer.name]), 0.0), 1.0) for layer in layers],
-        ]
-        return np.array(columns, dtype=np.float32).T
 
     @property
     def fraction(self) -> float:
@@ -276,12 +195,8 @@ class BitWidthEnv(gym.Env):
         else:
             prev_w = prev_a = 0.0
         remaining = self._suffix_min[len(self._choices)]
-        row = self._feature_rows[step]
         dynamic = [prev_w, prev_a, min(self._spent / limit, 2.0), min(remaining / limit, 2.0)]
-        tail = self.model.features(step) if self.model is not None else []
-        if self.budgets:
-            tail = [*tail, min(self.budget.fraction, 2.0)]
-        return np.array(row[:11] + dynamic + row[11:] + tail, dtype=np.float32)
+        return self._observe(step, dynamic, self.budget.fraction)
 
     def _to_choice(self, action: np.ndarray) -> Choice:
         """The candidate indices of an action; an action outside the action space is a ValueError naming it (an
@@ -344,35 +259,37 @@ class BitWidthEnv(gym.Env):
         self._projected_layers += projected
         self._choices.append(choice)
         self._spent += self.budget.cost(step, choice)
-        reward = 0.0 if self.model is None else float(self.model.reward(step, choice))
+        reward = self._step_reward(step, choice)
         if len(self._choices) < self.n_steps:
             return self._observation(), reward, False, False, {}
-        if self.model is not None:
-            info = {"choices": list(self._choices), "budget": self.fraction, "projected_layers": self._projected_layers}
-            return self._observation(), reward, True, False, info
+        reward, info = self._finish(reward)
+        return self._observation(), reward, True, False, info
+
+    def _step_reward(self, step: int, choice: Choice) -> float:
+        """The reward of ``choice`` at ``step`` before the episode is scored: none."""
+        return 0.0
+
+    def _finish(self, reward: float) -> tuple[float, dict[str, Any]]:
+        """The last step's reward and info: the policy scored by the problem."""
         episode = self.problem.score(self._choices, self._projected_layers)
-        return self._observation(), episode.reward, True, False, episode.to_json()
+        return episode.reward, episode.to_json()
 
     def _choose(self, step: int, action: np.ndarray) -> tuple[Choice, bool]:
-        """The choice ``action`` makes at ``step`` (projected into the budget under ``project`` enforcement) and
-        whether the projection changed it."""
+        """The choice ``action`` makes at ``step``, as the budget rule keeps it (projected under ``project``), and
+        whether the rule changed it."""
         asked = self._to_choice(action)
-        if self.problem.enforcement != "project":
-            return asked, False
-        choice = self.budget.project(step, self._spent, asked)
+        choice = self.problem.enforcement.choose(self.budget, step, self._spent, asked)
         return choice, choice != asked
 
     def pending_choices(self, action: np.ndarray) -> list[Choice] | None:
         """The choices of the policy ``action`` completes if it is this episode's last scored step (None
         otherwise), without taking the step: a vectorized environment evaluates these together first."""
-        if self.model is not None or not self._started or self._closed or len(self._choices) != self.n_steps - 1:
+        if not self._started or self._closed or len(self._choices) != self.n_steps - 1:
             return None
         return [*self._choices, self._choose(len(self._choices), action)[0]]
 
     def close(self) -> None:
-        """Release the model (restored to FP32) if this environment built its evaluator; a closed environment
-        refuses to step (its model may no longer be the quantized one it scored with)."""
-        if not self._closed:
-            self.problem.close()
+        """Refuse to step from now on; the problem, which this environment was given, stays open (whoever built it
+        closes it: :func:`~mpq_rl.envs.factory.make_bitwidth_env`'s wrapper does)."""
         self._closed = True
         super().close()

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpq_rl.config import METRICS, REFERENCE_BITS
 from mpq_rl.errors import UserError
+from mpq_rl.quantization.bits import REFERENCE_BITS
+
+METRICS = ("latency", "energy", "size", "bops")
+"""What a cost table prices, and what a budget may bound."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.config import REFERENCE_BITS, HardwareConfig
 from mpq_rl.errors import UserError
 from mpq_rl.hardware.base import CostModel, apply_overrides, parameter_names
 from mpq_rl.hardware.bitfusion import BitFusion
@@ -19,7 +18,9 @@ from mpq_rl.hardware.counts import BopsCount, SizeCount, bops, size_bits
 from mpq_rl.hardware.flexible import FormatFlexible
 from mpq_rl.hardware.gpu import A100, T4
 from mpq_rl.hardware.lut import LookupTable
+from mpq_rl.hardware.settings import HardwareConfig
 from mpq_rl.hardware.shapes import BITS, LayerShapes, bit_grid
+from mpq_rl.quantization.bits import REFERENCE_BITS
 from mpq_rl.quantization.formats import bits_of, candidate_codes
 from mpq_rl.registry import Registry
 from mpq_rl.workloads.layers import LayerTable

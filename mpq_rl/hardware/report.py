@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mpq_rl.config import METRICS
-from mpq_rl.hardware.cost_table import CostTable
+from mpq_rl.hardware.cost_table import METRICS, CostTable
 from mpq_rl.quantization.formats import label
 from mpq_rl.workloads.layers import LayerTable
 

@@ -14,7 +14,8 @@ import numpy as np
 from mpq_rl.workloads.layers import LayerTable
 
 BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-"""Bit-widths along the cost tables' w and a axes; 16 and 32 mean floating point (see ``config.FLOAT_BITS``)."""
+"""Bit-widths along the cost tables' w and a axes; 16 and 32 mean floating point (see
+``quantization.bits.FLOAT_BITS``)."""
 
 FLOAT_MIN_BITS = 16
 """Operands this wide or wider are floating point."""

@@ -21,22 +21,67 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Protocol
 
 import torch
 
 from mpq_rl.errors import UserError
-from mpq_rl.quantization.quant import broadcast_scale, mse_ratio_search, scored_in_slices
+from mpq_rl.quantization.quant import (
+    Quantizer,
+    QuantParams,
+    RangeMethod,
+    activation_quantizers,
+    broadcast_scale,
+    mse_ratio_search,
+    scored_in_slices,
+    weight_scales,
+)
 
 FORMAT_NAMES = ("int", "fp", "flint")
 FORMAT_CODE_STRIDE = 100
 
 
+class Format(Protocol):
+    """A number format: its values, and its quantizers for a layer's weight or input at several bit-widths at once
+    (batched: a format that can search several bit-widths' ranges together does)."""
+
+    name: str
+    min_bits: int
+
+    def magnitudes(self, magnitude_bits: int) -> list[float]:
+        """The non-negative values of ``magnitude_bits`` bits (before scaling)."""
+        ...
+
+    def weight_quantizers(
+        self, weight: torch.Tensor, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
+    ) -> list[Quantizer]:
+        """Per-output-channel quantizers of ``weight``, one per entry of ``bits``, ranges chosen by ``method``."""
+        ...
+
+    def activation_quantizers(
+        self,
+        sample: torch.Tensor,
+        lo: float,
+        hi: float,
+        bits: Sequence[int],
+        method: RangeMethod = "mse",
+        percentile: float = 99.99,
+    ) -> list[Quantizer]:
+        """Per-tensor quantizers, one per entry of ``bits``, for an input observed in ``[lo, hi]`` with values
+        ``sample`` (1-D): unsigned when ``lo >= 0``."""
+        ...
+
+    def weight_quantizer_with_scale(self, scale: torch.Tensor, bits: int) -> Quantizer:
+        """The per-output-channel weight quantizer at ``bits`` with the given ``scale`` (e.g. trained by LSQ)."""
+        ...
+
+
 class IntegerFormat:
     """Two's-complement integers: narrow-range ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` signed, ``[0, 2^b - 1]``
-    unsigned (the values of :mod:`mpq_rl.quantization.quant`'s weight and unsigned activation quantizers)."""
+    unsigned, through :class:`mpq_rl.quantization.quant.QuantParams` (every bit-width's range in one search)."""
 
     name = "int"
     min_bits = 2
@@ -44,8 +89,56 @@ class IntegerFormat:
     def magnitudes(self, magnitude_bits: int) -> list[float]:
         return [float(v) for v in range(2**magnitude_bits)]
 
+    def weight_quantizers(
+        self, weight: torch.Tensor, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
+    ) -> list[Quantizer]:
+        scales = weight_scales(weight, bits, method, percentile)
+        return [QuantParams.symmetric(scale, b) for b, scale in zip(bits, scales, strict=True)]
 
-class MiniFloat:
+    def activation_quantizers(
+        self,
+        sample: torch.Tensor,
+        lo: float,
+        hi: float,
+        bits: Sequence[int],
+        method: RangeMethod = "mse",
+        percentile: float = 99.99,
+    ) -> list[Quantizer]:
+        return list(activation_quantizers(sample, lo, hi, bits, method, percentile))
+
+    def weight_quantizer_with_scale(self, scale: torch.Tensor, bits: int) -> Quantizer:
+        return QuantParams.symmetric(scale, bits)
+
+
+class TableFormat:
+    """A format quantized onto its value table (:class:`TableQuantizer`), one bit-width's range search at a time."""
+
+    name: str
+    min_bits = 3
+
+    def weight_quantizers(
+        self, weight: torch.Tensor, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
+    ) -> list[Quantizer]:
+        return [_weight_quantizer(weight, precision_code(self.name, b), method, percentile) for b in bits]
+
+    def activation_quantizers(
+        self,
+        sample: torch.Tensor,
+        lo: float,
+        hi: float,
+        bits: Sequence[int],
+        method: RangeMethod = "mse",
+        percentile: float = 99.99,
+    ) -> list[Quantizer]:
+        codes = [precision_code(self.name, b) for b in bits]
+        return [_activation_quantizer(sample, lo, hi, code, method, percentile) for code in codes]
+
+    def weight_quantizer_with_scale(self, scale: torch.Tensor, bits: int) -> Quantizer:
+        code = precision_code(self.name, bits)
+        return TableQuantizer(scale, value_table(code, True), code, 0)
+
+
+class MiniFloat(TableFormat):
     """Minifloats ``ExMy``: exponent field ``f``, mantissa ``j``, bias ``2^(x-1) - 1``; normal values
     ``2^(f - bias) * (1 + j / 2^y)``, subnormals ``2^(1 - bias) * j / 2^y`` at ``f = 0``. Every exponent code
     is a finite value (no infinities or NaN: a quantized tensor holds neither), so E4M3 reaches 480 where the
@@ -58,7 +151,6 @@ class MiniFloat:
     """
 
     name = "fp"
-    min_bits = 3
     EXPONENT_BITS = {2: 2, 3: 2, 4: 2, 5: 2, 6: 3, 7: 4, 8: 4}
 
     def split(self, magnitude_bits: int) -> tuple[int, int]:
@@ -75,7 +167,7 @@ class MiniFloat:
         return values
 
 
-class Flint:
+class Flint(TableFormat):
     """ANT's flint (Guo et al., MICRO 2022; clevercool/ANT-Quantization ``antquant/quant_modules.py``): an
     ``M``-bit magnitude whose exponent is coded by a run of leading zeros (below 1) or ones (1 and above), so the
     mantissa loses one bit per exponent step away from 1: exponent ``e`` in ``[-(M-1), M-2]`` carries
@@ -83,7 +175,6 @@ class Flint:
     Denser than integers near zero, with floating-point range, at no cost in codes."""
 
     name = "flint"
-    min_bits = 3
 
     def magnitudes(self, magnitude_bits: int) -> list[float]:
         m = magnitude_bits
@@ -94,7 +185,41 @@ class Flint:
         return [*values, 2.0 ** (m - 1)]
 
 
-FORMATS = {f.name: f for f in (IntegerFormat(), MiniFloat(), Flint())}
+FORMATS: dict[str, Format] = {f.name: f for f in (IntegerFormat(), MiniFloat(), Flint())}
+
+
+def format_for(code: int) -> Format:
+    """The format of a precision code."""
+    return FORMATS[format_of(code)]
+
+
+def by_format(codes: Iterable[int]) -> list[tuple[Format, list[int]]]:
+    """``codes`` grouped by format (formats in :data:`FORMAT_NAMES` order, codes in the order given), so each
+    format's quantizers are built in one batched call."""
+    groups: dict[str, list[int]] = {name: [] for name in FORMAT_NAMES}
+    for code in codes:
+        groups[format_of(code)].append(code)
+    return [(FORMATS[name], group) for name, group in groups.items() if group]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A number format at a bit-width, e.g. ``Precision("fp", 4)``. Policies, budgets, cost tables and caches carry
+    it serialized as its integer code (:func:`precision_code`: ``4``, ``104``); :meth:`of` reads a code back."""
+
+    format: str
+    bits: int
+
+    @classmethod
+    def of(cls, code: int) -> Precision:
+        return cls(format_of(code), bits_of(code))
+
+    @property
+    def code(self) -> int:
+        return precision_code(self.format, self.bits)
+
+    def __str__(self) -> str:
+        return label(self.code)
 
 
 def precision_code(format_name: str, bits: int) -> int:
@@ -189,9 +314,9 @@ def _clip_ratio(
     return torch.exp(log_ratio)
 
 
-def weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
+def _weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
     """Per-output-channel scales (shape ``[C, 1, ...]``) mapping ``code``'s largest value onto each channel's
-    clipping value, chosen by ``method`` as for integers (:func:`mpq_rl.quantization.quant.weight_scale`)."""
+    clipping value, chosen by ``method`` as for integers (:func:`mpq_rl.quantization.quant.weight_scales`)."""
     rows = weight.detach().reshape(weight.shape[0], -1).float()
     table = value_table(code, signed=True).to(rows.device)
     top = float(table[-1])
@@ -214,15 +339,11 @@ def weight_scale(weight: torch.Tensor, code: int, method: str = "mse", percentil
     return scale_of(clip).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
-def weight_quantizer(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> TableQuantizer:
-    """The per-output-channel quantizer of ``weight`` in ``code``'s format (:func:`weight_scale`)."""
-    return TableQuantizer(weight_scale(weight, code, method, percentile).reshape(-1), value_table(code, True), code, 0)
-
-
-def quantize_weight(weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
-    """The fake-quantized copy of ``weight`` in ``code``'s format (no gradient)."""
-    with torch.no_grad():
-        return weight_quantizer(weight, code, method, percentile).fake_quantize(weight)
+def _weight_quantizer(
+    weight: torch.Tensor, code: int, method: str = "mse", percentile: float = 99.99
+) -> TableQuantizer:
+    """The per-output-channel quantizer of ``weight`` in ``code``'s format (:func:`_weight_scale`)."""
+    return TableQuantizer(_weight_scale(weight, code, method, percentile).reshape(-1), value_table(code, True), code, 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -272,7 +393,7 @@ class TableQuantizer:
         return dataclasses.replace(self, scale=scale)
 
 
-def activation_quantizer(
+def _activation_quantizer(
     sample: torch.Tensor, lo: float, hi: float, code: int, method: str = "mse", percentile: float = 99.99
 ) -> TableQuantizer:
     """A per-tensor quantizer for an input observed in ``[lo, hi]`` with values ``sample``: unsigned when

@@ -8,7 +8,7 @@ before formats existed) means integers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +27,11 @@ from mpq_rl.quantization.formats import (
 )
 
 if TYPE_CHECKING:
-    from mpq_rl.config import QuantizationConfig
+    from mpq_rl.quantization.settings import QuantizationConfig
 
 BitPair = tuple[int, int]
 Policy = dict[str, BitPair]
 POLICY_FORMAT = "mpq_rl.policy/1"
-
-
-def uniform_policy(names: Iterable[str], w_bits: int, a_bits: int) -> Policy:
-    """Every layer at the same bits."""
-    return {name: (w_bits, a_bits) for name in names}
 
 
 def validate_policy(

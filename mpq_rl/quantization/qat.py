@@ -209,11 +209,7 @@ def load_scales(path: str | Path) -> dict[str, LayerScales]:
         weight_scale, input_scale = tensors.get(f"{name}.weight_scale"), tensors.get(f"{name}.input_scale")
         weight = None
         if weight_scale is not None:
-            weight = (
-                QuantParams.symmetric(weight_scale, w_bits)
-                if formats.is_integer_code(w_bits)
-                else formats.TableQuantizer(weight_scale, formats.value_table(w_bits, True), w_bits, 0)
-            )
+            weight = formats.format_for(w_bits).weight_quantizer_with_scale(weight_scale, formats.bits_of(w_bits))
         activation = None
         if input_scale is not None:
             table = tensors.get(f"{name}.input_values")

@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from mpq_rl.config import FLOAT_BITS
+from mpq_rl.quantization.bits import FLOAT_BITS
 from mpq_rl.quantization.kernels import channel_errors, tensor_errors
 
 RangeMethod = Literal["mse", "minmax", "percentile"]
@@ -220,30 +220,6 @@ def weight_scales(
     return (clip / q_max).clamp_min(tiny)
 
 
-def weight_scale(
-    weight: torch.Tensor, bits: int, method: RangeMethod = "mse", percentile: float = 99.99
-) -> torch.Tensor:
-    """Per-output-channel scales of a symmetric ``bits``-bit quantizer for ``weight``, chosen by ``method``."""
-    return weight_scales(weight, [bits], method, percentile)[0]
-
-
-def weight_quantizer(
-    weight: torch.Tensor, bits: int, method: RangeMethod = "mse", percentile: float = 99.99
-) -> QuantParams:
-    """The symmetric per-output-channel quantizer of ``weight`` at integer ``bits`` (:func:`weight_scale`)."""
-    return QuantParams.symmetric(weight_scale(weight, bits, method, percentile), bits)
-
-
-def quantize_weight(
-    weight: torch.Tensor, bits: int, method: RangeMethod = "mse", percentile: float = 99.99
-) -> torch.Tensor:
-    """The fake-quantized copy of ``weight`` at ``bits`` (returned unchanged for floating-point bits)."""
-    if is_float_bits(bits):
-        return weight
-    with torch.no_grad():
-        return weight_quantizer(weight, bits, method, percentile).fake_quantize(weight)
-
-
 def _affine(lo: float, hi: float, bits: int, unsigned: bool) -> QuantParams:
     q_max = 2**bits - 1
     if unsigned:
@@ -311,19 +287,6 @@ def activation_quantizers(
         lambda r: scored_in_slices(errors_of, r, sample.numel() * len(bits)), (len(bits),), device=sample.device
     )
     return [_affine(lo * ratio, hi * ratio, b, unsigned) for b, ratio in zip(bits, search.tolist(), strict=True)]
-
-
-def activation_quantizer(
-    sample: torch.Tensor,
-    lo: float,
-    hi: float,
-    bits: int,
-    method: RangeMethod = "mse",
-    percentile: float = 99.99,
-) -> QuantParams:
-    """A per-tensor quantizer for an activation observed in ``[lo, hi]`` with values ``sample`` (1-D), as
-    :func:`activation_quantizers` chooses it."""
-    return activation_quantizers(sample, lo, hi, [bits], method, percentile)[0]
 
 
 def quantization_error(x: torch.Tensor, x_q: torch.Tensor) -> float:

@@ -28,11 +28,10 @@ from mpq_rl.quantization.quant import (
     Quantizer,
     QuantParams,
     RangeMethod,
-    activation_quantizers,
     is_float_bits,
-    weight_scales,
 )
-from mpq_rl.workloads.layers import batch_size_of, call_model, claim_layers, layer_modules, release_layers
+from mpq_rl.workloads.layers import claim_layers, layer_modules, release_layers
+from mpq_rl.workloads.model_io import batch_size_of, call_model
 
 SAMPLE_VALUES_PER_LAYER = 65536
 """Activation values kept per layer for range search (a seeded random subsample of the calibration pass)."""
@@ -317,16 +316,11 @@ class QuantSimulator:
         """Choose the weight quantizers of layer ``name`` at ``codes`` (integer bit-widths in one search) and cache
         them with the quantized weights."""
         weight = self.fp32_weights[name]
-        integers = [c for c in codes if formats.is_integer_code(c) and not is_float_bits(c)]
         quantizers: dict[int, Quantizer] = {}
-        if integers:
-            scales = weight_scales(weight, integers, self.weight_range, self.percentile)
-            quantizers.update(
-                {bits: QuantParams.symmetric(scale, bits) for bits, scale in zip(integers, scales, strict=True)}
-            )
-        for code in codes:
-            if not formats.is_integer_code(code):
-                quantizers[code] = formats.weight_quantizer(weight, code, self.weight_range, self.percentile)
+        for number_format, group in formats.by_format(c for c in codes if not is_float_bits(c)):
+            bits = [formats.bits_of(c) for c in group]
+            found = number_format.weight_quantizers(weight, bits, self.weight_range, self.percentile)
+            quantizers.update(zip(group, found, strict=True))
         with torch.no_grad():
             for code, quantizer in quantizers.items():
                 self._weight_quantizers[(name, code)] = quantizer
@@ -337,17 +331,12 @@ class QuantSimulator:
             return
         record = self._stats[name]
         sample = self.activation_sample(name)
-        integers = [c for c in codes if formats.is_integer_code(c) and not is_float_bits(c)]
-        if integers:
-            found = activation_quantizers(
-                sample, record.lo, record.hi, integers, self.activation_range, self.percentile
+        for number_format, group in formats.by_format(c for c in codes if not is_float_bits(c)):
+            bits = [formats.bits_of(c) for c in group]
+            found = number_format.activation_quantizers(
+                sample, record.lo, record.hi, bits, self.activation_range, self.percentile
             )
-            self._quantizers.update({(name, bits): quantizer for bits, quantizer in zip(integers, found, strict=True)})
-        for code in codes:
-            if not formats.is_integer_code(code):
-                self._quantizers[(name, code)] = formats.activation_quantizer(
-                    sample, record.lo, record.hi, code, self.activation_range, self.percentile
-                )
+            self._quantizers.update({(name, code): q for code, q in zip(group, found, strict=True)})
 
     def apply(self, policy: Mapping[str, BitPair]) -> None:
         """Quantize every layer named in ``policy``; layers not named stay as they are."""

@@ -36,8 +36,10 @@ class Budget:
     """Costs of the searched layers' candidate bit pairs in one metric, and the limit they must fit under."""
 
     names: tuple[str, ...]
-    weight_bits: tuple[int, ...]
-    activation_bits: tuple[int, ...]
+    weight_codes: tuple[int, ...]
+    """The weight candidates, as precision codes (:class:`mpq_rl.quantization.formats.Precision` serialized)."""
+    activation_codes: tuple[int, ...]
+    """The activation candidates, as precision codes."""
     costs: np.ndarray
     """[searched layer, weight candidate, activation candidate] in the metric's units."""
     fixed_cost: float
@@ -74,8 +76,8 @@ class Budget:
         layer_names: Sequence[str],
         searched: Sequence[str],
         fixed: Policy,
-        weight_bits: Sequence[int],
-        activation_bits: Sequence[int],
+        weight_codes: Sequence[int],
+        activation_codes: Sequence[int],
         fraction: float,
         metric: str,
         reference: float,
@@ -84,14 +86,14 @@ class Budget:
         """Slice a cost table ``[layer, w, a]`` (bits ``table_bits``) down to the searched layers' candidates."""
         position = {b: i for i, b in enumerate(table_bits)}
         row = {name: i for i, name in enumerate(layer_names)}
-        w_idx = [position[b] for b in weight_bits]
-        a_idx = [position[b] for b in activation_bits]
+        w_idx = [position[b] for b in weight_codes]
+        a_idx = [position[b] for b in activation_codes]
         costs = np.stack([metric_table[row[n]][np.ix_(w_idx, a_idx)] for n in searched])
         fixed_cost = float(sum(metric_table[row[n], position[w], position[a]] for n, (w, a) in fixed.items()))
         return cls(
             names=tuple(searched),
-            weight_bits=tuple(weight_bits),
-            activation_bits=tuple(activation_bits),
+            weight_codes=tuple(weight_codes),
+            activation_codes=tuple(activation_codes),
             costs=costs,
             fixed_cost=fixed_cost,
             reference=reference,
@@ -125,7 +127,7 @@ class Budget:
 
     def top_choice(self) -> Choice:
         """The highest candidate bits for weights and activations: where a search from the top starts."""
-        return len(self.weight_bits) - 1, len(self.activation_bits) - 1
+        return len(self.weight_codes) - 1, len(self.activation_codes) - 1
 
     def runnable_pairs(self, step: int) -> list[Choice]:
         """The candidate pairs of searched layer ``step`` the hardware can run (cost not NaN)."""
@@ -136,13 +138,13 @@ class Budget:
         """Every uniform setting (one pair for all searched layers) that fits, costliest first; equal costs go to
         more weight bits, then more activation bits. A pair the hardware cannot run costs NaN and never fits."""
         layers = len(self.names)
-        settings = [[(w, a)] * layers for w in range(len(self.weight_bits)) for a in range(len(self.activation_bits))]
+        settings = [[(w, a)] * layers for w in range(len(self.weight_codes)) for a in range(len(self.activation_codes))]
         fitting = [s for s in settings if self.fits(s)]
         fitting.sort(key=lambda s: (self.total(s), s[0]), reverse=True)
         return fitting
 
     def bits(self, choice: Choice) -> BitPair:
-        return self.weight_bits[choice[0]], self.activation_bits[choice[1]]
+        return self.weight_codes[choice[0]], self.activation_codes[choice[1]]
 
     def cost(self, step: int, choice: Choice) -> float:
         return self._cost_rows[step][choice[0]][choice[1]]

@@ -23,8 +23,9 @@ from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, read_json
 from mpq_rl.quantization.policy import BitPair, Policy
 from mpq_rl.quantization.simulator import QuantSimulator
-from mpq_rl.search.metrics import Scorer, model_outputs, score
+from mpq_rl.search.metrics import Scorer, score
 from mpq_rl.workloads.data import Batches
+from mpq_rl.workloads.model_io import model_outputs
 from mpq_rl.workloads.workload import Workload
 
 Metrics = dict[str, float]

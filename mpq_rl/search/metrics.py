@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-from torch import nn
 
-from mpq_rl.errors import UserError
 from mpq_rl.quantization.kernels import output_scores
-from mpq_rl.workloads.data import Batches
-from mpq_rl.workloads.layers import call_model
 
 
 def format_metric(value: float | None, key: str) -> str:
@@ -19,34 +13,6 @@ def format_metric(value: float | None, key: str) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if key == "kl" else f"{100 * value:.2f}%"
-
-
-def output_tensor(output: Any) -> torch.Tensor:
-    """The tensor a model's output stands for: itself, ``logits``/``last_hidden_state``, or a tuple's first."""
-    if isinstance(output, torch.Tensor):
-        return output
-    for key in ("logits", "last_hidden_state"):
-        value = getattr(output, key, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise UserError(f"cannot score a model output of type {type(output).__name__}: return a tensor of logits")
-
-
-@torch.no_grad()
-def model_outputs(model: nn.Module, batches: Batches) -> torch.Tensor:
-    """The model's outputs over every batch, concatenated along the batch dimension (as float32)."""
-    was_training = model.training
-    # Switching modes walks every module (a cost per call on a big model); skip it when all are in eval mode.
-    switch = any(module.training for module in model.modules())
-    if switch:
-        model.eval()
-    try:
-        return torch.cat([output_tensor(call_model(model, inputs)).float() for inputs, _ in batches])
-    finally:
-        if switch:
-            model.train(was_training)
 
 
 def _numpy(values: torch.Tensor) -> np.ndarray:
@@ -78,11 +44,6 @@ def top1(outputs: torch.Tensor, targets: torch.Tensor) -> float:
 def agreement(outputs: torch.Tensor, reference: torch.Tensor) -> float:
     """Fraction of samples whose top-1 prediction matches the FP32 model's."""
     return Scorer(reference, None)(outputs)["agreement"]
-
-
-def kl_divergence(outputs: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean KL(FP32 || quantized) of the softmax distributions, in nats."""
-    return Scorer(reference, None)(outputs)["kl"]
 
 
 def cosine(outputs: torch.Tensor, reference: torch.Tensor) -> float:

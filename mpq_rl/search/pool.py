@@ -1,14 +1,15 @@
 """The evaluation pool: the one place a search scores policies in parallel.
 
-A searcher asks its :class:`~mpq_rl.agents.base.SearchContext` to score a batch of policies; the context's pool
+A searcher asks its :class:`~mpq_rl.search.searcher.SearchContext` to score a batch of policies; the context's pool
 first evaluates, in parallel, the policies its evaluator cache does not hold yet, and merges their metrics into
 that cache (:meth:`EvaluationCache.merge`, the one merge path); the context then scores the batch in order from
 the cache, so every searcher, the RL agents included, records exactly what a serial run records.
 
-The run's ``parallel`` section (:class:`~mpq_rl.config.ParallelConfig`) picks the :class:`Backend`: ``local``
-(none: the context scores one policy at a time), ``process`` (:class:`Processes`, spawned worker processes) or
-``ray`` (:class:`~mpq_rl.search.ray_backend.RayActors`, actors on a Ray cluster). Every worker builds the driver's
-problem from its picklable :class:`~mpq_rl.search.problem.ProblemSpec`; the driver alone keeps the evaluation cache and
+The run's ``parallel`` section (:class:`~mpq_rl.search.settings.ParallelConfig`, resolved by
+:func:`resolve_parallel`) picks the :class:`Backend`: ``local`` (none: the context scores one policy at a time),
+``process`` (:class:`Processes`, spawned worker processes) or ``ray``
+(:class:`~mpq_rl.search.ray_backend.RayActors`, actors on a Ray cluster). Every worker builds the driver's problem
+from its picklable :class:`~mpq_rl.search.problem.ProblemSpec`; the driver alone keeps the evaluation cache and
 sends out only policies it has not scored.
 """
 
@@ -18,12 +19,12 @@ import multiprocessing
 from collections.abc import Sequence
 from typing import Protocol
 
-from mpq_rl.config import ParallelConfig
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.policy import Policy
 from mpq_rl.search.evaluator import Evaluator, Metrics, policy_key
 from mpq_rl.search.problem import ProblemSpec, SearchProblem
-from mpq_rl.search.threads import set_torch_threads, threads_per_process
+from mpq_rl.search.settings import ParallelConfig
+from mpq_rl.search.threads import set_torch_threads, threads_per_process, usable_cores
 
 SERIAL = ParallelConfig(backend="local", workers=1)
 """One evaluation at a time, in the search's process."""
@@ -36,6 +37,16 @@ class Backend(Protocol):
     def evaluate(self, policies: Sequence[Policy]) -> list[Metrics]: ...
 
     def close(self) -> None: ...
+
+
+def resolve_parallel(parallel: ParallelConfig, n_envs: int) -> ParallelConfig:
+    """``parallel`` with its backend and workers filled in for a run with ``agent.n_envs = n_envs``; left out,
+    workers default to the cores this process may use on this machine."""
+    backend = parallel.backend or ("process" if n_envs > 1 or (parallel.workers or 1) > 1 else "local")
+    if backend == "local":
+        return parallel.model_copy(update={"backend": backend, "workers": 1})
+    workers = parallel.workers or (n_envs if n_envs > 1 else usable_cores())
+    return parallel.model_copy(update={"backend": backend, "workers": workers})
 
 
 def local_processes(parallel: ParallelConfig) -> int:
@@ -104,7 +115,7 @@ def build_backend(parallel: ParallelConfig, spec: ProblemSpec | None) -> Backend
 class EvaluationPool:
     """The search's evaluations beyond one at a time: fills the evaluator cache with a batch's new policies.
 
-    ``parallel`` is a resolved section (:meth:`~mpq_rl.config.RunConfig.evaluation`)."""
+    ``parallel`` is a resolved section (:func:`resolve_parallel`)."""
 
     def __init__(self, problem: SearchProblem, parallel: ParallelConfig = SERIAL) -> None:
         self.problem = problem

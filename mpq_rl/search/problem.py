@@ -14,26 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.config import (
-    BudgetConfig,
-    ProxyConfig,
-    QuantizationConfig,
-    RewardConfig,
-    RunConfig,
-    load_config,
-    parse_config,
-)
+from mpq_rl.config import RunConfig, load_config, parse_config
 from mpq_rl.hardware import CostTable, build_cost_table
 from mpq_rl.quantization.formats import candidate_codes
 from mpq_rl.quantization.policy import Policy
+from mpq_rl.quantization.settings import QuantizationConfig
 from mpq_rl.search.budget import Budget, Choice
+from mpq_rl.search.enforcement import ENFORCEMENTS, Enforcement
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.search.rewards import Outcome, build_reward, proxy_value
+from mpq_rl.search.settings import BudgetConfig, ProxyConfig, RewardConfig
 from mpq_rl.workloads.workload import Workload, load_workload
-
-PENALTY_PER_EXCESS = 10.0
-"""Reward lost per unit of relative budget excess under ``penalty`` enforcement."""
 
 
 @dataclass(frozen=True)
@@ -116,15 +108,16 @@ class SearchProblem:
         self.spec = spec
         """How a worker process builds this problem; None for a problem assembled from pieces in hand."""
         self.metric = metric
-        self.enforcement = budget.enforcement
+        self.enforcement: Enforcement = ENFORCEMENTS[budget.enforcement]
+        """The budget rule (:mod:`mpq_rl.search.enforcement`): the environment's choices and :meth:`score` follow it."""
         self.budget = Budget.from_costs(
             metric_table=self.costs.metric(self.metric),
             table_bits=self.costs.bits,
             layer_names=self.costs.layer_names,
             searched=self.workload.searched,
             fixed=self.workload.fixed,
-            weight_bits=candidate_codes(quantization.formats, quantization.weight_bits),
-            activation_bits=candidate_codes(quantization.formats, quantization.activation_candidates),
+            weight_codes=candidate_codes(quantization.formats, quantization.weight_bits),
+            activation_codes=candidate_codes(quantization.formats, quantization.activation_candidates),
             fraction=budget.fraction,
             metric=self.metric,
             reference=self.costs.reference(self.metric),
@@ -144,7 +137,7 @@ class SearchProblem:
         """Every layer's weight and activation precision codes that a policy of this problem can give it."""
         budget = self.budget
         fixed = {name: ((w,), (a,)) for name, (w, a) in self.workload.fixed.items()}
-        return {**fixed, **{name: (budget.weight_bits, budget.activation_bits) for name in self.searched}}
+        return {**fixed, **{name: (budget.weight_codes, budget.activation_codes) for name in self.searched}}
 
     def policy(self, choices: Sequence[Choice]) -> Policy:
         """The full policy (every layer) for one choice per searched layer."""
@@ -152,17 +145,15 @@ class SearchProblem:
         return self.workload.full_policy(searched)
 
     def enforce(self, choices: Sequence[Choice], projected_layers: int = 0) -> tuple[list[Choice], int]:
-        """The choices :meth:`score` evaluates: under ``wall`` enforcement lowered to fit the budget (and the number
-        of layers that changed), otherwise as given."""
-        choices = list(choices)
-        if self.enforcement != "wall":
-            return choices, projected_layers
-        lowered = self.budget.lower_to_fit(choices)
-        return lowered, sum(a != b for a, b in zip(lowered, choices, strict=True))
+        """The choices :meth:`score` evaluates, settled by the budget rule (under ``wall`` lowered to fit), and the
+        number of layers the budget changed."""
+        return self.enforcement.settle(self.budget, choices, projected_layers)
 
     def score(self, choices: Sequence[Choice], projected_layers: int = 0) -> Episode:
         """Evaluate and cost the policy of ``choices`` (every layer's bits, reward, proxy, costs: see
-        :class:`~mpq_rl.search.episode.Episode`), applying ``wall`` enforcement if configured."""
+        :class:`~mpq_rl.search.episode.Episode`) as the budget rule settles it, its reward less the rule's penalty.
+        The rule's per-layer part (projection) is the chooser's: the environment applies it, and searchers hand in
+        choices they projected themselves."""
         choices, projected_layers = self.enforce(choices, projected_layers)
         policy = self.policy(choices)
         started = time.perf_counter()
@@ -172,8 +163,7 @@ class SearchProblem:
         within = self.budget.within(ratios[self.metric])
         proxy = proxy_value(metrics, self.proxy)
         reward = float(self.reward_fn(Outcome(proxy, self.proxy_fp32, ratios[self.metric], self.budget.fraction)))
-        if self.enforcement == "penalty" and not within:
-            reward -= PENALTY_PER_EXCESS * (ratios[self.metric] / self.budget.fraction - 1.0)
+        reward -= self.enforcement.penalty(ratios[self.metric], self.budget.fraction)
         return Episode(
             reward=reward,
             policy={name: (int(w), int(a)) for name, (w, a) in policy.items()},

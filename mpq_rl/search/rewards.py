@@ -11,9 +11,9 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mpq_rl.config import ProxyConfig, RewardConfig
 from mpq_rl.errors import UserError
 from mpq_rl.registry import Registry
+from mpq_rl.search.settings import ProxyConfig, RewardConfig
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ import torch
 
 from mpq_rl.quantization.policy import BitPair
 from mpq_rl.search.evaluator import Metrics
-from mpq_rl.search.metrics import Scorer, model_outputs
+from mpq_rl.search.metrics import Scorer
 from mpq_rl.search.problem import SearchProblem
 from mpq_rl.workloads.data import Batches
+from mpq_rl.workloads.model_io import model_outputs
 
 
 def take(value: Any, index: torch.Tensor) -> Any:

@@ -10,6 +10,8 @@ user's own choice and wins.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 THREADS_ENV = "OMP_NUM_THREADS"
 
@@ -35,3 +37,17 @@ def set_torch_threads(threads: int) -> int:
 
     torch.set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside the block, restored after: small MLPs (the searchers' networks) train fastest on
+    one thread, and two threads spinning on a busy 2-core machine are ~20x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from mpq_rl.config import DataConfig
 from mpq_rl.errors import UserError
 from mpq_rl.imports import call_with_kwargs, import_callable
 from mpq_rl.workloads import DATASETS
+from mpq_rl.workloads.settings import DataConfig
 
 Splits = dict[str, Dataset]
 """Named datasets: ``"calibration"`` and ``"test"``, optionally ``"train"``; empty for cost-only runs."""

@@ -23,6 +23,7 @@ from torch import nn
 from mpq_rl.errors import UserError
 from mpq_rl.workloads import attention
 from mpq_rl.workloads.coverage import weight_uses
+from mpq_rl.workloads.model_io import batch_size_of, call_model, first_samples, output_tensor
 
 QUANTIZABLE_TYPES: dict[type[nn.Module], str] = {
     nn.Conv1d: "conv1d",
@@ -165,24 +166,6 @@ class LayerTable:
             "layers": [asdict(layer) for layer in self.layers],
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerTable:
-        layers = []
-        for item in data["layers"]:
-            fields = dict(item)
-            for key in ("weight_shape", "kernel", "stride", "input_shape", "output_shape"):
-                fields[key] = tuple(fields[key])
-            layers.append(Layer(**fields))
-        return cls(
-            tuple(layers),
-            data.get("model_name", ""),
-            data.get("example_batch", 1),
-            data.get("extra", {}),
-            data.get("left_out", {}),
-            data.get("weights_covered", 0),
-            data.get("not_covered", {}),
-        )
-
 
 def _preview(names: Iterable[str], limit: int = 8) -> str:
     names = list(names)
@@ -227,35 +210,6 @@ def quantizable_kind(module: nn.Module) -> str | None:
     return None
 
 
-def batch_size_of(inputs: Any) -> int:
-    """The leading dimension of a batch (a tensor, or the first tensor of a dict/tuple)."""
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0])
-    if isinstance(inputs, dict):
-        return batch_size_of(next(iter(inputs.values())))
-    if isinstance(inputs, (tuple, list)):
-        return batch_size_of(inputs[0])
-    raise UserError(f"cannot find the batch size of a model input of type {type(inputs).__name__}")
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Run ``model`` on a batch: keyword arguments for dicts (tokenized text), positional otherwise."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    return model(inputs)
-
-
-def first_samples(inputs: Any, n: int) -> Any:
-    """The first ``n`` samples of a batch (a tensor, or a dict/tuple/list of them)."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs[:n]
-    if isinstance(inputs, dict):
-        return {key: first_samples(value, n) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(first_samples(value, n) for value in inputs)
-    return inputs
-
-
 def unreachable_layers(model: nn.Module, example: Any, names: Iterable[str]) -> list[str]:
     """Those of the modules ``names`` whose output cannot influence the model's output.
 
@@ -263,8 +217,6 @@ def unreachable_layers(model: nn.Module, example: Any, names: Iterable[str]) -> 
     back from the output: a module whose output node is never met (e.g. a BERT pooler under a mean-pooled
     embedding) feeds nothing the model returns. Parameters' ``requires_grad`` flags are restored afterwards.
     """
-    from mpq_rl.search.metrics import output_tensor
-
     modules = layer_modules(model)
     produced: dict[str, list[Any]] = {name: [] for name in names}
     flags = {p: p.requires_grad for p in model.parameters()}

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from mpq_rl.config import ModelConfig
 from mpq_rl.errors import UserError
 from mpq_rl.imports import call_with_kwargs, import_callable
 from mpq_rl.workloads import MODELS
+from mpq_rl.workloads.settings import ModelConfig
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -15,14 +15,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mpq_rl.config import REFERENCE_BITS, RunConfig
+from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
+from mpq_rl.quantization.bits import REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy
 from mpq_rl.quantization.simulator import RangeSettings
-from mpq_rl.search.metrics import output_tensor
 from mpq_rl.workloads.data import Batches, Splits, check_proxy_data, load_data, make_batches
 from mpq_rl.workloads.device import resolve_device
-from mpq_rl.workloads.layers import LayerTable, call_model, discover_layers
+from mpq_rl.workloads.layers import LayerTable, discover_layers
+from mpq_rl.workloads.model_io import call_model, output_tensor
 from mpq_rl.workloads.models import build_model
 
 

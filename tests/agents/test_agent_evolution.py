@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.evolution import Evolution, filled, mutate
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
 from mpq_rl.search.problem import build_problem
+from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.subsets import SubsetScorer, select_samples, split_samples
 
 
@@ -25,7 +25,7 @@ def run(problem, episodes, seed=0, **kwargs):
     recorded = []
     context = SearchContext(problem=problem, episodes=episodes, seed=seed, record=recorded.append, output=None)
     build_searcher("evolution", kwargs).search(context)
-    return recorded, context.notes
+    return recorded, context.report
 
 
 def test_mutations_always_fit_the_budget_and_reach_every_layer_both_ways(problem):
@@ -53,7 +53,7 @@ def test_a_policy_filled_up_fits_and_no_single_layer_can_go_higher(problem):
     assert budget.fits(policy)
     for s, (w, a) in enumerate(policy):
         for up in ((w + 1, a), (w, a + 1)):
-            if up[0] < len(budget.weight_bits) and up[1] < len(budget.activation_bits):
+            if up[0] < len(budget.weight_codes) and up[1] < len(budget.activation_codes):
                 assert not budget.fits([*policy[:s], up, *policy[s + 1 :]])
 
 
@@ -67,8 +67,8 @@ def test_search_is_in_budget_counts_subset_scores_and_is_seeded(problem):
     assert [e.policy for e in episodes] != [e.policy for e in other]
     # 16 first candidates through the stages cost 16/8 + 4/2 + 1 = 5 evaluations, then 5 per generation
     assert searcher.generation_cost(16) == pytest.approx(5.0)
-    assert notes["subset_evaluations"] == pytest.approx(4.0 * len(episodes), abs=0.05)
-    assert len(episodes) + notes["subset_evaluations"] <= 40 + 1e-9
+    assert notes.subset_evaluations == pytest.approx(4.0 * len(episodes), abs=0.05)
+    assert len(episodes) + notes.subset_evaluations <= 40 + 1e-9
     assert len(episodes) == 8
 
 
@@ -102,7 +102,7 @@ def test_select_and_split_keep_the_samples_asked_for(problem):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"offspring": 0}, "offspring must be a whole number >= 1"),
+        ({"offspring": 0}, "agent.kwargs.offspring for 'evolution'"),
         ({"stages": [[0.5, 4], [0.25, 1]]}, "shares must rise"),
         ({"stages": [[1.5, 4]]}, "list of \\[share"),
         ({"offspring": 2, "stages": [[0.1, 4]]}, "raise offspring"),

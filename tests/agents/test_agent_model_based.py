@@ -9,17 +9,17 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.model_based import SurrogateReward
-from mpq_rl.agents.sensitivity import Sensitivity, measure_sensitivity
 from mpq_rl.agents.surrogate import Surrogate
 from mpq_rl.config import parse_config
-from mpq_rl.envs import BitWidthEnv
-from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
+from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
+from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
-from mpq_rl.quantization.quant import quantize_weight
+from mpq_rl.quantization.formats import FORMATS
+from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.problem import build_problem
-from mpq_rl.search.recorder import Recorder
+from mpq_rl.search.searcher import SearchContext
+from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
 
 SMALL = {"prior_episodes": 32, "model_episodes": 32, "candidates": 16, "evaluations_per_round": 8}
 
@@ -34,7 +34,7 @@ def problem(digits_workload, digits_evaluator, one_thread):
 def sensitivity(problem) -> Sensitivity:
     budget = problem.budget
     return measure_sensitivity(
-        problem.evaluator.simulator, problem.searched, budget.weight_bits, budget.activation_bits
+        problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
     )
 
 
@@ -56,12 +56,12 @@ def test_sensitivity_is_the_relative_quantization_error_of_weights_and_inputs(pr
     simulator, budget = problem.evaluator.simulator, problem.budget
     name = problem.searched[2]
     weight = simulator.fp32_weights[name]
-    for j, bits in enumerate(budget.weight_bits):
-        quantized = quantize_weight(weight, bits, "mse", 99.99)
+    for j, bits in enumerate(budget.weight_codes):
+        quantized = FORMATS["int"].weight_quantizers(weight, [bits], "mse", 99.99)[0].values(weight)
         expected = float((quantized - weight).pow(2).sum() / weight.pow(2).sum())
         assert sensitivity.weight[2, j] == pytest.approx(expected, rel=1e-6)
     sample = simulator.activation_sample(name)
-    for j, bits in enumerate(budget.activation_bits):
+    for j, bits in enumerate(budget.activation_codes):
         quantizer = simulator.activation(name, bits)
         expected = float((quantizer.values(sample) - sample).pow(2).sum() / sample.pow(2).sum())
         assert sensitivity.activation[2, j] == pytest.approx(expected, rel=1e-6)
@@ -151,7 +151,7 @@ def test_budget_conditioned_episodes_end_within_their_own_budget(problem):
 
 def test_model_environment_scores_nothing_and_rewards_each_step(problem, sensitivity):
     reward = SurrogateReward(Surrogate(sensitivity, problem.proxy_fp32))
-    env = BitWidthEnv(problem=problem, discrete=True, sensitivity=sensitivity, model=reward)
+    env = LearnedRewardEnv(problem, reward, discrete=True, sensitivity=sensitivity)
     cached = len(problem.evaluator.cache)
     env.reset(seed=0)
     rewards, info, done = [], {}, False
@@ -193,7 +193,7 @@ def test_every_proposal_is_a_new_in_budget_evaluation_and_runs_repeat(problem, t
     assert [names[0] for names in lowered[:probes]] == [n for n in problem.searched if n in sum(lowered[:probes], [])]
     assert len(problem.searched) - 2 <= probes <= len(problem.searched)
     assert all(e.within_budget for e in episodes[probes:])
-    assert context.notes["sensitivity_seconds"] >= 0 and context.notes["budgets"] == [0.35]
+    assert context.report.sensitivity_seconds >= 0 and context.report.budgets == [0.35]
     again, _ = run(problem, tmp_path, episodes=40)
     assert [key(e) for e in again] == [key(e) for e in episodes]
 
@@ -209,7 +209,7 @@ def test_beats_random_search_at_equal_evaluations(problem, tmp_path):
 
 def test_budget_conditioned_search_finds_a_policy_for_every_budget(problem, tmp_path):
     episodes, context = run(problem, tmp_path, episodes=48, budgets=[0.25, 0.5])
-    assert context.notes["budgets"] == [0.25, 0.35, 0.5]
+    assert context.report.budgets == [0.25, 0.35, 0.5]
     ratios = [e.cost_ratio[problem.metric] for e in episodes]
     for fraction in (0.25, 0.35, 0.5):
         assert sum(r <= fraction * (1 + 1e-9) for r in ratios) >= 10
@@ -227,9 +227,10 @@ def test_ablations_run_and_count_every_evaluation(problem, tmp_path, switch):
     "kwargs, message",
     [
         ({"rounds": 3}, "unknown key 'rounds'"),
-        ({"budgets": [0.3, -1]}, "budgets must be a list of positive fractions"),
-        ({"candidates": 0}, "candidates must be a whole number >= 1"),
-        ({"prior": "yes"}, "prior must be true or false"),
+        ({"budgets": [0.3, -1]}, r"agent.kwargs.budgets.1 for 'mbppo': Input should be greater than 0, got -1"),
+        ({"candidates": 0}, r"agent.kwargs.candidates for 'mbppo': Input should be greater than or equal to 1, got 0"),
+        ({"prior": "yes"}, r"agent.kwargs.prior for 'mbppo': Input should be a valid boolean, got 'yes'"),
+        ({"candidates": 2.5}, r"agent.kwargs.candidates for 'mbppo': Input should be a valid integer, got 2.5"),
     ],
 )
 def test_bad_options_are_user_errors(kwargs, message):

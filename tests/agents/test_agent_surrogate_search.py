@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.surrogate_search import SurrogateSearch, solver_optima
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
 from mpq_rl.search.problem import build_problem
+from mpq_rl.search.searcher import SearchContext
 
 SEARCHED = ("block.conv2", "dw", "pw", "fc")
 
@@ -96,8 +96,8 @@ def test_surrogate_is_mbppo_without_the_agent():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"solver": "simplex"}, "solver must be one of"),
-        ({"neighbours": -1}, "neighbours must be a whole number >= 0"),
+        ({"solver": "simplex"}, "agent.kwargs.solver for 'surrogate'"),
+        ({"neighbours": -1}, "agent.kwargs.neighbours for 'surrogate'"),
         ({"candidates": 4}, "unknown key 'candidates'"),
     ],
 )
@@ -110,8 +110,8 @@ def test_bad_options_are_user_errors(kwargs, message):
 
 
 def test_interacting_surrogate_recovers_known_pair_terms():
-    from mpq_rl.agents.sensitivity import Sensitivity
     from mpq_rl.agents.surrogate import Surrogate
+    from mpq_rl.search.sensitivity import Sensitivity
 
     rng = np.random.default_rng(0)
     layers, n_w, n_a = 5, 4, 3
@@ -127,8 +127,8 @@ def test_interacting_surrogate_recovers_known_pair_terms():
 
 def test_episode_rewards_of_an_interacting_surrogate_sum_to_its_scaled_prediction():
     from mpq_rl.agents.model_based import SurrogateReward
-    from mpq_rl.agents.sensitivity import Sensitivity
     from mpq_rl.agents.surrogate import Surrogate
+    from mpq_rl.search.sensitivity import Sensitivity
 
     rng = np.random.default_rng(1)
     sensitivity = Sensitivity(rng.uniform(0, 0.3, (4, 3)), rng.uniform(0, 0.3, (4, 2)))

@@ -11,12 +11,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.agents.hessian import calibration_loss, hessian_traces
 from mpq_rl.agents.knapsack import ranked_policies
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
 from mpq_rl.search.problem import build_problem
+from mpq_rl.search.searcher import SearchContext
 from mpq_rl.workloads.data import Batches
 
 SEARCHED = ("block.conv1", "down", "pw", "down2")
@@ -77,7 +77,7 @@ def test_uniform_proposes_in_budget_uniform_settings_highest_first(small_problem
     assert all(len(set(bits)) == 1 for bits in searched)
     costs = [e.cost_ratio["latency"] for e in episodes]
     assert costs == sorted(costs, reverse=True)
-    fitting = [w for w in (2, 4, 8) if small_problem.budget.fits([(small_problem.budget.weight_bits.index(w), 0)] * 4)]
+    fitting = [w for w in (2, 4, 8) if small_problem.budget.fits([(small_problem.budget.weight_codes.index(w), 0)] * 4)]
     assert [bits[0][0] for bits in searched] == sorted(fitting, reverse=True)
 
 

@@ -9,14 +9,13 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mpq_rl.agents import SEARCHERS, build_searcher
-from mpq_rl.agents.base import SearchContext
-from mpq_rl.agents.checkpoint import load_checkpoint, read_checkpoint
+from mpq_rl.agents.checkpoint import CHECKPOINT_DIR, load_checkpoint, read_checkpoint
 from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.search.problem import build_problem
-from mpq_rl.search.run_folder import CHECKPOINT_DIR
+from mpq_rl.search.searcher import SearchContext
 
 SMALL_OFF_POLICY = {"warmup_episodes": 2, "buffer_size": 200, "batch_size": 16}
 SMALL = {

@@ -9,11 +9,12 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import mpq_rl  # noqa: F401  (registers mpq_rl/BitWidth-v0)
+import mpq_rl  # noqa: F401  (registers mpq_rl/BitWidth-v1)
 from mpq_rl.config import parse_config
-from mpq_rl.envs import BitWidthEnv
-from mpq_rl.envs.bitwidth import OBSERVATION_FEATURES
+from mpq_rl.envs import ENV_ID, BitWidthEnv
+from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
+from mpq_rl.search.problem import build_problem
 from mpq_rl.search.rewards import Outcome, haq
 
 
@@ -23,9 +24,8 @@ def make_env(digits_workload, digits_costs, digits_evaluator):
 
     def make(discrete: bool = False, **sections) -> BitWidthEnv:
         config = parse_config(sections)
-        return BitWidthEnv(
-            config, workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator, discrete=discrete
-        )
+        problem = build_problem(config, workload=digits_workload, costs=digits_costs, evaluator=digits_evaluator)
+        return BitWidthEnv(problem, discrete=discrete)
 
     return make
 
@@ -93,8 +93,8 @@ def test_projection_keeps_every_episode_in_budget_and_observes_the_bits_used(mak
         # observation t+1 reports the bits actually used at layer t (after projection)
         for step, name in enumerate(env.workload.searched):
             w, a = info["policy"][name]
-            assert observations[step + 1][11] == pytest.approx(env.budget.weight_bits.index(w) / 6)
-            assert observations[step + 1][12] == pytest.approx(env.budget.activation_bits.index(a) / 6)
+            assert observations[step + 1][11] == pytest.approx(env.budget.weight_codes.index(w) / 6)
+            assert observations[step + 1][12] == pytest.approx(env.budget.activation_codes.index(a) / 6)
 
 
 def test_highest_bits_are_projected_and_lowest_are_left_alone(make_env):
@@ -159,22 +159,25 @@ def test_pinned_layers_keep_their_bits(digits_workload, digits_splits, digits_co
     workload = assemble_workload(config, digits_workload.model, digits_splits)
     assert workload.searched[0] != "stem" and "classifier" not in workload.searched
     assert workload.fixed == {"stem": (8, 8), "classifier": (6, 6)}
-    env = BitWidthEnv(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator)
+    env = BitWidthEnv(build_problem(config, workload=workload, costs=digits_costs, evaluator=digits_evaluator))
     assert env.n_steps == 7
     _, _, info = run_episode(env, [-np.ones(2, np.float32)] * env.n_steps)
     assert info["policy"]["stem"] == [8, 8] and info["policy"]["classifier"] == [6, 6]
 
 
-def test_registered_and_made_from_a_yaml_path(tmp_path, digits_model):
+def test_registered_made_from_a_yaml_path_and_closing_its_problem(tmp_path, digits_model):
     path = tmp_path / "run.yaml"
     path.write_text("budget: 0.4\nhardware: {preset: bops, metric: bops}\n")
-    env = gym.make("mpq_rl/BitWidth-v0", config=str(path))
+    env = gym.make(ENV_ID, config=str(path))
+    assert ENV_ID == "mpq_rl/BitWidth-v1" and "mpq_rl/BitWidth-v0" not in gym.registry
     try:
         assert env.unwrapped.budget.fraction == 0.4 and env.unwrapped.problem.metric == "bops"
         _, _, info = run_episode(env.unwrapped, [np.ones(2, np.float32)] * env.unwrapped.n_steps)
         assert info["cost_ratio"]["bops"] <= 0.4 * (1 + 1e-9)
     finally:
         env.close()
+    # the factory built the problem, so closing the environment gave its model back without simulator hooks
+    assert not any(module._forward_pre_hooks for module in env.unwrapped.workload.model.modules())
 
 
 @pytest.mark.parametrize(
@@ -213,3 +216,16 @@ def test_step_needs_reset_and_a_closed_environment_refuses_to_step(make_env):
         env.step(np.array([0, 0]))
     with pytest.raises(RuntimeError, match=r"reset\(\) called on a closed environment"):
         env.reset(seed=0)
+
+
+def test_closing_an_environment_leaves_the_problem_it_was_given_scoring_the_same(small_digits_config):
+    """An environment plays a problem it was given; closing it must not detach that problem's simulator (its
+    activation quantization would silently go off and the same policy would score higher)."""
+    problem = build_problem(small_digits_config)  # owns its evaluator, as a run's shared problem does
+    try:
+        lowest = [(0, 0)] * len(problem.searched)
+        before = problem.evaluator.measure(problem.policy(lowest))
+        BitWidthEnv(problem=problem).close()
+        assert problem.evaluator.measure(problem.policy(lowest)) == before
+    finally:
+        problem.close()

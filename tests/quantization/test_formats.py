@@ -9,18 +9,18 @@ import pytest
 import torch
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext
 from mpq_rl.cli import main
 from mpq_rl.config import HardwareConfig, load_config, parse_config
 from mpq_rl.deployment.export import export_policy
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
 from mpq_rl.hardware import build_cost_table
-from mpq_rl.quantization import formats, quant
+from mpq_rl.quantization import formats
 from mpq_rl.quantization.policy import load_policy, save_policy
 from mpq_rl.search.evaluator import calibrated_simulator
-from mpq_rl.search.metrics import model_outputs
 from mpq_rl.search.problem import build_problem
+from mpq_rl.search.searcher import SearchContext
+from mpq_rl.workloads.model_io import model_outputs
 from mpq_rl.workloads.workload import load_workload
 
 FP, FLINT = formats.precision_code("fp", 0), formats.precision_code("flint", 0)
@@ -66,13 +66,16 @@ def test_codes_and_candidates():
     assert formats.candidate_codes(["int"], [2, 4, 8, 32]) == [2, 4, 8, 32]
     assert formats.candidate_codes(["int", "fp", "flint"], [2, 4]) == [2, 4, FP + 4, FLINT + 4]
     assert [formats.label(c) for c in (4, FP + 6, FLINT + 3)] == ["4", "fp6", "flint3"]
+    assert formats.Precision.of(FP + 4) == formats.Precision("fp", 4) and formats.Precision("fp", 4).code == FP + 4
+    assert [str(formats.Precision.of(c)) for c in (8, FLINT + 6)] == ["8", "flint6"]
+    grouped = formats.by_format([FLINT + 4, 8, FP + 4, 2])
+    assert [(f.name, codes) for f, codes in grouped] == [("int", [8, 2]), ("fp", [FP + 4]), ("flint", [FLINT + 4])]
     with pytest.raises(UserError, match="fp has no 2-bit form"):
         formats.check_code(FP + 2, "here")
 
 
 def relative_error(name: str, bits: int, weight: torch.Tensor) -> float:
-    quantize = quant.quantize_weight if name == "int" else formats.quantize_weight
-    quantized = quantize(weight, formats.precision_code(name, bits))
+    quantized = formats.FORMATS[name].weight_quantizers(weight, [bits])[0].values(weight)
     return float((quantized - weight).pow(2).sum() / weight.pow(2).sum())
 
 
@@ -98,9 +101,11 @@ def test_fake_quantization_rounds_to_nearest_and_passes_gradients_straight_throu
 
 def test_activation_quantizer_is_unsigned_for_non_negative_inputs():
     sample = torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 3
-    quantizer = formats.activation_quantizer(sample, 0.0, 3.0, FLINT + 4)
-    assert quantizer.table.min() == 0 and len(quantizer.table) == 16
-    assert formats.activation_quantizer(sample - 1, -1.0, 2.0, FLINT + 4).table.min() < 0
+    flint = formats.FORMATS["flint"]
+    quantizer, six = flint.activation_quantizers(sample, 0.0, 3.0, [4, 6])
+    assert quantizer.table.min() == 0 and len(quantizer.table) == 16 and len(six.table) == 64
+    assert six.code == FLINT + 6
+    assert flint.activation_quantizers(sample - 1, -1.0, 2.0, [4])[0].table.min() < 0
 
 
 def test_policy_files_carry_formats_and_old_files_mean_integers(tmp_path):

@@ -24,7 +24,7 @@ from mpq_rl.quantization.policy import save_policy
 from mpq_rl.quantization.qat import LsqAttachment, LsqQuantizer, calibrated_scales, load_scales
 from mpq_rl.quantization.quant import QuantParams
 from mpq_rl.search.evaluator import calibrated_simulator
-from mpq_rl.search.metrics import model_outputs
+from mpq_rl.workloads.model_io import model_outputs
 from mpq_rl.workloads.workload import Workload, load_workload
 
 EDGE_LAYERS = ("stem", "classifier")

@@ -3,16 +3,25 @@
 import pytest
 import torch
 
+from mpq_rl.quantization.formats import FORMATS
 from mpq_rl.quantization.quant import (
     QuantParams,
-    activation_quantizer,
     activation_quantizers,
     quantization_error,
-    quantize_weight,
     symmetric_levels,
-    weight_scale,
     weight_scales,
 )
+
+INT = FORMATS["int"]
+
+
+def quantize_weight(weight: torch.Tensor, bits: int, method: str = "mse") -> torch.Tensor:
+    """``weight`` fake-quantized at integer ``bits`` through the format's batched constructor."""
+    return INT.weight_quantizers(weight, [bits], method)[0].fake_quantize(weight).detach()
+
+
+def activation_quantizer(x: torch.Tensor, lo: float, hi: float, bits: int, method: str = "mse", **kwargs):
+    return INT.activation_quantizers(x, lo, hi, [bits], method, **kwargs)[0]
 
 
 @pytest.fixture
@@ -31,16 +40,11 @@ def test_weight_error_falls_as_bits_rise(weight, method):
 def test_quantized_weights_use_at_most_the_levels_of_their_bits(weight):
     for bits in (2, 3, 4):
         q = quantize_weight(weight, bits)
-        scale = weight_scale(weight, bits).reshape(-1, 1, 1, 1)
+        scale = weight_scales(weight, [bits])[0].reshape(-1, 1, 1, 1)
         levels = torch.round(q / scale)
         assert torch.allclose(levels * scale, q, atol=1e-6)
         assert levels.abs().max() <= symmetric_levels(bits)
         assert all(torch.unique(levels[c]).numel() <= 2 * symmetric_levels(bits) + 1 for c in range(32))
-
-
-def test_float_bits_leave_weights_untouched(weight):
-    assert quantize_weight(weight, 16) is weight
-    assert quantize_weight(weight, 32) is weight
 
 
 def test_mse_range_beats_minmax_at_low_bits(weight):

@@ -6,7 +6,6 @@ from torch import nn
 
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.formats import TableQuantizer, precision_code
-from mpq_rl.quantization.policy import uniform_policy
 from mpq_rl.quantization.quant import quantization_error
 from mpq_rl.quantization.simulator import QuantSimulator
 
@@ -26,6 +25,12 @@ def make_model() -> nn.Module:
 
 
 NAMES = ["0", "2", "5", "7"]
+
+
+def uniform_policy(names, w_bits, a_bits):
+    return {name: (w_bits, a_bits) for name in names}
+
+
 FP, FLINT = precision_code("fp", 0), precision_code("flint", 0)
 
 

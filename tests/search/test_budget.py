@@ -8,6 +8,7 @@ import pytest
 
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Budget, within_fraction
+from mpq_rl.search.enforcement import ENFORCEMENTS, PENALTY_PER_EXCESS
 
 WEIGHT_BITS, ACTIVATION_BITS = (2, 4, 8), (4, 8)
 
@@ -87,3 +88,17 @@ def test_from_costs_slices_the_searched_layers_and_charges_the_fixed_ones():
     assert b.names == ("y", "t")
     assert b.costs.tolist() == [[[table[1, 1, 2]], [table[1, 2, 2]]], [[table[3, 1, 2]], [table[3, 2, 2]]]]
     assert b.fixed_cost == table[0, 2, 2] + table[2, 3, 3]
+
+
+def test_each_enforcement_acts_at_its_own_moment_only():
+    """Projection acts while choosing, the wall when a finished policy is settled, the penalty in the reward."""
+    b, top = budget(0.5), [(2, 1)] * 3  # all W8A8 costs 6.0: twice the limit of 3.0
+    project, wall, penalty = (ENFORCEMENTS[name] for name in ("project", "wall", "penalty"))
+    assert project.choose(b, 1, 1.0, (2, 1)) == b.project(1, 1.0, (2, 1)) == (2, 0)
+    assert wall.choose(b, 1, 1.0, (2, 1)) == penalty.choose(b, 1, 1.0, (2, 1)) == (2, 1)
+    lowered, changed = wall.settle(b, top, 0)
+    assert lowered == b.lower_to_fit(top) and b.fits(lowered)
+    assert changed == sum(c != t for c, t in zip(lowered, top, strict=True)) > 0
+    assert project.settle(b, top, 2) == penalty.settle(b, top, 2) == (top, 2)
+    assert penalty.penalty(1.0, 0.5) == pytest.approx(PENALTY_PER_EXCESS * (1.0 / 0.5 - 1.0))
+    assert penalty.penalty(0.5, 0.5) == project.penalty(1.0, 0.5) == wall.penalty(1.0, 0.5) == 0.0

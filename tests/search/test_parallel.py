@@ -12,7 +12,7 @@ from mpq_rl.cli import main
 from mpq_rl.config import ParallelConfig, parse_config
 from mpq_rl.errors import UserError
 from mpq_rl.search.evaluator import EvaluationCache
-from mpq_rl.search.pool import EvaluationPool, local_processes
+from mpq_rl.search.pool import EvaluationPool, local_processes, resolve_parallel
 from mpq_rl.search.problem import build_problem
 from mpq_rl.search.threads import THREADS_ENV, threads_per_process, usable_cores
 
@@ -48,11 +48,13 @@ def test_bad_parallel_sections_are_one_line_errors(parallel, message):
 )
 def test_parallel_resolves_against_n_envs(parallel, n_envs, backend, workers):
     config = parse_config({"parallel": parallel, "agent": {"n_envs": n_envs}})
-    assert (config.evaluation.backend, config.evaluation.workers) == (backend, workers)
+    resolved = resolve_parallel(config.parallel, n_envs)
+    assert (resolved.backend, resolved.workers) == (backend, workers)
 
 
 def test_process_backend_without_workers_uses_the_usable_cores():
-    assert parse_config({"parallel": {"backend": "process"}}).evaluation.workers == len(os.sched_getaffinity(0))
+    parallel = parse_config({"parallel": {"backend": "process"}}).parallel
+    assert resolve_parallel(parallel, 1).workers == len(os.sched_getaffinity(0))
 
 
 def test_threads_share_the_usable_cores_unless_omp_num_threads_is_set(monkeypatch):

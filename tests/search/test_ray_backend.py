@@ -17,7 +17,7 @@ import pytest
 
 from mpq_rl.agents.random_search import sample_policy
 from mpq_rl.config import ParallelConfig
-from mpq_rl.search.compare import COMPARE_JSON, compare
+from mpq_rl.runs.compare import COMPARE_JSON, compare
 from mpq_rl.search.evaluator import EvaluationCache
 from mpq_rl.search.pool import EvaluationPool
 from mpq_rl.search.problem import build_problem

@@ -16,10 +16,10 @@ from mpq_rl.config import RunConfig
 from mpq_rl.deployment.finetune import finetune
 from mpq_rl.errors import UserError
 from mpq_rl.search.evaluator import calibrated_simulator
-from mpq_rl.search.metrics import model_outputs
 from mpq_rl.search.problem import build_problem
 from mpq_rl.workloads.attention import route
 from mpq_rl.workloads.layers import discover_layers
+from mpq_rl.workloads.model_io import model_outputs
 from mpq_rl.workloads.workload import Workload, assemble_workload
 
 pytestmark = pytest.mark.usefixtures("one_thread")

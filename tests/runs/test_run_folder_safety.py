@@ -25,11 +25,11 @@ import mpq_rl
 from mpq_rl.cli import EXIT_USER_ERROR, main
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_text
-from mpq_rl.search import trainer
-from mpq_rl.search.recorder import Recorder
-from mpq_rl.search.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive, run_config
-from mpq_rl.search.summary import finished_result
-from mpq_rl.search.trainer import run_search
+from mpq_rl.runs import trainer
+from mpq_rl.runs.recorder import Recorder
+from mpq_rl.runs.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive, run_config
+from mpq_rl.runs.summary import finished_result
+from mpq_rl.runs.trainer import run_search
 
 EPISODES = 8
 CHECKPOINT_AT = 4
@@ -355,7 +355,7 @@ def _env() -> dict[str, str]:
 @contextlib.contextmanager
 def held_by_another_process(folder: Path):
     """Another process holding ``folder``'s lock until the block ends; yields its pid."""
-    code = "import sys\nfrom mpq_rl.search.run_folder import exclusive\nwith exclusive(sys.argv[1]):\n"
+    code = "import sys\nfrom mpq_rl.runs.run_folder import exclusive\nwith exclusive(sys.argv[1]):\n"
     code += "    print('held', flush=True)\n    sys.stdin.read()\n"
     child = subprocess.Popen(
         [sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env()

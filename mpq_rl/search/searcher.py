@@ -9,17 +9,38 @@ search ends when :attr:`SearchContext.done` says the evaluation budget (``agent.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mpq_rl.errors import UserError
 from mpq_rl.search.budget import Choice
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.pool import EvaluationPool
 from mpq_rl.search.problem import SearchProblem
+
+Options = TypeVar("Options", bound="SearcherOptions")
+
+
+@dataclass
+class SearchReport:
+    """What a searcher reports about its own work besides episodes (``summary.json``'s ``search`` section)."""
+
+    sensitivity_seconds: float | None = None
+    """Wall time of the sensitivity pre-pass (no evaluation)."""
+    budgets: list[float] | None = None
+    """The budget fractions the searcher searched at once; the run reports held-out scores at each."""
+    surrogate_samples: int | None = None
+    """Evaluations the surrogate was last fitted on."""
+    subset_evaluations: float | None = None
+    """Scores on parts of the calibration split, in whole-split evaluations (evolution)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields a searcher set."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass
@@ -36,8 +57,10 @@ class SearchContext:
     """The RL agents' parallel environments, and the batch of searchers whose results depend on how they batch."""
     pool: EvaluationPool | None = None
     """Where batches are evaluated in parallel (the run's ``parallel`` section); None: one at a time, here."""
-    notes: dict[str, Any] = field(default_factory=dict)
-    """What a searcher reports about its own work besides episodes (e.g. pre-pass wall times); summary.json."""
+    log_dir: Path | None = None
+    """The run's TensorBoard folder, where a searcher may chart its own training (None: no charts)."""
+    report: SearchReport = field(default_factory=SearchReport)
+    """What the searcher reports about its own work besides episodes."""
     recorded: int = 0
     """Episodes recorded so far in this run (including those of an interrupted run being resumed)."""
 
@@ -87,13 +110,26 @@ class SearchContext:
             self.pool.close()
 
 
-def check_options(searcher: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``given`` (a searcher's ``agent.kwargs``); unknown names are a user error."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        allowed = ", ".join(sorted(defaults)) if defaults else "none"
-        raise UserError(f"agent.kwargs for {searcher!r} has unknown key {unknown[0]!r}: allowed keys are {allowed}")
-    return {**defaults, **given}
+class SearcherOptions(BaseModel):
+    """A searcher's ``agent.kwargs``: subclass it with one typed field (and default) per option; validated like
+    the run configuration (unknown keys refused, values of the declared type only) by :func:`parse_options`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def parse_options(searcher: str, given: Mapping[str, Any], model: type[Options]) -> Options:
+    """``given`` (a searcher's ``agent.kwargs``) as ``model``; a bad key or value is a user error naming it."""
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(model.model_fields)) or "none"
+            raise UserError(
+                f"agent.kwargs for {searcher!r} has unknown key {key!r}: allowed keys are {allowed}"
+            ) from None
+        raise UserError(f"agent.kwargs.{key} for {searcher!r}: {error['msg']}, got {error['input']!r}") from None
 
 
 class Searcher:

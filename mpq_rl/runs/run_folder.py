@@ -30,8 +30,6 @@ CONFIG_FILE = "config.yaml"
 """The run's resolved config (written by :func:`write_config`), after a first line of
 :data:`CONFIG_HEADER`."""
 CONFIG_HEADER = "# mpq_rl run configuration"
-CHECKPOINT_DIR = "checkpoint"
-"""The run folder's subfolder for the RL agents' checkpoint (:mod:`mpq_rl.agents.checkpoint`)."""
 MANIFEST_FILE = "mpq_rl_run.json"
 LOCK_FILE = "mpq_rl.lock"
 FORMAT = "mpq_rl.run/1"
@@ -163,9 +161,10 @@ def exclusive(folder: Path) -> Iterator[None]:
 
 def versions() -> dict[str, str]:
     """The versions a run depends on, for its config.yaml and summary.json."""
+    from importlib.metadata import version
+
     import gymnasium
     import numpy
-    import stable_baselines3
     import torch
 
     import mpq_rl
@@ -174,7 +173,7 @@ def versions() -> dict[str, str]:
         "mpq_rl": mpq_rl.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
+        "stable_baselines3": version("stable-baselines3"),  # its metadata: a baseline run never imports it
         "gymnasium": gymnasium.__version__,
         "numpy": numpy.__version__,
     }

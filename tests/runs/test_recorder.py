@@ -1,8 +1,8 @@
-"""The recorder's rules (mpq_rl.search.recorder): which episode is best, the Pareto front, and episodes.csv
+"""The recorder's rules (mpq_rl.runs.recorder): which episode is best, the Pareto front, and episodes.csv
 truncation."""
 
 from mpq_rl.search.episode import Episode
-from mpq_rl.search.recorder import ParetoFront, better, truncate_episodes
+from mpq_rl.runs.recorder import ParetoFront, better, truncate_episodes
 
 
 def episode(reward: float, proxy: float, ratio: float, within: bool = True) -> Episode:

@@ -9,7 +9,7 @@ import pytest
 from mpq_rl.cli import main
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
-from mpq_rl.search.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
+from mpq_rl.runs.compare import COMPARE_JSON, COMPARE_MD, PARETO_PNG, compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 from collect_results import overview, section  # noqa: E402

@@ -6,7 +6,7 @@ import sys
 import time
 
 from mpq_rl.search.episode import Episode
-from mpq_rl.search.recorder import Recorder
+from mpq_rl.runs.recorder import Recorder
 
 PROGRESS_STEP = 0.1
 """Away from a terminal, a progress line each time this fraction of the episodes is done ..."""

@@ -12,10 +12,10 @@ from mpq_rl.errors import UserError
 from mpq_rl.io import read_json
 from mpq_rl.quantization.formats import label
 from mpq_rl.search.evaluator import Metrics
-from mpq_rl.search.logger import TB_DIR
+from mpq_rl.runs.logger import TB_DIR
 from mpq_rl.search.metrics import format_metric
-from mpq_rl.search.recorder import EPISODES_FILE, PARETO_FILE, POLICY_FILE
-from mpq_rl.search.run_folder import CONFIG_FILE, run_config, versions
+from mpq_rl.runs.recorder import EPISODES_FILE, PARETO_FILE, POLICY_FILE
+from mpq_rl.runs.run_folder import CONFIG_FILE, run_config, versions
 from mpq_rl.text_table import render_table
 
 SUMMARY_FILE = "summary.json"
@@ -49,7 +49,7 @@ class SearchResult:
     best_per_budget: list[dict[str, Any]] = field(default_factory=list)
     """With a budget-conditioned searcher: per budget, the best policy found within it, with ``test`` metrics."""
     parts: list[dict[str, Any]] = field(default_factory=list)
-    """The run's parts (:class:`~mpq_rl.search.run_folder.RunParts`): more than one if it was resumed."""
+    """The run's parts (:class:`~mpq_rl.runs.run_folder.RunParts`): more than one if it was resumed."""
 
     def report(self) -> str:
         """The end-of-run text: best policy, the comparison table on the test split, and where the results are."""

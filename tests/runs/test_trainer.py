@@ -11,11 +11,11 @@ from mpq_rl.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from mpq_rl.config import load_config, parse_config
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import load_policy
-from mpq_rl.search import logger as tb_logger
+from mpq_rl.runs import logger as tb_logger
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
-from mpq_rl.search.recorder import Recorder
-from mpq_rl.search.run_folder import run_config
-from mpq_rl.search.trainer import SearchInterrupted, run_search
+from mpq_rl.runs.recorder import Recorder
+from mpq_rl.runs.run_folder import run_config
+from mpq_rl.runs.trainer import SearchInterrupted, run_search
 from mpq_rl.workloads.workload import load_workload
 
 EPISODES = 12
@@ -260,7 +260,7 @@ def test_budget_conditioned_search_reports_the_best_policy_of_every_budget(digit
 
 
 def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, capsys, monkeypatch):
-    from mpq_rl.search import progress
+    from mpq_rl.runs import progress
 
     monkeypatch.setattr(progress, "PROGRESS_SECONDS", 3600.0)
     config = small_config(tmp_path / "run", episodes=40, name="random", kwargs={})
@@ -275,7 +275,7 @@ def test_progress_away_from_a_terminal_is_a_few_lines(digits_model, tmp_path, ca
 def test_time_left_leaves_out_the_first_episode_and_its_one_off_work(capsys, monkeypatch):
     from types import SimpleNamespace
 
-    from mpq_rl.search import progress
+    from mpq_rl.runs import progress
 
     clock = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])

@@ -9,7 +9,7 @@ from typing import Any
 from mpq_rl.search.budget import within_fraction
 from mpq_rl.search.evaluator import Metrics, evaluate_on_test
 from mpq_rl.search.problem import SearchProblem
-from mpq_rl.search.recorder import Recorder
+from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.rewards import proxy_value
 
 

@@ -1,6 +1,6 @@
 """The recorder: every episode of a search, in order, into ``episodes.csv``; the best policy and the Pareto front.
 
-A searcher hands each scored episode to the recorder (through :class:`~mpq_rl.agents.base.SearchContext`). It
+A searcher hands each scored episode to the recorder (through :class:`~mpq_rl.search.searcher.SearchContext`). It
 appends one row per episode to ``episodes.csv`` (flushed at once; no wall times, so two runs with one seed compare
 byte for byte), keeps the best in-budget policy in ``policy.json`` as soon as it improves, keeps the Pareto front
 of proxy accuracy against cost, and passes everything on to the TensorBoard logger and the progress bar. A resumed
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.config import METRICS
+from mpq_rl.hardware.cost_table import METRICS
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.quantization.policy import save_policy

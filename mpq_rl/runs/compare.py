@@ -1,8 +1,8 @@
 """``mpq-rl compare``: several searchers on one config and budget, at the same evaluation budget, over seeds.
 
-Each (searcher, seed) is an ordinary run (:func:`mpq_rl.search.trainer.run_search`) in ``OUTPUT/{name}-seed{seed}``, so
+Each (searcher, seed) is an ordinary run (:func:`mpq_rl.runs.trainer.run_search`) in ``OUTPUT/{name}-seed{seed}``, so
 every run folder can be inspected or resumed on its own; with ``parallel.backend: ray`` the runs are Ray tasks on
-the cluster (:mod:`mpq_rl.search.compare_on_ray`), with the same folders and results. The comparison then writes
+the cluster (:mod:`mpq_rl.runs.compare_on_ray`), with the same folders and results. The comparison then writes
 ``compare.md`` (per searcher: held-out score of the best in-budget policy, mean and standard deviation over seeds;
 its calibration proxy; its cost ratio; evaluations; wall time), ``compare.json`` (the same, and every run) and
 ``pareto.png`` (each searcher's calibration Pareto front, and the held-out score of each run's best policy against
@@ -23,6 +23,7 @@ from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json, atomic_write_text
 from mpq_rl.quantization.formats import label
 from mpq_rl.search.metrics import format_metric
+from mpq_rl.search.pool import resolve_parallel
 
 COMPARE_MD = "compare.md"
 COMPARE_JSON = "compare.json"
@@ -39,7 +40,7 @@ def run_folder(output: Path, name: str, seed: int) -> Path:
 def _check_output(output: Path) -> None:
     """Refuse, before anything runs, an ``--output`` that holds anything but a comparison's own files and run
     folders: a folder of someone else's files is never written into."""
-    from mpq_rl.search.run_folder import LOCK_FILE, holds_run, is_run_folder
+    from mpq_rl.runs.run_folder import LOCK_FILE, holds_run, is_run_folder
 
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file, not a folder: pick a folder path")
@@ -67,9 +68,9 @@ def compare(
     its folder's lock, so a second comparison on ``output`` is refused at the first run still in progress.
     """
     from mpq_rl.agents import SEARCHERS
-    from mpq_rl.search.run_folder import CONFIG_FILE, run_config
-    from mpq_rl.search.summary import finished_result
-    from mpq_rl.search.trainer import run_search
+    from mpq_rl.runs.run_folder import CONFIG_FILE, run_config
+    from mpq_rl.runs.summary import finished_result
+    from mpq_rl.runs.trainer import run_search
 
     for name in agents:
         SEARCHERS.resolve(name)  # an unknown name stops the comparison before any run
@@ -77,7 +78,7 @@ def compare(
         raise UserError("compare needs at least one agent and one seed")
     output = Path(output)
     _check_output(output)
-    parallel = config.evaluation
+    parallel = resolve_parallel(config.parallel, config.agent.n_envs)
     on_ray = parallel.backend == "ray"
     if on_ray:  # the runs share the cluster's CPUs, each evaluating in its own task
         config = config.with_overrides(**RUN_ON_ONE_CPU)
@@ -102,7 +103,7 @@ def compare(
             resumable = (folder / CONFIG_FILE).is_file() and run_config(folder).same_search(run)
             pending.append((index, run, folder if resumable else None))
     if on_ray:
-        from mpq_rl.search.compare_on_ray import run_on_ray
+        from mpq_rl.runs.compare_on_ray import run_on_ray
 
         found.update(run_on_ray(pending, parallel, progress))
     else:
@@ -248,7 +249,7 @@ def plot_pareto(comparison: dict[str, Any], output: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mpq_rl.search.recorder import PARETO_FILE
+    from mpq_rl.runs.recorder import PARETO_FILE
 
     proxy, metric, budget = comparison["proxy"], comparison["metric"], comparison["budget"]
     figure, (front_ax, test_ax) = plt.subplots(1, 2, figsize=(11, 4.5))

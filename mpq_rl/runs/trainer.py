@@ -1,7 +1,7 @@
 """The search loop: build the problem, run a searcher, record every episode, and report the best policy.
 
 :func:`run_search` is the whole of ``mpq-rl search``. The run folder (``config.output``: new, empty, or an earlier
-run's, see :mod:`mpq_rl.search.run_folder`) receives ``mpq_rl_run.json`` (the manifest that marks it as a run folder)
+run's, see :mod:`mpq_rl.runs.run_folder`) receives ``mpq_rl_run.json`` (the manifest that marks it as a run folder)
 and
 ``mpq_rl.lock`` (held while the search runs), then, as the search goes: ``config.yaml`` (the resolved config,
 library versions and command in comments, loadable with ``--config``), ``episodes.csv``, ``policy.json`` (best
@@ -29,17 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.base import SearchContext, Searcher
+from mpq_rl.search.searcher import SearchContext, Searcher
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
 from mpq_rl.search.evaluator import EvaluationCache
-from mpq_rl.search.held_out import held_out_scores
-from mpq_rl.search.logger import TB_DIR, TensorBoardLogger, logged_episodes
-from mpq_rl.search.pool import EvaluationPool
+from mpq_rl.runs.held_out import held_out_scores
+from mpq_rl.runs.logger import TB_DIR, TensorBoardLogger, logged_episodes
+from mpq_rl.search.pool import EvaluationPool, resolve_parallel
 from mpq_rl.search.problem import SearchProblem, build_problem
-from mpq_rl.search.progress import SearchProgress
-from mpq_rl.search.recorder import (
+from mpq_rl.runs.progress import SearchProgress
+from mpq_rl.runs.recorder import (
     EPISODES_FILE,
     EVALUATIONS_FILE,
     PARETO_FILE,
@@ -48,8 +48,7 @@ from mpq_rl.search.recorder import (
     read_episodes,
     truncate_episodes,
 )
-from mpq_rl.search.run_folder import (
-    CHECKPOINT_DIR,
+from mpq_rl.runs.run_folder import (
     CONFIG_FILE,
     RunParts,
     check_new_run_folder,
@@ -60,7 +59,7 @@ from mpq_rl.search.run_folder import (
     write_config,
     write_manifest,
 )
-from mpq_rl.search.summary import SUMMARY_FILE, SearchResult, summary
+from mpq_rl.runs.summary import SUMMARY_FILE, SearchResult, summary
 
 CHECKPOINT_EVERY = 50
 """Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
@@ -117,7 +116,7 @@ def run_search(
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
     problem = build_problem(config)
-    pool = EvaluationPool(problem, config.evaluation)  # nothing starts yet, but a missing Ray stops the run here
+    pool = EvaluationPool(problem, resolve_parallel(config.parallel, config.agent.n_envs))  # nothing starts yet, but a missing Ray stops the run here
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)
@@ -167,6 +166,7 @@ def _search(
         record=recorder,
         output=folder,
         n_envs=config.agent.n_envs,
+        log_dir=folder / TB_DIR,
         pool=pool,
     )
     if previous:
@@ -195,7 +195,7 @@ def _search(
     evaluations = int(parts.total("evaluations"))
 
     # -- held-out evaluation of the best policy, FP32 and the uniform settings within budget -----------------------
-    held_out = held_out_scores(problem, recorder, context.notes.get("budgets", []))
+    held_out = held_out_scores(problem, recorder, context.report.budgets or [])
     evaluator.close()
     logger.finish(recorder.best, held_out.best_test, recorder.count)
     logger.close()
@@ -214,7 +214,7 @@ def _search(
         metric=problem.metric,
         budget=problem.budget.fraction,
         proxy=proxy_name,
-        search={**context.notes, "evaluation_seconds": round(problem.evaluation_seconds, 3)},
+        search={**context.report.to_dict(), "evaluation_seconds": round(problem.evaluation_seconds, 3)},
         best_per_budget=held_out.best_per_budget,
         parts=parts.parts,
     )

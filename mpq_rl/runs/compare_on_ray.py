@@ -1,6 +1,6 @@
 """A comparison's runs on a Ray cluster: each (searcher, seed) run is an independent Ray task.
 
-A task runs an ordinary :func:`~mpq_rl.search.trainer.run_search` on one CPU of the cluster, evaluating in its own
+A task runs an ordinary :func:`~mpq_rl.runs.trainer.run_search` on one CPU of the cluster, evaluating in its own
 process (``parallel.backend: local`` inside it) and writing its own run folder, so the folders and results are
 those of a serial comparison. On a cluster of several machines, the config's files and ``--output`` must be at the
 same (absolute) paths on every node, e.g. a shared filesystem. A task that fails is not retried: the next
@@ -20,7 +20,7 @@ from mpq_rl.search.threads import set_torch_threads, threads_per_process
 
 
 def _run(run: RunConfig, resume: Path | None, threads: int) -> Any:
-    from mpq_rl.search.trainer import run_search
+    from mpq_rl.runs.trainer import run_search
 
     set_torch_threads(threads)
     return run_search(run, resume=resume, progress=False)

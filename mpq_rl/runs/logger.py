@@ -5,7 +5,7 @@ Keys are namespaced like CleanRL's: ``episode/``, ``proxy/``, ``cost/``, ``cost_
 each time it improves, a custom-scalars layout grouping the charts, and the run's hyper-parameters with the final
 best reward and proxy as metrics and the held-out score of the best policy (HParams plugin). The RL agents' own
 losses come from stable-baselines3's logger, which writes to the same folder under ``train/`` and ``rollout/``,
-with the step converted to episodes like every other chart (:func:`agent_logger`).
+with the step converted to episodes like every other chart (:func:`mpq_rl.agents.sb3.agent_logger`).
 
 A resumed run continues the same charts: it drops whatever the interrupted part logged after the last episode the
 resumed run keeps (TensorBoard's purge step) and logs again the kept episodes that the interruption lost before
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -77,7 +76,7 @@ def bits_figure(policy: Mapping[str, tuple[int, int] | list[int]], title: str):
 
 
 class TensorBoardLogger:
-    """Writes the search's TensorBoard events; a :class:`~mpq_rl.search.recorder.Recorder` listener."""
+    """Writes the search's TensorBoard events; a :class:`~mpq_rl.runs.recorder.Recorder` listener."""
 
     def __init__(
         self, folder: Path, hyperparameters: Mapping[str, Any], searched: tuple[str, ...], keep: int | None = None
@@ -147,20 +146,3 @@ def logged_episodes(folder: Path) -> int:
     if REWARD not in events.Tags()[SCALARS]:
         return 0
     return max(event.step for event in events.Scalars(REWARD))
-
-
-class _EpisodeSteps(TensorBoardOutputFormat):
-    """stable-baselines3's TensorBoard output with environment steps converted to episodes."""
-
-    def __init__(self, folder: str, steps_per_episode: int) -> None:
-        super().__init__(folder)
-        self.steps_per_episode = steps_per_episode
-
-    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
-        super().write(key_values, key_excluded, step // self.steps_per_episode)
-
-
-def agent_logger(folder: Path, steps_per_episode: int) -> Logger:
-    """A stable-baselines3 logger that writes the agent's losses to the run's TensorBoard folder against
-    episodes (``steps_per_episode`` environment steps each), like the search's own charts."""
-    return Logger(str(Path(folder) / TB_DIR), [_EpisodeSteps(str(Path(folder) / TB_DIR), steps_per_episode)])
