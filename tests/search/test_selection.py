@@ -1,5 +1,6 @@
 """Picking the reported policy on a held-aside selection split: the split, the candidates and the rules."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -45,7 +46,8 @@ def test_top_candidates_are_distinct_in_budget_best_first_ties_to_the_cheaper():
 def split_problem(digits_workload, digits_costs, one_thread):
     """The digits problem searching on three quarters of the calibration split, and a scorer for the rest."""
     search, selection = held_aside(digits_workload.calibration, 0.25, seed=0)
-    workload = dataclasses.replace(digits_workload, calibration=search)
+    # a model of its own: the session's shared evaluator already simulates the shared one
+    workload = dataclasses.replace(digits_workload, model=copy.deepcopy(digits_workload.model), calibration=search)
     problem = build_problem(parse_config({"budget": 0.3}), workload=workload, costs=digits_costs)
     yield problem, SubsetScorer(problem, selection)
     problem.close()
