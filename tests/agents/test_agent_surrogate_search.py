@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.surrogate_search import SurrogateSearch, solver_optima
+from mpq_rl.agents.surrogate_search import SurrogateSearch, probes, solver_optima
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
 from mpq_rl.search.problem import build_problem
@@ -82,7 +82,8 @@ def test_every_evaluation_is_new_in_budget_counted_and_seeded(problem):
     again, _ = run(problem, 25, seed=4)
     policies = [tuple(sorted(e.policy.items())) for e in first]
     assert len(first) == 25 and len(set(policies)) == 25
-    assert all(e.within_budget for e in first)
+    # the sensitivity probes (one layer lowered, the others at the top) may exceed the budget; nothing after them
+    assert all(e.within_budget for e in first[len(probes(problem.budget)) :])
     assert policies == [tuple(sorted(e.policy.items())) for e in again]
 
 
@@ -154,10 +155,11 @@ def test_episode_rewards_of_an_interacting_surrogate_sum_to_its_scaled_predictio
 
 def test_mbppo_and_surrogate_search_an_interacting_model(problem):
     episodes, searcher = run(problem, 12, interactions="adjacent")
-    assert len(episodes) == 12 and all(e.within_budget for e in episodes)
+    skip = len(probes(problem.budget))
+    assert len(episodes) == 12 and all(e.within_budget for e in episodes[skip:])
     assert searcher.surrogate.pair_coefficients().shape == (len(SEARCHED) - 1,)
     recorded = []
     context = SearchContext(problem=problem, episodes=12, seed=0, record=recorded.append, output=None)
     kwargs = {"interactions": "adjacent", "prior_episodes": 16, "model_episodes": 8, "candidates": 4, "n_envs": 2}
     build_searcher("mbppo", kwargs).search(context)
-    assert len(recorded) == 12 and all(e.within_budget for e in recorded)
+    assert len(recorded) == 12 and all(e.within_budget for e in recorded[skip:])

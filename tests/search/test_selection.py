@@ -1,6 +1,5 @@
 """Picking the reported policy on a held-aside selection split: the split, the candidates and the rules."""
 
-import copy
 import dataclasses
 
 import pytest
@@ -13,6 +12,7 @@ from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.selection import held_aside, pick, top_candidates
 from mpq_rl.search.subsets import SubsetScorer
+from mpq_rl.workloads.digits import trained_digits_cnn
 
 
 def episode(reward, bits, cost, within=True):
@@ -43,11 +43,12 @@ def test_top_candidates_are_distinct_in_budget_best_first_ties_to_the_cheaper():
 
 
 @pytest.fixture(scope="module")
-def split_problem(digits_workload, digits_costs, one_thread):
+def split_problem(digits_workload, digits_costs, model_cache, one_thread):
     """The digits problem searching on three quarters of the calibration split, and a scorer for the rest."""
     search, selection = held_aside(digits_workload.calibration, 0.25, seed=0)
-    # a model of its own: the session's shared evaluator already simulates the shared one
-    workload = dataclasses.replace(digits_workload, model=copy.deepcopy(digits_workload.model), calibration=search)
+    # a model of its own (loaded from the cache): the session's shared evaluator already simulates the shared one
+    model = trained_digits_cnn(model_cache)
+    workload = dataclasses.replace(digits_workload, model=model, calibration=search)
     problem = build_problem(parse_config({"budget": 0.3}), workload=workload, costs=digits_costs)
     yield problem, SubsetScorer(problem, selection)
     problem.close()
