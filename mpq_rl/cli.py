@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--agent",
         help="searcher: mbppo (default: model-based PPO), ddpg (HAQ), td3, sac, ppo, a2c, "
-        "or a baseline: uniform, random, greedy, hawq, evolution, exhaustive",
+        "or a baseline: uniform, random, greedy, hawq, evolution, surrogate (mbppo without the agent), fixed_mix, "
+        "exhaustive",
     )
     search.add_argument("--episodes", type=int, metavar="N", help="policies to evaluate (agent.episodes)")
     search.add_argument("--budget", type=float, metavar="F", help="budget as a fraction of the W8A8 cost")

@@ -1,5 +1,6 @@
 """The benchmarks still run and report their ratios (tiny settings; speed is never asserted here)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -106,3 +107,33 @@ def test_format_cost_reports_fp_and_flint_against_int(digits_model):
     (result,) = outcome["results"]
     assert result["vs_int"]["int"] == 1.0 and result["vs_int"]["fp"] > 0 and result["vs_int"]["flint"] > 0
     assert "| 4 |" in "\n".join(format_cost.report(outcome))
+
+
+def test_baselines_report_checks_the_issue_targets_from_rows(tmp_path):
+    from benchmarks import baselines
+
+    def row(searcher, seed, test, calibration):
+        pick = {"calibration": calibration, "proxy": calibration, "selection": None, "test": test, "cost_ratio": 0.3}
+        return {
+            "searcher": searcher,
+            "workload": "digits",
+            "budget": 0.35,
+            "seed": seed,
+            "episodes": 100,
+            "evaluations": 100.0,
+            "wall_s": 1.0,
+            "picks": {"top1": pick, "selection": pick, "pooled": pick},
+        }
+
+    rows = [row("mbppo", s, 0.99, 1.0) for s in (0, 1)]
+    rows += [row("surrogate", s, t, 0.995) for s, t in ((0, 0.97), (1, 0.98))]
+    rows += [row("hawq", s, 0.985, 0.99) for s in (0, 1)]
+    (target,) = baselines.targets(rows)[2:]
+    cells = [c.strip() for c in target.split("|")[1:-1]]
+    # mbppo 99.00 above hawq 98.50; mbppo - surrogate = +1.50 > std 0.71; gap 1.00 vs hawq 0.50: larger
+    assert cells[1:4] == ["99.00", "98.50 (hawq)", "met"]
+    assert cells[4:7] == ["+1.50", "0.71", "met"]
+    assert cells[7:] == ["+1.00", "+0.50", "**missed**"]
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "| mbppo | 99.00 ± 0.00 |" in "\n".join(baselines.report(runs))

@@ -38,6 +38,8 @@ SEARCHERS: Registry[SearcherFactory] = Registry(
         "evolution": "mpq_rl.agents.evolution:Evolution",
         # llama.cpp's Q3_K_M / Q4_K_M / Q5_K_M rules of thumb for causal LMs, mpq_rl/agents/fixed_mix.py.
         "fixed_mix": "mpq_rl.agents.fixed_mix:FixedMix",
+        # The mbppo pipeline without the agent (surrogate, solver, neighbours, UCB), agents/surrogate_search.py.
+        "surrogate": "mpq_rl.agents.surrogate_search:SurrogateSearch",
     },
 )
 

@@ -17,7 +17,7 @@ real evaluations go only to the policies the agent and the model agree are promi
 3. **Rounds**, until ``agent.episodes`` are spent: the agent proposes ``candidates`` policies per budget (sampled
    from its stochastic policy, plus its most likely one), joined by every policy one layer away from the
    ``neighbours`` best evaluated ones (a trust region around the incumbents) and by the surrogate's Lagrangian
-   optima within the budget (``relaxation``, for the ensemble mean and four members); those not evaluated yet are ranked
+   optima within the budget (``solver``, for the ensemble mean and four members); those not evaluated yet are ranked
    by an upper confidence bound of the surrogate (mean + ``exploration`` x std over the ensemble) and the best
    ``evaluations_per_round`` (default: ``agent.episodes / 20``, at most 16) are evaluated for real (every one
    counts as an evaluation); the surrogate is refitted on every evaluation so far (:mod:`mpq_rl.agents.surrogate`); the
@@ -33,60 +33,48 @@ real evaluations go only to the policies the agent and the model agree are promi
 The agent maximizes the predicted proxy within the budget (the projection keeps every episode in budget); which
 evaluated policy is best is decided by the run's reward, ties going to the cheaper policy, as for every searcher.
 
-``agent.kwargs`` (:class:`MbppoOptions`): the numbers above, ``members`` (surrogate ensemble size),
+``agent.kwargs`` (defaults in :data:`DEFAULTS`): the numbers above, ``members`` (surrogate ensemble size),
 ``n_envs`` (model environments PPO steps in lockstep), ``learning_rate``, ``n_epochs``, ``ent_coef``, ``net_arch``
 (PPO), and the ablation switches ``sensitivity`` (false: every layer gets the textbook error ``4^-bits`` instead of
 its measured one, and the agent observes no errors), ``surrogate`` (false: no model; the agent learns from real
-evaluations only, one per episode), ``probes``, ``prior``, ``relaxation`` and ``neighbours`` (0: none).
+evaluations only, one per episode), ``probes``, ``prior``, ``solver`` (``none``: no optima proposed) and
+``neighbours`` (0: none).
+
+Everything but the agent is :class:`~mpq_rl.agents.surrogate_search.SurrogateSearch` (the ``surrogate`` searcher);
+this class adds the agent's proposals and training through its hooks.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-from collections.abc import Collection, Sequence
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from mpq_rl.agents.learning_board import LearningBoard
 from mpq_rl.agents.surrogate import Surrogate
+from mpq_rl.agents.surrogate_search import SurrogateOptions, SurrogateSearch
 from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.search.budget import Budget, Choice
-from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
-from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
-from mpq_rl.search.threads import one_thread
+from mpq_rl.search.searcher import SearchContext
+from mpq_rl.search.sensitivity import Sensitivity
 
 
-class MbppoOptions(SearcherOptions):
-    evaluations_per_round: int | None = Field(None, ge=1)
+class MbppoOptions(SurrogateOptions):
     candidates: int = Field(64, ge=1)
     model_episodes: int = Field(64, ge=0)
     prior_episodes: int = Field(512, ge=0)
-    exploration: float = 1.0
-    neighbours: int = Field(3, ge=0)
-    members: int = Field(8, ge=1)
-    budgets: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(default_factory=list)
-    """Positive fractions of W8A8."""
     n_envs: int = Field(16, ge=1)
     learning_rate: float = 3e-3
     n_epochs: int = Field(4, ge=1)
     ent_coef: float = 0.01
     net_arch: list[int] = Field(default_factory=lambda: [64, 64])
-    sensitivity: bool = True
     surrogate: bool = True
     prior: bool = True
-    probes: bool = True
-    relaxation: bool = True
 
 
-ROUNDS = 20
-"""With ``evaluations_per_round: null`` (the default), rounds of ``agent.episodes / 20`` evaluations (at most
-:data:`MAX_ROUND`): the surrogate is refitted about 20 times, whatever the evaluation budget."""
-MAX_ROUND = 16
 EPISODES_PER_UPDATE = 2
 """Episodes each model environment plays between two PPO updates."""
 
@@ -94,11 +82,14 @@ EPISODES_PER_UPDATE = 2
 class SurrogateReward:
     """The model environment's reward: minus each layer's predicted proxy loss, scaled so that the all-lowest
     policy loses 1 in all; its features, each candidate's predicted loss divided by the largest of any layer (an
-    :class:`~mpq_rl.envs.learned.EpisodeModel`)."""
+    :class:`~mpq_rl.envs.learned.EpisodeModel`). With an interacting surrogate, each environment plays through its
+    own :meth:`episode`, which adds the interaction with the previous layer's choice to each step."""
 
     def __init__(self, surrogate: Surrogate) -> None:
         self.surrogate = surrogate
         self.n_features = surrogate.sensitivity.weight.shape[1] + surrogate.sensitivity.activation.shape[1]
+        sensitivity = surrogate.sensitivity
+        self._errors = (sensitivity.weight[:, :, None] + sensitivity.activation[:, None, :]).tolist()
         self.update()
 
     def update(self) -> None:
@@ -108,6 +99,7 @@ class SurrogateReward:
         scale = 1.0 / worst if worst > 0 else 1.0
         self._weight = (-scale * weight).tolist()
         self._activation = (-scale * activation).tolist()
+        self._pairs = (-scale * self.surrogate.pair_coefficients()).tolist()
         top = max(float(weight.max()), float(activation.max()))
         both = np.concatenate([weight, activation], axis=1)
         self._features = (both / top if top > 0 else both).clip(0.0, 1.0).tolist()
@@ -115,33 +107,54 @@ class SurrogateReward:
     def reward(self, step: int, choice: Choice) -> float:
         return self._weight[step][choice[0]] + self._activation[step][choice[1]]
 
+    def pair_reward(self, step: int, previous: Choice, choice: Choice) -> float:
+        """The (scaled, negated) interaction of layer ``step - 1`` at ``previous`` with layer ``step`` at ``choice``."""
+        before, now = self._errors[step - 1][previous[0]][previous[1]], self._errors[step][choice[0]][choice[1]]
+        return self._pairs[step - 1] * before * now
+
     def features(self, step: int) -> list[float]:
         return self._features[step]
 
+    def episode(self) -> SurrogateReward | EpisodeReward:
+        """What one environment plays against: this object when the surrogate is additive, else an
+        :class:`EpisodeReward` that remembers the previous step's choice."""
+        return EpisodeReward(self) if self.surrogate.interactions != "none" else self
 
-class ModelBasedPPO(Searcher):
+
+class EpisodeReward:
+    """One environment's view of an interacting :class:`SurrogateReward`: each step's reward adds the interaction
+    with the previous step's choice (the environment steps its layers in order from 0)."""
+
+    def __init__(self, shared: SurrogateReward) -> None:
+        self.shared = shared
+        self.n_features = shared.n_features
+        self._previous: Choice | None = None
+
+    def reward(self, step: int, choice: Choice) -> float:
+        value = self.shared.reward(step, choice)
+        if step > 0 and self._previous is not None:
+            value += self.shared.pair_reward(step, self._previous, choice)
+        self._previous = choice
+        return value
+
+    def features(self, step: int) -> list[float]:
+        return self.shared.features(step)
+
+
+class ModelBasedPPO(SurrogateSearch):
     """PPO trained on a learned surrogate of the proxy, spending real evaluations on its best proposals."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        options = parse_options("mbppo", kwargs, MbppoOptions)
-        self.options = options
+    name = "mbppo"
+    options_model = MbppoOptions
 
     # -- pieces ---------------------------------------------------------------------------------------------------
-
-    def _sensitivity(self, context: SearchContext) -> Sensitivity:
-        problem, budget = context.problem, context.problem.budget
-        if not self.options.sensitivity:
-            return Sensitivity.theoretical(len(problem.searched), budget.weight_codes, budget.activation_codes)
-        return measure_sensitivity(
-            problem.evaluator.simulator, problem.searched, budget.weight_codes, budget.activation_codes
-        )
 
     def _env(
         self,
         context: SearchContext,
         sensitivity: Sensitivity,
         fractions: Sequence[float],
-        model: SurrogateReward | None,
+        model: SurrogateReward | EpisodeReward | None,
     ):
         options = {
             "discrete": True,
@@ -171,104 +184,48 @@ class ModelBasedPPO(Searcher):
             verbose=0,
         )
 
-    # -- the search -------------------------------------------------------------------------------------------
+    # -- the agent, through SurrogateSearch's hooks ------------------------------------------------------------
 
-    def search(self, context: SearchContext) -> None:
-        board = LearningBoard(context.log_dir, context.problem.proxy.key, context.episodes)
-        try:
-            with one_thread():
-                self._search(context, board)
-        finally:
-            board.close()
-
-    def _search(self, context: SearchContext, board: LearningBoard) -> None:
-        o, problem = self.options, context.problem
-        steps = len(problem.searched)
-        fractions = sorted({problem.budget.fraction, *(float(b) for b in o.budgets)})
-        budgets = {f: problem.budget.with_fraction(f) for f in fractions}
-        sensitivity = self._sensitivity(context)
-        context.report.sensitivity_seconds = round(sensitivity.seconds, 4)
-        context.report.budgets = fractions
-        if not o.surrogate:
-            self._model_free(context, sensitivity, fractions, steps)
+    def rounds(
+        self, context: SearchContext, sensitivity: Sensitivity, fractions: list[float], budgets: dict[float, Budget]
+    ) -> None:
+        if not self.options.surrogate:
+            self._model_free(context, sensitivity, fractions, len(context.problem.searched))
             return
-        proxy = problem.proxy
-        link = "noise" if proxy.metric == "fidelity" and proxy.fidelity == "cosine" else "linear"
-        surrogate = Surrogate(sensitivity, problem.proxy_fp32, members=o.members, seed=context.seed, link=link)
-        reward = SurrogateReward(surrogate)
-        train_env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, reward)] * o.n_envs)
-        train_env.seed(context.seed)
-        agent = self._agent(train_env, steps, context.seed)
-        agent.set_logger(board.ppo_logger())
-        samplers = [self._env(context, sensitivity, fractions, reward) for _ in range(o.candidates)]
-        for i, env in enumerate(samplers):
-            env.reset(seed=context.seed + 1 + i)
-        rng = context.rng()
-        evaluated: dict[tuple[Choice, ...], float] = {}
-        if o.probes:
-            probes = _probes(problem.budget)
-            _evaluate(context, probes, evaluated, reward, board, dict.fromkeys(probes, "probes"))
-        if o.prior and o.prior_episodes:
-            agent.learn(o.prior_episodes * steps)
-        round_size = o.evaluations_per_round or min(max(context.episodes // ROUNDS, 1), MAX_ROUND)
-        first = True
-        while not context.done:
-            batch = []
-            origin: dict[tuple[Choice, ...], str] = {}  # where each proposal came from, for the dashboard
-            per_budget = math.ceil(round_size / len(fractions))
-            for fraction in fractions:
-                if first and not o.prior:
-                    found = _random_policies(budgets[fraction], rng, per_budget, {*evaluated, *batch})
-                else:
-                    found = self._propose(
-                        agent, samplers, surrogate, budgets[fraction], per_budget, evaluated, batch, origin
-                    )
-                    if len(found) < per_budget:  # the agent has converged: explore around it at random
-                        taken = {*evaluated, *batch, *found}
-                        found += _random_policies(budgets[fraction], rng, per_budget - len(found), taken)
-                for policy in found:
-                    origin.setdefault(policy, "random")
-                batch += [c for c in dict.fromkeys(found) if c not in batch]
-            first = False
-            if not batch:  # every policy of the space has been evaluated
-                break
-            _evaluate(context, batch, evaluated, reward, board, origin)
-            if not context.done and o.model_episodes:
-                agent.learn(o.model_episodes * steps, reset_num_timesteps=False)
-        context.report.surrogate_samples = surrogate.samples
+        super().rounds(context, sensitivity, fractions, budgets)
 
-    def _propose(
-        self,
-        agent: PPO,
-        samplers: list[BitWidthEnv],
-        surrogate: Surrogate,
-        budget: Budget,
-        count: int,
-        evaluated: dict[tuple[Choice, ...], float],
-        taken: list[tuple[Choice, ...]],
-        origin: dict[tuple[Choice, ...], str],
-    ) -> list[tuple[Choice, ...]]:
-        """The ``count`` best new policies within ``budget`` among the agent's samples, the surrogate's Lagrangian
-        optima and the incumbents' neighbours, by the surrogate's UCB; ``origin`` learns where each came from (the
-        first of those that proposed it)."""
-        sampled = _rollout(agent, samplers, budget.fraction, deterministic=False)
-        sampled += _rollout(agent, samplers[:1], budget.fraction, deterministic=True)
-        origin.update({policy: "agent" for policy in sampled if policy not in origin})
-        if self.options.relaxation:
-            optima = _relaxation_optima(budget, surrogate)
-            origin.update({policy: "relaxation" for policy in optima if policy not in origin})
-            sampled += optima
-        if self.options.neighbours:
-            near = _neighbours(budget, evaluated, self.options.neighbours)
-            origin.update({policy: "neighbours" for policy in near if policy not in origin})
-            sampled += near
-        fresh = list(dict.fromkeys(c for c in sampled if c not in evaluated and c not in taken))
-        if not fresh:
-            return []
-        mean, std = surrogate.predict(np.array(fresh))
-        score = mean + self.options.exploration * std
-        order = np.lexsort((np.arange(len(fresh)), -score))
-        return [fresh[i] for i in order[:count]]
+    def start(self, context: SearchContext, sensitivity: Sensitivity, fractions: list[float]) -> None:
+        o = self.options
+        self.steps = len(context.problem.searched)
+        self.reward = SurrogateReward(self.surrogate)
+        # one reward view per environment: an interacting surrogate's reward depends on the previous step
+        train_env = DummyVecEnv([lambda: self._env(context, sensitivity, fractions, self.reward.episode())] * o.n_envs)
+        train_env.seed(context.seed)
+        self.agent = self._agent(train_env, self.steps, context.seed)
+        self.agent.set_logger(self.board.ppo_logger())
+        self.samplers = [self._env(context, sensitivity, fractions, self.reward.episode()) for _ in range(o.candidates)]
+        for i, env in enumerate(self.samplers):
+            env.reset(seed=context.seed + 1 + i)
+
+    def after_probes(self) -> None:
+        if self.options.prior and self.options.prior_episodes:
+            self.agent.learn(self.options.prior_episodes * self.steps)
+
+    @property
+    def random_first_round(self) -> bool:
+        return not self.options.prior
+
+    def proposals(self, budget: Budget) -> list[tuple[Choice, ...]]:
+        """The agent's samples from its stochastic policy, and its most likely policy."""
+        sampled = _rollout(self.agent, self.samplers, budget.fraction, deterministic=False)
+        return sampled + _rollout(self.agent, self.samplers[:1], budget.fraction, deterministic=True)
+
+    def refitted(self) -> None:
+        self.reward.update()
+
+    def after_round(self) -> None:
+        if self.options.model_episodes:
+            self.agent.learn(self.options.model_episodes * self.steps, reset_num_timesteps=False)
 
     def _model_free(self, context: SearchContext, sensitivity: Sensitivity, fractions: list[float], steps: int):
         """The ``surrogate: false`` ablation: PPO on the real environment, every episode an evaluation (with no
@@ -279,28 +236,6 @@ class ModelBasedPPO(Searcher):
         env.seed(context.seed)
         agent = self._agent(env, steps, context.seed)
         agent.learn((context.remaining + 1) * steps, callback=RecordEpisodes(context))
-
-
-def _evaluate(
-    context: SearchContext,
-    batch: list[tuple[Choice, ...]],
-    evaluated: dict[tuple[Choice, ...], float],
-    reward: SurrogateReward,
-    board: LearningBoard,
-    origin: dict[tuple[Choice, ...], str],
-) -> None:
-    """Score ``batch`` for real (recorded, counted), add the proxies to ``evaluated``, refit the surrogate; show the
-    surrogate's predictions of the batch against the measurements, and where the batch came from, on ``board``."""
-    predicted = reward.surrogate.predict(np.array(batch))[0] if batch else np.zeros(0)
-    episodes = context.score_many([list(c) for c in batch])
-    for choices, episode in zip(batch, episodes, strict=False):
-        evaluated[choices] = float(episode.proxy)
-    scored = batch[: len(episodes)]
-    board.evaluated(
-        context.recorded, predicted[: len(scored)], [evaluated[c] for c in scored], Counter(origin[c] for c in scored)
-    )
-    reward.surrogate.fit(list(evaluated), list(evaluated.values()))
-    reward.update()
 
 
 def _rollout(agent: PPO, envs: list[BitWidthEnv], fraction: float, deterministic: bool) -> list[tuple[Choice, ...]]:
@@ -314,80 +249,3 @@ def _rollout(agent: PPO, envs: list[BitWidthEnv], fraction: float, deterministic
         observations = np.stack([r[0] for r in results])
         infos = [r[4] for r in results]
     return [tuple(tuple(int(i) for i in c) for c in info["choices"]) for info in infos]
-
-
-def _relaxation_optima(budget: Budget, surrogate: Surrogate, members: int = 4) -> list[tuple[Choice, ...]]:
-    """The Lagrangian optimum of the surrogate within ``budget``, for the ensemble mean and a few members.
-
-    The surrogate is additive over layers, so for a price ``lam`` on cost each layer independently takes the pair
-    minimizing ``predicted loss + lam * cost``; the smallest price whose policy fits (found by bisection) gives a
-    policy on the convex hull of the loss-cost trade-off, the optimum HAWQ's ILP finds for Hessian losses.
-    """
-    costs = np.where(np.isnan(budget.costs), np.inf, budget.costs)
-    scale = float(np.nanmax(budget.costs)) or 1.0
-    found = []
-    for m in [None, *range(min(members, surrogate.members))]:
-        coefficients = None if m is None else surrogate.coefficients[m]
-        weight, activation = surrogate.layer_losses(coefficients)
-        loss = weight[:, :, None] + activation[:, None, :]
-
-        def policy(price: float, loss: np.ndarray = loss) -> tuple[Choice, ...]:
-            flat = (loss + price * costs / scale).reshape(len(loss), -1).argmin(axis=1)
-            return tuple((int(i) // costs.shape[2], int(i) % costs.shape[2]) for i in flat)
-
-        low, high = 0.0, 1.0
-        while not budget.fits(policy(high)) and high < 1e12:
-            high *= 4.0
-        for _ in range(40):
-            middle = (low + high) / 2.0
-            low, high = (low, middle) if budget.fits(policy(middle)) else (middle, high)
-        found.append(policy(high))
-    return [c for c in found if budget.fits(c)]
-
-
-def _probes(budget: Budget) -> list[tuple[Choice, ...]]:
-    """One policy per searched layer: that layer at its cheapest pair (the most bits among equally cheap ones),
-    every other layer at the highest bits. Each measures one layer's sensitivity in the proxy itself."""
-    top = (len(budget.weight_codes) - 1, len(budget.activation_codes) - 1)
-    found = []
-    for step, costs in enumerate(budget.costs):
-        cheapest = np.nanmin(costs)
-        pair = max((w, a) for w in range(costs.shape[0]) for a in range(costs.shape[1]) if costs[w, a] <= cheapest)
-        if pair != top:
-            found.append(tuple(pair if s == step else top for s in range(len(budget.names))))
-    return found
-
-
-def _neighbours(budget: Budget, evaluated: dict[tuple[Choice, ...], float], best: int) -> list[tuple[Choice, ...]]:
-    """Every policy one layer away from the ``best`` highest-proxy evaluated policies that fit ``budget``."""
-    fitting = [c for c in evaluated if budget.fits(c)]
-    top = sorted(fitting, key=lambda c: (-evaluated[c], budget.total(c)))[:best]
-    found = []
-    for choices in top:
-        for step in range(len(choices)):
-            for w in range(len(budget.weight_codes)):
-                for a in range(len(budget.activation_codes)):
-                    changed = list(choices)
-                    changed[step] = (w, a)
-                    if changed[step] != choices[step] and budget.fits(changed):
-                        found.append(tuple(changed))
-    return found
-
-
-def _random_policies(
-    budget: Budget, rng: np.random.Generator, count: int, taken: Collection[tuple[Choice, ...]]
-) -> list[tuple[Choice, ...]]:
-    """Up to ``count`` uniformly drawn policies not in ``taken``, projected into ``budget`` (a bounded number of
-    tries)."""
-    found: list[tuple[Choice, ...]] = []
-    for _ in range(50 * count):
-        if len(found) == count:
-            break
-        raw = [
-            (int(rng.integers(len(budget.weight_codes))), int(rng.integers(len(budget.activation_codes))))
-            for _ in budget.names
-        ]
-        choices = tuple(budget.projected(raw))
-        if choices not in taken and choices not in found:
-            found.append(choices)
-    return found

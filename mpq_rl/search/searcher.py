@@ -37,6 +37,8 @@ class SearchReport:
     """Evaluations the surrogate was last fitted on."""
     hawq_ranking: str | None = None
     """hawq's ranked solutions: ``exact``, or ``beam`` once its frontier passed its cap."""
+    subset_evaluations: float | None = None
+    """Scores on parts of the calibration split, in whole-split evaluations (evolution)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fields a searcher set."""

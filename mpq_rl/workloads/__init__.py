@@ -21,6 +21,7 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry(
     {
         "causal_lm": "mpq_rl.workloads.causal_lm:build_causal_lm",
         "digits_cnn": "mpq_rl.workloads.digits:build_digits_cnn",
+        "resnet20_digits": "mpq_rl.workloads.resnet20:build_resnet20_digits",
         "minilm": "mpq_rl.workloads.minilm:build_minilm",
         "mobilenet_v2": "mpq_rl.workloads.imagenet_models:mobilenet_v2",
         "resnet18": "mpq_rl.workloads.imagenet_models:resnet18",

@@ -18,7 +18,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +44,6 @@ WIDTH = 12
 
 CACHE_ENV = "MPQ_RL_CACHE"
 CACHE_FORMAT = "mpq_rl.digits_cnn/1"
-WEIGHTS_FILE = "digits_cnn.pt"
-MANIFEST_FILE = "digits_cnn.json"
 
 TRAIN_RECIPE = {
     "seed": 0,
@@ -137,16 +138,45 @@ class DigitsCNN(nn.Module):
         return self.classifier(x)
 
 
+@dataclass(frozen=True)
+class CachedModel:
+    """A classifier trained on the digits train split and cached as ``{stem}.pt`` next to ``{stem}.json``."""
+
+    stem: str
+    cache_format: str
+    build: Callable[[], nn.Module]
+    """A fresh, untrained model (its ``repr`` is part of the recipe hash)."""
+    recipe: dict[str, Any]
+    """How it trains (as :data:`TRAIN_RECIPE`); changing it, or the architecture, invalidates cached weights."""
+
+    @property
+    def weights_file(self) -> str:
+        return f"{self.stem}.pt"
+
+    @property
+    def manifest_file(self) -> str:
+        return f"{self.stem}.json"
+
+    def recipe_hash(self) -> str:
+        """A hash of the architecture, the data split and the training recipe: cached weights match only this."""
+        recipe = {
+            "format": self.cache_format,
+            "architecture": repr(self.build()),
+            "split_seed": SPLIT_SEED,
+            "split_sizes": SPLIT_SIZES,
+            "train": self.recipe,
+        }
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+DIGITS_CNN = CachedModel(stem="digits_cnn", cache_format=CACHE_FORMAT, build=lambda: DigitsCNN(), recipe=TRAIN_RECIPE)
+WEIGHTS_FILE = DIGITS_CNN.weights_file
+MANIFEST_FILE = DIGITS_CNN.manifest_file
+
+
 def recipe_hash() -> str:
-    """A hash of the architecture, the data split and the training recipe: cached weights match only this."""
-    recipe = {
-        "format": CACHE_FORMAT,
-        "architecture": repr(DigitsCNN()),
-        "split_seed": SPLIT_SEED,
-        "split_sizes": SPLIT_SIZES,
-        "train": TRAIN_RECIPE,
-    }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    """The digits CNN's :meth:`CachedModel.recipe_hash`."""
+    return DIGITS_CNN.recipe_hash()
 
 
 def accuracy(model: nn.Module, dataset: TensorDataset) -> float:
@@ -157,22 +187,24 @@ def accuracy(model: nn.Module, dataset: TensorDataset) -> float:
         return (model(images).argmax(dim=1) == labels).float().mean().item()
 
 
-def train_digits_cnn(train: TensorDataset) -> DigitsCNN:
-    """Train a fresh :class:`DigitsCNN` with :data:`TRAIN_RECIPE` (seeded, with a fixed thread count: repeatable)."""
-    generator = torch.Generator().manual_seed(TRAIN_RECIPE["seed"])
+def train_classifier(spec: CachedModel, train: TensorDataset) -> nn.Module:
+    """Train a fresh ``spec.build()`` on ``train`` with ``spec.recipe`` (AdamW, cosine schedule; seeded, with a
+    fixed thread count: repeatable)."""
+    recipe = spec.recipe
+    generator = torch.Generator().manual_seed(recipe["seed"])
     with torch.random.fork_rng(devices=[]):  # seeds the initial weights without moving the caller's global RNG
-        torch.manual_seed(TRAIN_RECIPE["seed"])
-        model = DigitsCNN()
+        torch.manual_seed(recipe["seed"])
+        model = spec.build()
     images, labels = train.tensors
-    batch, epochs = TRAIN_RECIPE["batch_size"], TRAIN_RECIPE["epochs"]
+    batch, epochs = recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = -(-len(labels) // batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN_RECIPE["lr"], weight_decay=TRAIN_RECIPE["weight_decay"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     model.train()
     # The thread count changes how convolutions split their sums, hence the trained weights: it is part of the
     # recipe, so every machine trains the same model whatever torch.get_num_threads() the caller has.
     threads = torch.get_num_threads()
-    torch.set_num_threads(TRAIN_RECIPE["threads"])
+    torch.set_num_threads(recipe["threads"])
     try:
         for _ in range(epochs):
             order = torch.randperm(len(labels), generator=generator)
@@ -188,19 +220,25 @@ def train_digits_cnn(train: TensorDataset) -> DigitsCNN:
     return model.eval()
 
 
+def train_digits_cnn(train: TensorDataset) -> DigitsCNN:
+    """Train a fresh :class:`DigitsCNN` with :data:`TRAIN_RECIPE` (seeded, with a fixed thread count: repeatable)."""
+    return train_classifier(DIGITS_CNN, train)
+
+
 def default_cache_dir() -> Path:
     """``$MPQ_RL_CACHE`` if set, else ``~/.cache/mpq_rl``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mpq_rl")
 
 
-def trained_digits_cnn(cache_dir: Path | None = None) -> DigitsCNN:
-    """The trained :class:`DigitsCNN` in eval mode: loaded from ``cache_dir``, or trained (~15 s) and cached there.
+def trained_model(spec: CachedModel, cache_dir: Path | None, train: Callable[[TensorDataset], nn.Module]) -> nn.Module:
+    """The trained model of ``spec`` in eval mode: loaded from ``cache_dir`` (default :func:`default_cache_dir`), or
+    trained with ``train`` on the digits train split and cached there.
 
-    The cache is ``digits_cnn.pt`` (a state dict) next to ``digits_cnn.json`` (format, :func:`recipe_hash`, the
-    weights' sha256, FP32 test accuracy). A cache that is unreadable, corrupted or from another recipe is rebuilt.
+    The cache is ``{stem}.pt`` (a state dict) next to ``{stem}.json`` (format, recipe hash, the weights' sha256,
+    FP32 test accuracy). A cache that is unreadable, corrupted or from another recipe is rebuilt.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    model = _load_cached(cache_dir)
+    model = _load_cached(spec, cache_dir)
     if model is not None:
         status.say(f"using the trained digits CNN cached in {cache_dir}")
         return model
@@ -210,19 +248,19 @@ def trained_digits_cnn(cache_dir: Path | None = None) -> DigitsCNN:
     )
     splits = load_digits()
     started = time.perf_counter()
-    model = train_digits_cnn(splits["train"])
+    model = train(splits["train"])
     seconds = time.perf_counter() - started
     test_accuracy = accuracy(model, splits["test"])
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     weights = buffer.getvalue()
     # Weights first, manifest last: an interrupted write leaves a manifest that does not match, never the reverse.
-    atomic_write_bytes(cache_dir / WEIGHTS_FILE, weights)
+    atomic_write_bytes(cache_dir / spec.weights_file, weights)
     atomic_write_json(
-        cache_dir / MANIFEST_FILE,
+        cache_dir / spec.manifest_file,
         {
-            "format": CACHE_FORMAT,
-            "recipe_sha256": recipe_hash(),
+            "format": spec.cache_format,
+            "recipe_sha256": spec.recipe_hash(),
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
             "fp32_test_accuracy": test_accuracy,
             "train_seconds": round(seconds, 2),
@@ -230,13 +268,19 @@ def trained_digits_cnn(cache_dir: Path | None = None) -> DigitsCNN:
         },
     )
     log.info(
-        "trained digits_cnn in %.1f s (test accuracy %.2f%%), cached in %s", seconds, 100 * test_accuracy, cache_dir
+        "trained %s in %.1f s (test accuracy %.2f%%), cached in %s", spec.stem, seconds, 100 * test_accuracy, cache_dir
     )
     return model
 
 
-def _load_cached(cache_dir: Path) -> DigitsCNN | None:
-    manifest_path, weights_path = cache_dir / MANIFEST_FILE, cache_dir / WEIGHTS_FILE
+def trained_digits_cnn(cache_dir: Path | None = None) -> DigitsCNN:
+    """The trained :class:`DigitsCNN` in eval mode: loaded from ``cache_dir``, or trained (~15 s) and cached there
+    (see :func:`trained_model`)."""
+    return trained_model(DIGITS_CNN, cache_dir, lambda train: train_digits_cnn(train))
+
+
+def _load_cached(spec: CachedModel, cache_dir: Path) -> nn.Module | None:
+    manifest_path, weights_path = cache_dir / spec.manifest_file, cache_dir / spec.weights_file
     if not manifest_path.exists():
         return None
     problem = None
@@ -246,20 +290,20 @@ def _load_cached(cache_dir: Path) -> DigitsCNN | None:
     except (OSError, ValueError) as exc:
         problem = f"unreadable ({type(exc).__name__})"
     else:
-        if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != spec.cache_format:
             problem = "in an unknown format"
-        elif manifest.get("recipe_sha256") != recipe_hash():
+        elif manifest.get("recipe_sha256") != spec.recipe_hash():
             problem = "stale (made by another model or training recipe)"
         elif manifest.get("weights_sha256") != hashlib.sha256(weights).hexdigest():
             problem = "corrupted (weights do not match their sha256)"
     if problem is None:
         try:
-            model = DigitsCNN()
+            model = spec.build()
             model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
             return model.eval()
         except Exception as exc:
             problem = f"unloadable ({type(exc).__name__})"
-    log.warning("cached digits_cnn in %s is %s: retraining it", cache_dir, problem)
+    log.warning("cached %s in %s is %s: retraining it", spec.stem, cache_dir, problem)
     return None
 
 

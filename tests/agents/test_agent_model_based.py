@@ -216,9 +216,10 @@ def test_budget_conditioned_search_finds_a_policy_for_every_budget(problem, tmp_
     assert max(ratios) > 0.35  # proposals for the larger budget use it
 
 
-@pytest.mark.parametrize("switch", ["sensitivity", "surrogate", "prior", "relaxation", "neighbours"])
+@pytest.mark.parametrize("switch", ["sensitivity", "surrogate", "prior", "solver", "neighbours"])
 def test_ablations_run_and_count_every_evaluation(problem, tmp_path, switch):
-    episodes, _ = run(problem, tmp_path, episodes=20, probes=False, **{switch: 0 if switch == "neighbours" else False})
+    off = {"neighbours": 0, "solver": "none"}.get(switch, False)
+    episodes, _ = run(problem, tmp_path, episodes=20, probes=False, **{switch: off})
     assert len(episodes) == 20 and all(e.within_budget for e in episodes)
 
 

@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.agents.hawq import ranked_policies
 from mpq_rl.agents.hessian import calibration_loss, hessian_traces
+from mpq_rl.agents.knapsack import ranked_policies
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
 from mpq_rl.search.problem import build_problem
