@@ -67,11 +67,11 @@ from mpq_rl.envs import BitWidthEnv
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import Policy
 from mpq_rl.quantization.simulator import QuantSimulator
+from mpq_rl.runs.assembly import build_problem, load_workload
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.search.metrics import score
-from mpq_rl.search.problem import build_problem
 from mpq_rl.workloads.model_io import model_outputs
-from mpq_rl.workloads.workload import Workload, load_workload
+from mpq_rl.workloads.workload import Workload
 
 NAME = "episode_cost"
 THREADS = (1, 2)

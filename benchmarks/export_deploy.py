@@ -28,7 +28,7 @@ from mpq_rl.config import load_config
 from mpq_rl.deployment.export import export_policy
 from mpq_rl.deployment.export_check import ExportCheck
 from mpq_rl.quantization.policy import Policy
-from mpq_rl.workloads.workload import load_workload
+from mpq_rl.runs.assembly import load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {name: ROOT / "experiments" / "configs" / f"{name}.yaml" for name in ("digits", "minilm")}

@@ -36,8 +36,8 @@ from benchmarks.harness import (
 )
 from mpq_rl.config import load_config
 from mpq_rl.quantization import formats
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.search.evaluator import Evaluator
-from mpq_rl.workloads.workload import load_workload
 
 NAME = "format_cost"
 BITS = (4, 6)

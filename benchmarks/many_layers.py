@@ -50,10 +50,9 @@ from benchmarks.harness import (
 )
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
+from mpq_rl.runs.assembly import assemble_workload, build_problem
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
-from mpq_rl.search.problem import build_problem
 from mpq_rl.workloads.model_io import model_outputs
-from mpq_rl.workloads.workload import assemble_workload
 
 NAME = "many_layers"
 THREADS = 1

@@ -37,9 +37,8 @@ from benchmarks.harness import Writer, machine, machine_lines, publish, table, v
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.hardware import build_cost_table
+from mpq_rl.runs.assembly import assemble_workload, build_problem
 from mpq_rl.search.evaluator import Evaluator
-from mpq_rl.search.problem import build_problem
-from mpq_rl.workloads.workload import assemble_workload
 
 NAME = "step_overhead"
 THREADS = 2

@@ -16,7 +16,7 @@ import torch
 
 from mpq_rl.config import load_config
 from mpq_rl.quantization import formats
-from mpq_rl.workloads.workload import load_workload
+from mpq_rl.runs.assembly import load_workload
 
 BITS = range(2, 9)
 

@@ -5,4 +5,4 @@ import gymnasium
 __version__ = "0.1.0"
 
 if "mpq_rl/BitWidth-v1" not in gymnasium.registry:
-    gymnasium.register(id="mpq_rl/BitWidth-v1", entry_point="mpq_rl.envs.factory:make_bitwidth_env")
+    gymnasium.register(id="mpq_rl/BitWidth-v1", entry_point="mpq_rl.runs.assembly:make_bitwidth_env")

@@ -29,15 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from mpq_rl.agents import build_searcher
-from mpq_rl.search.searcher import SearchContext, Searcher
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
-from mpq_rl.search.evaluator import EvaluationCache
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.runs.held_out import held_out_scores
 from mpq_rl.runs.logger import TB_DIR, TensorBoardLogger, logged_episodes
-from mpq_rl.search.pool import EvaluationPool, resolve_parallel
-from mpq_rl.search.problem import SearchProblem, build_problem
 from mpq_rl.runs.progress import SearchProgress
 from mpq_rl.runs.recorder import (
     EPISODES_FILE,
@@ -60,6 +57,10 @@ from mpq_rl.runs.run_folder import (
     write_manifest,
 )
 from mpq_rl.runs.summary import SUMMARY_FILE, SearchResult, summary
+from mpq_rl.search.evaluator import EvaluationCache
+from mpq_rl.search.pool import EvaluationPool, resolve_parallel
+from mpq_rl.search.problem import SearchProblem
+from mpq_rl.search.searcher import SearchContext, Searcher
 
 CHECKPOINT_EVERY = 50
 """Episodes between saves of the evaluator cache and the Pareto front (RL agents: and their checkpoint)."""
@@ -116,7 +117,9 @@ def run_search(
         _refuse_unfinished(folder)
     searcher = build_searcher(config.agent.name, config.agent.kwargs)
     problem = build_problem(config)
-    pool = EvaluationPool(problem, resolve_parallel(config.parallel, config.agent.n_envs))  # nothing starts yet, but a missing Ray stops the run here
+    pool = EvaluationPool(
+        problem, resolve_parallel(config.parallel, config.agent.n_envs)
+    )  # nothing starts yet, but a missing Ray stops the run here
     with exclusive(folder):
         if resume is None:
             _prepare_folder(folder)
@@ -218,5 +221,5 @@ def _search(
         best_per_budget=held_out.best_per_budget,
         parts=parts.parts,
     )
-    atomic_write_json(folder / SUMMARY_FILE, summary(result, config))
+    atomic_write_json(folder / SUMMARY_FILE, summary(result, config.agent.name, config.seed, config.budget.enforcement))
     return result

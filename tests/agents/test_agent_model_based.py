@@ -16,8 +16,8 @@ from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.formats import FORMATS
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.runs.recorder import Recorder
-from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
 

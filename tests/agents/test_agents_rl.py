@@ -14,7 +14,7 @@ from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.search.problem import build_problem
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.searcher import SearchContext
 
 SMALL_OFF_POLICY = {"warmup_episodes": 2, "buffer_size": 200, "batch_size": 16}

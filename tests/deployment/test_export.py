@@ -22,9 +22,10 @@ from mpq_rl.deployment.finetune import finetune  # noqa: E402
 from mpq_rl.deployment.finetuned_weights import load_finetuned  # noqa: E402
 from mpq_rl.quantization.policy import save_policy  # noqa: E402
 from mpq_rl.quantization.qat import LsqAttachment  # noqa: E402
+from mpq_rl.runs.assembly import load_workload  # noqa: E402
 from mpq_rl.search.evaluator import calibrated_simulator  # noqa: E402
 from mpq_rl.workloads.model_io import model_outputs  # noqa: E402
-from mpq_rl.workloads.workload import Workload, load_workload  # noqa: E402
+from mpq_rl.workloads.workload import Workload  # noqa: E402
 
 MIXED = {
     "stem": (8, 8),

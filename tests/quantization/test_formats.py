@@ -17,11 +17,10 @@ from mpq_rl.errors import UserError
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization import formats
 from mpq_rl.quantization.policy import load_policy, save_policy
+from mpq_rl.runs.assembly import build_problem, load_workload
 from mpq_rl.search.evaluator import calibrated_simulator
-from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.workloads.model_io import model_outputs
-from mpq_rl.workloads.workload import load_workload
 
 FP, FLINT = formats.precision_code("fp", 0), formats.precision_code("flint", 0)
 

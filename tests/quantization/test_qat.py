@@ -23,9 +23,10 @@ from mpq_rl.quantization import formats
 from mpq_rl.quantization.policy import save_policy
 from mpq_rl.quantization.qat import LsqAttachment, LsqQuantizer, calibrated_scales, load_scales
 from mpq_rl.quantization.quant import QuantParams
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.search.evaluator import calibrated_simulator
 from mpq_rl.workloads.model_io import model_outputs
-from mpq_rl.workloads.workload import Workload, load_workload
+from mpq_rl.workloads.workload import Workload
 
 EDGE_LAYERS = ("stem", "classifier")
 """Kept at W8A8 by :func:`aggressive_policy`, which puts every other layer at W2A4 (digits top-1 drops 7-25 points)."""

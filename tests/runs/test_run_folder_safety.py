@@ -27,7 +27,7 @@ from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_text
 from mpq_rl.runs import trainer
 from mpq_rl.runs.recorder import Recorder
-from mpq_rl.runs.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive, run_config
+from mpq_rl.runs.run_folder import LOCK_FILE, MANIFEST_FILE, exclusive
 from mpq_rl.runs.summary import finished_result
 from mpq_rl.runs.trainer import run_search
 
@@ -257,11 +257,10 @@ def test_a_file_that_is_not_utf8_is_one_line(run, capsys):
 
 def test_a_corrupt_summary_is_one_line_for_compare(run, capsys):
     assert resume(run, capsys)[0] == 0
-    config = run_config(run)
-    assert finished_result(run, config).episodes == EPISODES
+    assert finished_result(run).episodes == EPISODES
     (run / "summary.json").write_text('{"best": null}')
     with pytest.raises(UserError, match="summary.json is not a run summary: delete it, and the next compare"):
-        finished_result(run, config)
+        finished_result(run)
 
 
 # -- a folder that is not a run, and refused starts ---------------------------------------------------------------

@@ -12,11 +12,11 @@ from mpq_rl.config import load_config, parse_config
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import load_policy
 from mpq_rl.runs import logger as tb_logger
-from mpq_rl.search.evaluator import EvaluationCache, Evaluator
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.runs.recorder import Recorder
 from mpq_rl.runs.run_folder import run_config
 from mpq_rl.runs.trainer import SearchInterrupted, run_search
-from mpq_rl.workloads.workload import load_workload
+from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 
 EPISODES = 12
 INTERRUPT_AT = 5
