@@ -25,6 +25,7 @@ from mpq_rl.quantization import formats
 from mpq_rl.quantization.kernels import fake_quantize, table_quantize
 from mpq_rl.quantization.policy import BitPair
 from mpq_rl.quantization.quant import (
+    ActivationSample,
     Quantizer,
     QuantParams,
     RangeMethod,
@@ -333,9 +334,8 @@ class QuantSimulator:
         sample = self.activation_sample(name)
         for number_format, group in formats.by_format(c for c in codes if not is_float_bits(c)):
             bits = [formats.bits_of(c) for c in group]
-            found = number_format.activation_quantizers(
-                sample, record.lo, record.hi, bits, self.activation_range, self.percentile
-            )
+            observed = ActivationSample(sample, record.lo, record.hi)
+            found = number_format.activation_quantizers(observed, bits, self.activation_range, self.percentile)
             self._quantizers.update({(name, code): q for code, q in zip(group, found, strict=True)})
 
     def apply(self, policy: Mapping[str, BitPair]) -> None:
