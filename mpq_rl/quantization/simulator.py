@@ -22,6 +22,7 @@ from torch import nn
 
 from mpq_rl.errors import UserError
 from mpq_rl.quantization import formats
+from mpq_rl.quantization.claims import claim_layers, release_layers
 from mpq_rl.quantization.kernels import fake_quantize, table_quantize
 from mpq_rl.quantization.policy import BitPair
 from mpq_rl.quantization.quant import (
@@ -31,7 +32,7 @@ from mpq_rl.quantization.quant import (
     RangeMethod,
     is_float_bits,
 )
-from mpq_rl.workloads.layers import claim_layers, layer_modules, release_layers
+from mpq_rl.workloads.layers import layer_modules
 from mpq_rl.workloads.model_io import batch_size_of, call_model
 
 SAMPLE_VALUES_PER_LAYER = 65536
