@@ -31,16 +31,17 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mpq_rl.runs.assembly import build_problem, load_workload
+
 from benchmarks.harness import machine
 from mpq_rl.agents import build_searcher
 from mpq_rl.config import load_config
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import EvaluationCache, evaluate_on_test
-from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.problem import SearchProblem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.selection import RULES, held_aside, pick
 from mpq_rl.search.subsets import SubsetScorer
-from mpq_rl.workloads.workload import load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "docs" / "results" / "baselines.jsonl"

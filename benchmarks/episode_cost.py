@@ -50,6 +50,8 @@ from torch import nn
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mpq_rl.runs.assembly import build_problem, load_workload
+
 from benchmarks.harness import (
     Writer,
     interleaved,
@@ -69,9 +71,8 @@ from mpq_rl.quantization.policy import Policy
 from mpq_rl.quantization.simulator import QuantSimulator
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.search.metrics import score
-from mpq_rl.search.problem import build_problem
 from mpq_rl.workloads.model_io import model_outputs
-from mpq_rl.workloads.workload import Workload, load_workload
+from mpq_rl.workloads.workload import Workload
 
 NAME = "episode_cost"
 THREADS = (1, 2)

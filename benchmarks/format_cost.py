@@ -23,6 +23,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mpq_rl.runs.assembly import load_workload
+
 from benchmarks.harness import (
     Writer,
     interleaved,
@@ -37,7 +39,6 @@ from benchmarks.harness import (
 from mpq_rl.config import load_config
 from mpq_rl.quantization import formats
 from mpq_rl.search.evaluator import Evaluator
-from mpq_rl.workloads.workload import load_workload
 
 NAME = "format_cost"
 BITS = (4, 6)

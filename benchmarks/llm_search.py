@@ -30,12 +30,14 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mpq_rl.runs.assembly import build_problem
+
 from mpq_rl.agents import build_searcher
 from mpq_rl.config import load_config
 from mpq_rl.quantization.formats import label
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import evaluate_on_test
-from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.problem import SearchProblem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.size_budget import bits_per_weight
 from mpq_rl.workloads.model_io import model_outputs

@@ -96,7 +96,7 @@ def render_layer_table(table: LayerTable) -> str:
 
 def cmd_layers(args: argparse.Namespace) -> None:
     """Print the quantizable layers of the configured model."""
-    from mpq_rl.workloads.workload import load_workload
+    from mpq_rl.runs.assembly import load_workload
 
     config = _config(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
@@ -115,7 +115,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     from mpq_rl.hardware import build_cost_table
     from mpq_rl.hardware.report import cost_report, render_cost_report
     from mpq_rl.quantization.policy import load_policy, validate_policy
-    from mpq_rl.workloads.workload import load_workload
+    from mpq_rl.runs.assembly import load_workload
 
     config, policy_file = _config_and_policy(args)
     workload = load_workload(config, with_data=config.model.input_shape is None)
@@ -140,7 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mpq_rl.deployment.finetune import DEFAULT_LR, finetune
     from mpq_rl.deployment.finetuned_weights import learned_scales
     from mpq_rl.quantization.policy import checked_policy
-    from mpq_rl.workloads.workload import load_workload
+    from mpq_rl.runs.assembly import load_workload
 
     config, policy_file = _config_and_policy(args)
     policy_file = _needs_policy(policy_file)
@@ -168,7 +168,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mpq_rl.deployment.export import export_policy, sidecar_path
     from mpq_rl.deployment.export_check import ExportCheck
     from mpq_rl.quantization.policy import checked_policy
-    from mpq_rl.workloads.workload import load_workload
+    from mpq_rl.runs.assembly import load_workload
 
     check_output_file(Path(args.output), "--output")
     config, policy_file = _config_and_policy(args)

@@ -1,8 +1,8 @@
 """The run configuration: one YAML file per run, typed and validated once, at the edge.
 
 Each package declares the sections it reads (``mpq_rl/*/settings.py``); this module composes them into
-:class:`RunConfig`, which the command line and the run layer (:mod:`mpq_rl.runs`) hold, and which three builders
-still take whole (``load_workload``, ``build_problem`` and the environment's, see docs/architecture.md). Loading
+:class:`RunConfig`, which the command line and the run layer (:mod:`mpq_rl.runs`) hold; :mod:`mpq_rl.runs.assembly`
+hands the builders below their sections (see docs/architecture.md). Loading
 rejects unknown keys, wrong types and missing files with a one-line :class:`~mpq_rl.errors.UserError` that names the
 key, what was received and how to fix it.
 """

@@ -37,17 +37,13 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 floor (``mpq_rl.workloads.workload`` assembles a model with its quantizer settings, so it sits above quantization
 while the rest of the workloads sit below)."""
 
-UPWARD_ALLOWED = {
-    ("mpq_rl.workloads.workload", "mpq_rl.config"),
-    ("mpq_rl.search.problem", "mpq_rl.config"),
-    ("mpq_rl.envs.factory", "mpq_rl.config"),
-}
-"""The builders that still take the whole RunConfig (load_workload, build_problem, the environment's factory): the
-one remaining climb, to the edge, until they take typed sections."""
+UPWARD_ALLOWED: set[tuple[str, str]] = set()
+"""Imports allowed to climb: none (the builders take typed sections; the run layer's assembly takes them out of the
+RunConfig)."""
 
-CONFIG_IMPORTERS_MAX = 10
-"""Modules that import mpq_rl.config: the command line, five of the run layer, adapt's run, and the three builders
-above (issue 24 aims at 6)."""
+CONFIG_IMPORTERS_MAX = 6
+"""Modules that import mpq_rl.config: the command line, adapt's run, and four of the run layer (the trainer, the
+comparison, the run folder and the assembly of a workload, problem and environment from a config)."""
 
 
 def module_name(path: Path) -> str:

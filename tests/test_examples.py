@@ -63,7 +63,9 @@ def test_the_example_runs_end_to_end_from_its_folder(example):
     evaluate = mpq_rl("evaluate", "--run", str(run), cwd=example)
     assert evaluate.returncode == 0, evaluate.stderr
     simulated = next(line for line in evaluate.stdout.splitlines() if line.startswith("policy (simulated)"))
-    assert simulated.split()[2] == f"{summary['best']['test_metrics']['top1']:.4f}"  # the search's held-out score
+    assert (
+        simulated.split()[2] == f"{100 * summary['best']['test_metrics']['top1']:.2f}%"
+    )  # the search's held-out score
 
     export = mpq_rl("export", "--run", str(run), "--output", str(run / "model.onnx"), cwd=example)
     assert export.returncode == 0, export.stderr

@@ -42,10 +42,11 @@ from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mpq_rl.quantization.bits import ALLOWED_BITS, INTEGER_BITS, REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy, save_policy
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.runs.logger import TB_DIR
 from mpq_rl.runs.recorder import POLICY_FILE
 from mpq_rl.runs.run_folder import CONFIG_FILE, check_new_run_folder, exclusive, write_manifest
-from mpq_rl.workloads.workload import Workload, load_workload
+from mpq_rl.workloads.workload import Workload
 
 SUMMARY_FORMAT = "mpq_rl.adapt/1"
 SUMMARY_FILE = "summary.json"

@@ -18,19 +18,20 @@ Defaults (every one can be overridden from ``agent.kwargs``; names are stable-ba
   bounds and its log-probabilities ignore the rounding to candidates. Discount 1.0 (the reward comes once, at the
   end of the episode); PPO updates every 8 episodes per environment, A2C after every episode.
 
-Extra keys: ``warmup_episodes`` (20), ``noise_sigma`` (0.5), ``noise_decay`` (0.99), ``critic_learning_rate``
-(1e-3, DDPG/TD3), ``discrete`` (PPO/A2C), ``checkpoint_every`` (episodes between checkpoints, 50; written without
-pickle, see :mod:`mpq_rl.agents.checkpoint`).
+Extra keys: ``warmup_episodes`` (20, DDPG/TD3/SAC), ``noise_sigma`` (0.5), ``noise_decay`` (0.99),
+``critic_learning_rate`` (1e-3, DDPG/TD3), ``discrete`` (PPO/A2C), ``checkpoint_every`` (episodes between
+checkpoints, 50; written without pickle, see :mod:`mpq_rl.agents.checkpoint`). The keys each algorithm takes are
+typed in its options (:data:`OPTIONS`); an unknown key or a value of the wrong type is a user error naming it.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, Strict
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import ActionNoise
@@ -41,7 +42,7 @@ from mpq_rl.agents.checkpoint import CHECKPOINT_DIR, load_checkpoint, read_check
 from mpq_rl.agents.sb3 import DEFAULT_CHECKPOINT_EVERY, PooledVecEnv, RecordEpisodes, agent_logger
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.search.searcher import SearchContext, Searcher
+from mpq_rl.search.searcher import SearchContext, Searcher, SearcherOptions, parse_options
 from mpq_rl.search.threads import one_thread
 
 HAQ_NET_ARCH = [300, 300]
@@ -55,8 +56,6 @@ HAQ_NOISE_SIGMA = 0.5
 HAQ_NOISE_DECAY = 0.99
 HAQ_BUFFER_EPISODES = 128
 PPO_EPISODES_PER_UPDATE = 8
-
-_OWN_KEYS = ("warmup_episodes", "noise_sigma", "noise_decay", "critic_learning_rate", "discrete", "checkpoint_every")
 
 
 class TruncatedNormalNoise(ActionNoise):
@@ -186,17 +185,97 @@ def default_kwargs(algorithm: str, steps_per_episode: int) -> dict[str, Any]:
     return {"gamma": 1.0, "n_steps": steps_per_episode, "discrete": True}
 
 
-def _check_kwargs(algorithm: str, kwargs: dict[str, Any]) -> None:
-    cls = ALGORITHMS[algorithm]
-    allowed = set(
-        inspect.signature(DDPG.__init__ if cls is HaqDDPG else TD3.__init__ if cls is HaqTD3 else cls).parameters
-    )
-    allowed = (allowed | set(_OWN_KEYS)) - {"self", "policy", "env", "seed", "device", "_init_setup_model"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise UserError(
-            f"agent.kwargs: unknown key {unknown[0]!r} for {algorithm}; allowed: {', '.join(sorted(allowed))}"
-        )
+class RLOptions(SearcherOptions):
+    """``agent.kwargs`` every RL searcher takes: stable-baselines3's keyword arguments (unset: the defaults of
+    :func:`default_kwargs`, else stable-baselines3's) and ``checkpoint_every``."""
+
+    learning_rate: float | None = Field(None, gt=0.0)
+    gamma: float | None = Field(None, ge=0.0, le=1.0)
+    batch_size: int | None = Field(None, ge=1)
+    policy_kwargs: dict[str, Any] | None = None
+    checkpoint_every: int = Field(DEFAULT_CHECKPOINT_EVERY, ge=1)
+
+
+class OffPolicyOptions(RLOptions):
+    """The off-policy algorithms' keys: the replay buffer, its updates, the warm-up."""
+
+    buffer_size: int | None = Field(None, ge=1)
+    learning_starts: int | None = Field(None, ge=0)
+    tau: float | None = Field(None, gt=0.0, le=1.0)
+    train_freq: int | Annotated[tuple[int, Literal["step", "episode"]], Strict(False)] | None = None
+    """Steps, or ``[n, "step" | "episode"]`` (a YAML list)."""
+    gradient_steps: int | None = None
+    optimize_memory_usage: bool | None = None
+    n_steps: int | None = Field(None, ge=1)
+    warmup_episodes: int | None = Field(None, ge=0)
+
+
+class DDPGOptions(OffPolicyOptions):
+    """DDPG's keys: HAQ's critic learning rate and truncated-normal exploration."""
+
+    critic_learning_rate: float | None = Field(None, gt=0.0)
+    noise_sigma: float | None = Field(None, ge=0.0)
+    noise_decay: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class TD3Options(DDPGOptions):
+    """TD3's keys: DDPG's and the delayed, smoothed target policy."""
+
+    policy_delay: int | None = Field(None, ge=1)
+    target_policy_noise: float | None = Field(None, ge=0.0)
+    target_noise_clip: float | None = Field(None, ge=0.0)
+
+
+class SACOptions(OffPolicyOptions):
+    """SAC's keys: the entropy coefficient and its target, state-dependent exploration."""
+
+    ent_coef: float | str | None = None
+    target_update_interval: int | None = Field(None, ge=1)
+    target_entropy: float | str | None = None
+    use_sde: bool | None = None
+    sde_sample_freq: int | None = None
+    use_sde_at_warmup: bool | None = None
+
+
+class OnPolicyOptions(RLOptions):
+    """The on-policy algorithms' keys: rollouts, advantages, the action space."""
+
+    n_steps: int | None = Field(None, ge=1)
+    gae_lambda: float | None = Field(None, ge=0.0, le=1.0)
+    ent_coef: float | None = None
+    vf_coef: float | None = None
+    max_grad_norm: float | None = Field(None, gt=0.0)
+    normalize_advantage: bool | None = None
+    use_sde: bool | None = None
+    sde_sample_freq: int | None = None
+    discrete: bool | None = None
+    """The ``MultiDiscrete`` action space (the default) or, with false, the Box."""
+
+
+class PPOOptions(OnPolicyOptions):
+    """PPO's keys: epochs per update and the clipping."""
+
+    n_epochs: int | None = Field(None, ge=1)
+    clip_range: float | None = Field(None, gt=0.0)
+    clip_range_vf: float | None = Field(None, gt=0.0)
+    target_kl: float | None = Field(None, gt=0.0)
+
+
+class A2COptions(OnPolicyOptions):
+    """A2C's keys: its RMSprop optimizer."""
+
+    rms_prop_eps: float | None = Field(None, gt=0.0)
+    use_rms_prop: bool | None = None
+
+
+OPTIONS: dict[str, type[RLOptions]] = {
+    "ddpg": DDPGOptions,
+    "td3": TD3Options,
+    "sac": SACOptions,
+    "ppo": PPOOptions,
+    "a2c": A2COptions,
+}
+"""The typed ``agent.kwargs`` of each algorithm."""
 
 
 class RLSearcher(Searcher):
@@ -205,13 +284,9 @@ class RLSearcher(Searcher):
     def __init__(self, algorithm: str, kwargs: dict[str, Any] | None = None) -> None:
         if algorithm not in ALGORITHMS:
             raise UserError(f"unknown RL algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        kwargs = dict(kwargs or {})
-        _check_kwargs(algorithm, kwargs)
         self.algorithm = algorithm
-        self.overrides = kwargs
-        self.checkpoint_every = int(kwargs.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
-        if self.checkpoint_every < 1:
-            raise UserError(f"agent.kwargs.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        self.options = parse_options(algorithm, kwargs or {}, OPTIONS[algorithm])
+        self.checkpoint_every = self.options.checkpoint_every
         self.model: BaseAlgorithm | None = None
 
     # -- settings ------------------------------------------------------------------------------------------------
@@ -219,9 +294,7 @@ class RLSearcher(Searcher):
     def settings(self, steps_per_episode: int) -> dict[str, Any]:
         """The resolved keyword arguments: the defaults with ``agent.kwargs`` on top."""
         settings = default_kwargs(self.algorithm, steps_per_episode)
-        settings.update({k: v for k, v in self.overrides.items() if k != "checkpoint_every"})
-        if isinstance(settings.get("train_freq"), list):
-            settings["train_freq"] = tuple(settings["train_freq"])
+        settings.update(self.options.model_dump(exclude_unset=True, exclude={"checkpoint_every"}))
         return settings
 
     def _build(self, env: VecEnv, context: SearchContext, steps_per_episode: int) -> BaseAlgorithm:

@@ -1,7 +1,7 @@
 """ONNX export of a quantized model: QuantizeLinear/DequantizeLinear placed in the graph by the model itself.
 
-While the model is traced, every quantized layer runs through two markers (:class:`_WeightMarker` on its weight, a
-parametrization, and :class:`_InputMarker` on its input, a forward pre-hook). In PyTorch they compute the
+While the model is traced, every quantized layer runs through two markers (:class:`_Marker` of kind ``Weight`` on
+its weight, a parametrization, and of kind ``Input`` on its input, a forward pre-hook). In PyTorch they compute the
 simulator's fake quantization with the layer's :class:`~mpq_rl.quantization.quant.QuantParams`; in the exported graph
 each is a
 placeholder node (domain ``mpq_rl``) at exactly the place the quantizer acts, whatever the exporter makes of the
@@ -111,30 +111,17 @@ def _float_tensor(name: str, values: np.ndarray):
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
 
 
-class _WeightMarker(torch.autograd.Function):
-    """The simulator's weight fake quantization in PyTorch; a ``mpq_rl::Weight`` placeholder in the graph."""
+class _Marker(torch.autograd.Function):
+    """The simulator's fake quantization of a layer's weight (``kind`` Weight) or input (``kind`` Input) in
+    PyTorch; a ``mpq_rl::Weight`` or ``mpq_rl::Input`` placeholder in the graph."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, layer: str, s: LayerScales) -> torch.Tensor:
-        return s.weight.fake_quantize(weight)
+    def forward(ctx, x: torch.Tensor, kind: str, layer: str, s: LayerScales) -> torch.Tensor:
+        return (s.weight if kind == "Weight" else s.input).fake_quantize(x)
 
     @staticmethod
-    def symbolic(g, weight, layer: str, s: LayerScales):
-        out = g.op(f"{MARKER_DOMAIN}::Weight", weight, layer_s=layer)
-        out.setType(weight.type())
-        return out
-
-
-class _InputMarker(torch.autograd.Function):
-    """The simulator's input fake quantization in PyTorch; a ``mpq_rl::Input`` placeholder in the graph."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: str, s: LayerScales) -> torch.Tensor:
-        return s.input.fake_quantize(x)
-
-    @staticmethod
-    def symbolic(g, x, layer: str, s: LayerScales):
-        out = g.op(f"{MARKER_DOMAIN}::Input", x, layer_s=layer)
+    def symbolic(g, x, kind: str, layer: str, s: LayerScales):
+        out = g.op(f"{MARKER_DOMAIN}::{kind}", x, layer_s=layer)
         out.setType(x.type())
         return out
 
@@ -150,7 +137,7 @@ class _QuantizedWeight(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.quantized is None:
-            self.quantized = _WeightMarker.apply(weight, self.layer, self.scales)
+            self.quantized = _Marker.apply(weight, "Weight", self.layer, self.scales)
         return self.quantized
 
 
@@ -174,7 +161,7 @@ def quantized_for_export(model: nn.Module, scales: Mapping[str, LayerScales]) ->
             if isinstance(s.input, QuantParams):
 
                 def hook(module: nn.Module, args: tuple, name: str = name, s: LayerScales = s) -> tuple:
-                    return (_InputMarker.apply(args[0], name, s), *args[1:])
+                    return (_Marker.apply(args[0], "Input", name, s), *args[1:])
 
                 handles.append(module.register_forward_pre_hook(hook))
         yield model

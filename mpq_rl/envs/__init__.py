@@ -3,11 +3,11 @@
 import gymnasium
 
 from mpq_rl.envs.bitwidth import BitWidthEnv
-from mpq_rl.envs.factory import ENV_ID, make_bitwidth_env
+from mpq_rl.envs.factory import ENV_ID
 from mpq_rl.envs.learned import EpisodeModel, LearnedRewardEnv
 from mpq_rl.envs.observation import ObservationBuilder
 
 if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="mpq_rl.envs.factory:make_bitwidth_env")
+    gymnasium.register(id=ENV_ID, entry_point="mpq_rl.runs.assembly:make_bitwidth_env")
 
-__all__ = ["ENV_ID", "BitWidthEnv", "EpisodeModel", "LearnedRewardEnv", "ObservationBuilder", "make_bitwidth_env"]
+__all__ = ["ENV_ID", "BitWidthEnv", "EpisodeModel", "LearnedRewardEnv", "ObservationBuilder"]

@@ -122,7 +122,7 @@ class BitWidthEnv(gym.Env):
     ## Arguments
     ``problem``: the :class:`~mpq_rl.search.problem.SearchProblem` played (possibly shared with other searchers; the
     environment never closes it). ``gym.make("mpq_rl/BitWidth-v1", config=...)`` builds one from a config through
-    :func:`mpq_rl.envs.factory.make_bitwidth_env`, and closes it with the environment.
+    :func:`mpq_rl.runs.assembly.make_bitwidth_env`, and closes it with the environment.
     ``discrete``: use the ``MultiDiscrete`` action space.
     ``sensitivity``: measured quantization errors of the searched layers, observed per candidate.
     ``budgets``: budget-conditioned episodes: each ``reset`` draws the episode's budget from this list (or takes
@@ -290,6 +290,6 @@ class BitWidthEnv(gym.Env):
 
     def close(self) -> None:
         """Refuse to step from now on; the problem, which this environment was given, stays open (whoever built it
-        closes it: :func:`~mpq_rl.envs.factory.make_bitwidth_env`'s wrapper does)."""
+        closes it: :func:`~mpq_rl.runs.assembly.make_bitwidth_env`'s wrapper does)."""
         self._closed = True
         super().close()

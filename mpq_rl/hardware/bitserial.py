@@ -25,7 +25,7 @@ estimates for each board; Stripes and Loom keep the network in DaDianNao's on-ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -135,16 +135,6 @@ STRIPES = BitSerial(
 )
 """Stripes: 16 windows x 16 inputs x (16 tiles x 16 filters), serial activations, 16-bit weights."""
 
-LOOM = BitSerial(
-    rows=256,
-    depth=16,
-    cols=256,
-    clock_hz=980e6,
-    dram_bits_per_cycle=DADIANNAO_EDRAM_BITS_PER_CYCLE,
-    conv_serial="both",
-    fc_serial="weights",
-    input_sram_kb=4 * 1024,
-    weight_sram_kb=32 * 1024,
-    dram_pj_per_bit=HOROWITZ_SRAM_1MB_PJ_PER_BIT,
-)
-"""Loom: both operands serial in convolutions, weights only in fully connected layers."""
+LOOM = replace(STRIPES, rows=256, conv_serial="both", fc_serial="weights")
+"""Loom: Stripes' DaDianNao platform with 256 rows, both operands serial in convolutions, weights only in fully
+connected layers."""

@@ -31,6 +31,7 @@ import torch
 from mpq_rl.errors import UserError
 from mpq_rl.quantization import groupwise
 from mpq_rl.quantization.quant import (
+    ActivationSample,
     Quantizer,
     QuantParams,
     RangeMethod,
@@ -63,16 +64,10 @@ class Format(Protocol):
         ...
 
     def activation_quantizers(
-        self,
-        sample: torch.Tensor,
-        lo: float,
-        hi: float,
-        bits: Sequence[int],
-        method: RangeMethod = "mse",
-        percentile: float = 99.99,
+        self, observed: ActivationSample, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
     ) -> list[Quantizer]:
-        """Per-tensor quantizers, one per entry of ``bits``, for an input observed in ``[lo, hi]`` with values
-        ``sample`` (1-D): unsigned when ``lo >= 0``."""
+        """Per-tensor quantizers, one per entry of ``bits``, for an ``observed`` input: unsigned when its
+        ``lo >= 0``."""
         ...
 
     def weight_quantizer_with_scale(self, scale: torch.Tensor, bits: int) -> Quantizer:
@@ -97,15 +92,9 @@ class IntegerFormat:
         return [QuantParams.symmetric(scale, b) for b, scale in zip(bits, scales, strict=True)]
 
     def activation_quantizers(
-        self,
-        sample: torch.Tensor,
-        lo: float,
-        hi: float,
-        bits: Sequence[int],
-        method: RangeMethod = "mse",
-        percentile: float = 99.99,
+        self, observed: ActivationSample, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
     ) -> list[Quantizer]:
-        return list(activation_quantizers(sample, lo, hi, bits, method, percentile))
+        return list(activation_quantizers(observed, bits, method, percentile))
 
     def weight_quantizer_with_scale(self, scale: torch.Tensor, bits: int) -> Quantizer:
         return QuantParams.symmetric(scale, bits)
@@ -123,16 +112,10 @@ class TableFormat:
         return [_weight_quantizer(weight, precision_code(self.name, b), method, percentile) for b in bits]
 
     def activation_quantizers(
-        self,
-        sample: torch.Tensor,
-        lo: float,
-        hi: float,
-        bits: Sequence[int],
-        method: RangeMethod = "mse",
-        percentile: float = 99.99,
+        self, observed: ActivationSample, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
     ) -> list[Quantizer]:
         codes = [precision_code(self.name, b) for b in bits]
-        return [_activation_quantizer(sample, lo, hi, code, method, percentile) for code in codes]
+        return [_activation_quantizer(observed, code, method, percentile) for code in codes]
 
     def weight_quantizer_with_scale(self, scale: torch.Tensor, bits: int) -> Quantizer:
         code = precision_code(self.name, bits)
@@ -406,10 +389,11 @@ class TableQuantizer:
 
 
 def _activation_quantizer(
-    sample: torch.Tensor, lo: float, hi: float, code: int, method: str = "mse", percentile: float = 99.99
+    observed: ActivationSample, code: int, method: str = "mse", percentile: float = 99.99
 ) -> TableQuantizer:
-    """A per-tensor quantizer for an input observed in ``[lo, hi]`` with values ``sample``: unsigned when
-    ``lo >= 0``, else symmetric about zero; the clipping value is found as for integer activations."""
+    """A per-tensor quantizer for an ``observed`` input: unsigned when its ``lo >= 0``, else symmetric about zero;
+    the clipping value is found as for integer activations."""
+    sample, lo, hi = observed.sample, observed.lo, observed.hi
     signed = lo < 0.0
     table = value_table(code, signed).to(sample.device)
     top = float(table[-1])

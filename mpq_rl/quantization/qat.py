@@ -40,10 +40,11 @@ from torch.nn.utils import parametrize
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_bytes
 from mpq_rl.quantization import formats
+from mpq_rl.quantization.claims import claim_layers, release_layers
 from mpq_rl.quantization.policy import BitPair, Policy
 from mpq_rl.quantization.quant import Quantizer, QuantParams, broadcast_scale
 from mpq_rl.quantization.simulator import QuantSimulator
-from mpq_rl.workloads.layers import claim_layers, layer_modules, release_layers
+from mpq_rl.workloads.layers import layer_modules
 
 SCALES_FORMAT = "mpq_rl.lsq_scales/1"
 _MIN_SCALE = 1e-12

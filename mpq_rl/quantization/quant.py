@@ -230,20 +230,25 @@ def _affine(lo: float, hi: float, bits: int, unsigned: bool) -> QuantParams:
     return QuantParams(scale, zero_point, 0, q_max)
 
 
+@dataclass(frozen=True)
+class ActivationSample:
+    """An activation as calibration observed it: its range ``[lo, hi]`` and a 1-D ``sample`` of its values."""
+
+    sample: torch.Tensor
+    lo: float
+    hi: float
+
+
 def activation_quantizers(
-    sample: torch.Tensor,
-    lo: float,
-    hi: float,
-    bits: Sequence[int],
-    method: RangeMethod = "mse",
-    percentile: float = 99.99,
+    observed: ActivationSample, bits: Sequence[int], method: RangeMethod = "mse", percentile: float = 99.99
 ) -> list[QuantParams]:
-    """Per-tensor quantizers at each of ``bits`` for an activation observed in ``[lo, hi]`` with values ``sample``
-    (1-D), every bit-width's range searched at once.
+    """Per-tensor quantizers at each of ``bits`` for an ``observed`` activation, every bit-width's range searched
+    at once.
 
     Unsigned when ``lo >= 0``. ``mse`` shrinks the observed range by the ratio that minimizes the squared error on
     the sample; ``percentile`` clips at the given percentile of the sample (both tails when signed).
     """
+    sample, lo, hi = observed.sample, observed.lo, observed.hi
     unsigned = lo >= 0.0
     if method == "minmax":
         return [_affine(lo, hi, b, unsigned) for b in bits]

@@ -22,15 +22,17 @@ from torch import nn
 
 from mpq_rl.errors import UserError
 from mpq_rl.quantization import formats, groupwise
+from mpq_rl.quantization.claims import claim_layers, release_layers
 from mpq_rl.quantization.kernels import fake_quantize, table_quantize
 from mpq_rl.quantization.policy import BitPair
 from mpq_rl.quantization.quant import (
+    ActivationSample,
     Quantizer,
     QuantParams,
     RangeMethod,
     is_float_bits,
 )
-from mpq_rl.workloads.layers import claim_layers, layer_modules, release_layers
+from mpq_rl.workloads.layers import layer_modules
 from mpq_rl.workloads.model_io import batch_size_of, call_model
 
 SAMPLE_VALUES_PER_LAYER = 65536
@@ -337,9 +339,8 @@ class QuantSimulator:
         sample = self.activation_sample(name)
         for number_format, group in formats.by_format(c for c in codes if not is_float_bits(c)):
             bits = [formats.bits_of(c) for c in group]
-            found = number_format.activation_quantizers(
-                sample, record.lo, record.hi, bits, self.activation_range, self.percentile
-            )
+            observed = ActivationSample(sample, record.lo, record.hi)
+            found = number_format.activation_quantizers(observed, bits, self.activation_range, self.percentile)
             self._quantizers.update({(name, code): q for code, q in zip(group, found, strict=True)})
 
     def apply(self, policy: Mapping[str, BitPair]) -> None:

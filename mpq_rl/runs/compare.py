@@ -15,6 +15,7 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,18 +97,19 @@ def compare(
     for index, (name, seed) in enumerate(grid):
         folder = run_folder(output, name, seed)
         run = config.with_overrides(**{"agent.name": name, "seed": seed, "output": str(folder)})
-        result = finished_result(folder, run)
+        same_run = (folder / CONFIG_FILE).is_file() and run_config(folder).same_search(run)
+        result = finished_result(folder) if same_run else None
         if result is not None:
             announce(index)
             print(f"mpq-rl: {folder} holds this run finished: reading it back", file=sys.stderr)
             found[index] = result
         else:
-            resumable = (folder / CONFIG_FILE).is_file() and run_config(folder).same_search(run)
-            pending.append((index, run, folder if resumable else None))
+            pending.append((index, run, folder if same_run else None))
     if on_ray:
         from mpq_rl.runs.compare_on_ray import run_on_ray
 
-        found.update(run_on_ray(pending, parallel, progress))
+        jobs = [(index, partial(run_search, run, resume=resume, progress=False)) for index, run, resume in pending]
+        found.update(run_on_ray(jobs, parallel, progress))
     else:
         for index, run, resume in pending:
             announce(index)

@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import read_json
 from mpq_rl.quantization.formats import label
 from mpq_rl.runs.logger import TB_DIR
 from mpq_rl.runs.recorder import EPISODES_FILE, PARETO_FILE, POLICY_FILE
-from mpq_rl.runs.run_folder import CONFIG_FILE, run_config, versions
+from mpq_rl.runs.run_folder import versions
 from mpq_rl.runs.ties import calibration_ties, tied_uniform
 from mpq_rl.search.evaluator import Metrics
 from mpq_rl.search.metrics import format_metric
@@ -96,13 +95,11 @@ def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | None:
-    """The result of the finished run of ``config`` in ``folder`` (read back from its ``summary.json``), or None
-    if ``folder`` holds no finished run of exactly that config."""
+def finished_result(folder: str | Path) -> SearchResult | None:
+    """The result of the finished run in ``folder`` (read back from its ``summary.json``), or None if the run in
+    ``folder`` has not finished (the caller checks that it is the run it wants)."""
     folder = Path(folder)
-    if not (folder / SUMMARY_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
-        return None
-    if not run_config(folder).same_search(config.with_overrides(output=str(folder))):
+    if not (folder / SUMMARY_FILE).is_file():
         return None
     fix = "delete it, and the next compare resumes the run and redoes its held-out evaluation"
     saved = read_json(folder / SUMMARY_FILE, fix)
@@ -129,18 +126,19 @@ def finished_result(folder: str | Path, config: RunConfig) -> SearchResult | Non
         raise UserError(f"{folder / SUMMARY_FILE} is not a run summary: {fix}") from None
 
 
-def summary(result: SearchResult, config: RunConfig) -> dict[str, Any]:
-    """The content of ``summary.json``."""
+def summary(result: SearchResult, agent: str, seed: int, enforcement: str) -> dict[str, Any]:
+    """The content of ``summary.json``: ``result`` of the searcher ``agent`` with ``seed``, its budget enforced by
+    ``enforcement``."""
     return {
         "format": SUMMARY_FORMAT,
         "best": result.best,
         "fp32": {"test_metrics": result.fp32_test},
         "uniform": result.uniform,
         "uniform_ties": tied_uniform(result.best, result.uniform, result.metric),
-        "budget": {"metric": result.metric, "fraction": result.budget, "enforcement": config.budget.enforcement},
+        "budget": {"metric": result.metric, "fraction": result.budget, "enforcement": enforcement},
         "proxy": result.proxy,
-        "agent": config.agent.name,
-        "seed": config.seed,
+        "agent": agent,
+        "seed": seed,
         "episodes": result.episodes,
         "evaluations": result.evaluations,
         "cache_hits": result.cache_hits,

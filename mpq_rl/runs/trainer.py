@@ -32,6 +32,7 @@ from mpq_rl.agents.checkpoint import CHECKPOINT_DIR
 from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.io import atomic_write_json
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.runs.dashboard import SearchDashboard
 from mpq_rl.runs.held_out import held_out_scores
 from mpq_rl.runs.logger import TB_DIR, TensorBoardLogger, logged_episodes
@@ -60,7 +61,7 @@ from mpq_rl.runs.summary import SUMMARY_FILE, SearchResult, summary
 from mpq_rl.safe_files import remove
 from mpq_rl.search.evaluator import EvaluationCache
 from mpq_rl.search.pool import EvaluationPool, resolve_parallel
-from mpq_rl.search.problem import SearchProblem, build_problem
+from mpq_rl.search.problem import SearchProblem
 from mpq_rl.search.searcher import SearchContext, Searcher
 
 CHECKPOINT_EVERY = 50
@@ -232,5 +233,5 @@ def _search(
         best_per_budget=held_out.best_per_budget,
         parts=parts.parts,
     )
-    atomic_write_json(folder / SUMMARY_FILE, summary(result, config))
+    atomic_write_json(folder / SUMMARY_FILE, summary(result, config.agent.name, config.seed, config.budget.enforcement))
     return result

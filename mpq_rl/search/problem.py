@@ -11,11 +11,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from mpq_rl.config import RunConfig, load_config, parse_config
 from mpq_rl.hardware import CostTable, build_cost_table
+from mpq_rl.hardware.settings import HardwareConfig
 from mpq_rl.quantization.formats import candidate_codes
 from mpq_rl.quantization.policy import Policy
 from mpq_rl.quantization.settings import QuantizationConfig
@@ -26,55 +24,68 @@ from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.search.rewards import Outcome, build_reward, proxy_value
 from mpq_rl.search.settings import BudgetConfig, ProxyConfig, RewardConfig
 from mpq_rl.search.size_budget import SIZE_METRIC, size_fraction
-from mpq_rl.workloads.workload import Workload, load_workload
+from mpq_rl.workloads.workload import Workload, WorkloadSettings, load_workload
+
+
+@dataclass(frozen=True)
+class ProblemSettings:
+    """The sections a search problem is built from (the run layer, :mod:`mpq_rl.runs.assembly`, takes them out of
+    a run configuration)."""
+
+    workload: WorkloadSettings
+    hardware: HardwareConfig
+    budget: BudgetConfig
+    proxy: ProxyConfig
+    reward: RewardConfig
 
 
 @dataclass(frozen=True)
 class ProblemSpec:
-    """What another process needs to build the same problem as the driver: the resolved config, as JSON data
-    (small and picklable). :meth:`build` goes through :func:`build_problem`, as the driver did."""
+    """What another process needs to build the same problem as the driver: its settings (typed sections, small and
+    picklable). :meth:`build` goes through :func:`build_problem`, as the driver did."""
 
-    config: dict[str, Any]
+    settings: ProblemSettings
 
     def build(self, cache: EvaluationCache | None = None) -> SearchProblem:
         """The problem, its evaluator starting from ``cache`` (e.g. the driver's, so no policy is scored twice)."""
-        problem = build_problem(parse_config(self.config))
+        problem = build_problem(self.settings)
         if cache is not None:
             problem.evaluator.cache = cache
         return problem
 
 
 def build_problem(
-    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    settings: ProblemSettings,
     *,
     workload: Workload | None = None,
     costs: CostTable | None = None,
     evaluator: Evaluator | None = None,
 ) -> SearchProblem:
-    """The search problem a config describes: the one place a config becomes a problem (the CLI, ``gym.make``
-    and the Python API all come here). Pieces already in hand (a workload from Python, a shared evaluator) are
-    used as given; with a workload in hand, it decides which layers are searched and the config everything else.
-    Only a problem whose workload this function loaded can be rebuilt in worker processes."""
-    config = load_config(config)
-    spec = ProblemSpec(config.model_dump(mode="json")) if workload is None else None
-    workload = workload if workload is not None else load_workload(config)
+    """The search problem ``settings`` describe: the one place settings become a problem (the run layer's
+    :func:`mpq_rl.runs.assembly.build_problem` brings the CLI, ``gym.make`` and the Python API here). Pieces already
+    in hand (a workload from Python, a shared evaluator) are used as given; with a workload in hand, it decides
+    which layers are searched and the settings everything else. Only a problem whose workload this function loaded
+    can be rebuilt in worker processes."""
+    spec = ProblemSpec(settings) if workload is None else None
+    workload = workload if workload is not None else load_workload(settings.workload)
+    quantization = settings.workload.quantization
     return SearchProblem(
         workload,
         costs
         if costs is not None
         else build_cost_table(
             workload.layers,
-            config.hardware,
-            formats=config.quantization.formats,
-            reference_bits=config.quantization.reference_bits,
-            codes=config.quantization.weight_codes,
+            settings.hardware,
+            formats=quantization.formats,
+            reference_bits=quantization.reference_bits,
+            codes=quantization.weight_codes,
         ),
         evaluator,
-        quantization=config.quantization,
-        metric=config.hardware.metric,
-        budget=config.budget,
-        proxy=config.proxy,
-        reward=config.reward,
+        quantization=quantization,
+        metric=settings.hardware.metric,
+        budget=settings.budget,
+        proxy=settings.proxy,
+        reward=settings.reward,
         spec=spec,
     )
 

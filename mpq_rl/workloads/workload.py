@@ -1,9 +1,9 @@
-"""A workload: the model, its data and its layer table, assembled from a run configuration.
+"""A workload: the model, its data and its layer table, assembled from the configuration's sections.
 
 This is the first stage of the data path (model -> layer table -> cost table -> environment -> agent ->
 evaluator -> logger): everything downstream receives a :class:`Workload` or pieces of it, never the config.
-:func:`load_workload` and :func:`assemble_workload` are where the config's model, data and quantization sections
-are resolved into it.
+:func:`load_workload` and :func:`assemble_workload` are where the model, data and quantization sections
+(:class:`WorkloadSettings`, taken out of a run configuration by :mod:`mpq_rl.runs.assembly`) are resolved into it.
 """
 
 from __future__ import annotations
@@ -16,16 +16,30 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mpq_rl import status
-from mpq_rl.config import RunConfig
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.bits import REFERENCE_BITS
 from mpq_rl.quantization.policy import Policy
+from mpq_rl.quantization.settings import QuantizationConfig
 from mpq_rl.quantization.simulator import RangeSettings
 from mpq_rl.workloads.data import Batches, Splits, check_proxy_data, load_data, make_batches
 from mpq_rl.workloads.device import resolve_device
 from mpq_rl.workloads.layers import LayerTable, discover_layers
 from mpq_rl.workloads.model_io import call_model, output_tensor
 from mpq_rl.workloads.models import build_model
+from mpq_rl.workloads.settings import DataConfig, ModelConfig
+
+
+@dataclass(frozen=True)
+class WorkloadSettings:
+    """The sections a workload is built from: the model, its data, its quantization, where it runs, the seed
+    (calibration sampling, range percentiles) and the proxy metric the data must be able to score."""
+
+    model: ModelConfig
+    data: DataConfig
+    quantization: QuantizationConfig
+    device: str
+    seed: int
+    proxy_metric: str
 
 
 @dataclass
@@ -164,48 +178,48 @@ def _first_outputs(model: nn.Module, batches: Batches, split: str) -> torch.Tens
         ) from None
 
 
-def example_input(config: RunConfig, calibration: Batches | None, device: torch.device | None = None) -> object:
+def example_input(model: ModelConfig, calibration: Batches | None, device: torch.device | None = None) -> object:
     """A batch for layer discovery: the first calibration batch, or zeros of ``model.input_shape``."""
     if calibration is not None:
         return calibration.example()
-    if config.model.input_shape is None:
+    if model.input_shape is None:
         raise UserError("with no data, give model.input_shape (e.g. [1, 3, 224, 224]) so the layers can be measured")
-    return torch.zeros(config.model.input_shape, device=device)
+    return torch.zeros(model.input_shape, device=device)
 
 
-def load_workload(config: RunConfig, with_data: bool = True) -> Workload:
-    """Build the model, load the data and measure the layer table for ``config``."""
-    resolve_device(config.device)  # a missing GPU is reported before the model and data load
-    status.say(f"loading the model ({config.model.source})")
-    model = build_model(config.model)
+def load_workload(settings: WorkloadSettings, with_data: bool = True) -> Workload:
+    """Build the model, load the data and measure the layer table for ``settings``."""
+    resolve_device(settings.device)  # a missing GPU is reported before the model and data load
+    status.say(f"loading the model ({settings.model.source})")
+    model = build_model(settings.model)
     if with_data:
-        status.say(f"loading the data ({config.data.factory or config.data.name})")
-    splits = load_data(config.data, model) if with_data else {}
-    return assemble_workload(config, model, splits)
+        status.say(f"loading the data ({settings.data.factory or settings.data.name})")
+    splits = load_data(settings.data, model) if with_data else {}
+    return assemble_workload(settings, model, splits)
 
 
-def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Workload:
+def assemble_workload(settings: WorkloadSettings, model: nn.Module, splits: Splits) -> Workload:
     """A workload from a model and data splits already in hand (``{"calibration", "test", "train"}``).
 
-    ``config`` still supplies the device, the bit candidates, layer selection, range calibration, batch size and
+    ``settings`` still supply the device, the bit candidates, layer selection, range calibration, batch size and
     seed; the model and batches are moved to the device.
     """
-    device = resolve_device(config.device)
+    device = resolve_device(settings.device)
     model.eval().to(device)
     calibration = test = None
     if splits:
-        check_proxy_data(splits, config.proxy.metric)
+        check_proxy_data(splits, settings.proxy_metric)
         calibration = make_batches(
-            splits["calibration"], config.data.batch_size, limit=config.data.calibration_samples, seed=config.seed
+            splits["calibration"], settings.data.batch_size, limit=settings.data.calibration_samples, seed=settings.seed
         ).to(device)
         if "test" in splits:
-            test = make_batches(splits["test"], config.data.batch_size).to(device)
+            test = make_batches(splits["test"], settings.data.batch_size).to(device)
         check_data(model, calibration, test)
-    example = example_input(config, calibration, device)
+    example = example_input(settings.model, calibration, device)
     status.say("finding the quantizable layers (one forward pass)")
-    layers = discover_layers(model, example, model_name=config.model.source)
+    layers = discover_layers(model, example, model_name=settings.model.source)
 
-    quant = config.quantization
+    quant = settings.quantization
     a_fixed = REFERENCE_BITS[1] if quant.activation_bits else quant.activation_candidates[0]
     pinned = resolve_pins(quant.pin, layers)
     candidates = [name for name in layers.select(quant.include, quant.exclude) if name not in pinned]
@@ -217,7 +231,7 @@ def assemble_workload(config: RunConfig, model: nn.Module, splits: Splits) -> Wo
         layers=layers,
         searched=tuple(candidates),
         fixed=fixed,
-        ranges=RangeSettings(quant.weight_range, quant.activation_range, quant.percentile, config.seed),
+        ranges=RangeSettings(quant.weight_range, quant.activation_range, quant.percentile, settings.seed),
         device=device,
         example=example,
         calibration=calibration,

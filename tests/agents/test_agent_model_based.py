@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.model_based import SurrogateReward
@@ -17,7 +18,6 @@ from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.formats import FORMATS
 from mpq_rl.runs.recorder import Recorder
-from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from mpq_rl.runs.assembly import build_problem
 from scipy.stats import truncnorm
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.logger import Logger
@@ -14,7 +15,6 @@ from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
-from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
 
 SMALL_OFF_POLICY = {"warmup_episodes": 2, "buffer_size": 200, "batch_size": 16}
@@ -146,4 +146,17 @@ def test_bad_kwargs_and_names_are_user_errors():
         build_searcher("ddpg", {"learning_rat": 0.1})
     with pytest.raises(UserError, match="unknown agent 'dqn'"):
         build_searcher("dqn")
+    with pytest.raises(UserError, match="agent.kwargs.n_steps for 'ppo': Input should be a valid integer, got 'x'"):
+        build_searcher("ppo", {"n_steps": "x"})
+    with pytest.raises(UserError, match="agent.kwargs.checkpoint_every for 'td3': .*greater than or equal to 1"):
+        build_searcher("td3", {"checkpoint_every": 0})
+    with pytest.raises(UserError, match="'sac' has unknown key 'noise_sigma'"):
+        build_searcher("sac", {"noise_sigma": 0.1})  # HAQ's exploration is DDPG's and TD3's only
     assert {"ddpg", "td3", "sac", "ppo", "a2c"} <= set(SEARCHERS)
+
+
+def test_typed_kwargs_override_the_defaults_and_only_those_given():
+    settings = build_searcher("ddpg", {"batch_size": 16, "train_freq": [8, "step"]}).settings(5)
+    assert settings["batch_size"] == 16 and settings["train_freq"] == (8, "step")  # a YAML list becomes SB3's tuple
+    assert settings["buffer_size"] == 128 * 5  # the default
+    assert "learning_starts" not in settings and "checkpoint_every" not in settings

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from mpq_rl.runs.assembly import build_problem
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import mpq_rl.envs  # noqa: F401  (registers mpq_rl/BitWidth-v1)
@@ -14,7 +15,6 @@ from mpq_rl.config import parse_config
 from mpq_rl.envs import ENV_ID, BitWidthEnv
 from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
-from mpq_rl.search.problem import build_problem
 from mpq_rl.search.rewards import Outcome, haq
 
 
@@ -153,7 +153,7 @@ def test_reward_is_zero_before_the_last_step(make_env):
 
 
 def test_pinned_layers_keep_their_bits(digits_workload, digits_splits, digits_costs, digits_evaluator):
-    from mpq_rl.workloads.workload import assemble_workload
+    from mpq_rl.runs.assembly import assemble_workload
 
     config = parse_config({"quantization": {"pin": {"first": [8, 8], "classifier": [6, 6]}}})
     workload = assemble_workload(config, digits_workload.model, digits_splits)

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from mpq_rl.runs.assembly import build_problem, load_workload
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.cli import main
@@ -17,11 +18,10 @@ from mpq_rl.errors import UserError
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization import formats
 from mpq_rl.quantization.policy import load_policy, save_policy
+from mpq_rl.quantization.quant import ActivationSample
 from mpq_rl.search.evaluator import calibrated_simulator
-from mpq_rl.search.problem import build_problem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.workloads.model_io import model_outputs
-from mpq_rl.workloads.workload import load_workload
 
 FP, FLINT = formats.precision_code("fp", 0), formats.precision_code("flint", 0)
 
@@ -102,10 +102,10 @@ def test_fake_quantization_rounds_to_nearest_and_passes_gradients_straight_throu
 def test_activation_quantizer_is_unsigned_for_non_negative_inputs():
     sample = torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 3
     flint = formats.FORMATS["flint"]
-    quantizer, six = flint.activation_quantizers(sample, 0.0, 3.0, [4, 6])
+    quantizer, six = flint.activation_quantizers(ActivationSample(sample, 0.0, 3.0), [4, 6])
     assert quantizer.table.min() == 0 and len(quantizer.table) == 16 and len(six.table) == 64
     assert six.code == FLINT + 6
-    assert flint.activation_quantizers(sample - 1, -1.0, 2.0, [4])[0].table.min() < 0
+    assert flint.activation_quantizers(ActivationSample(sample - 1, -1.0, 2.0), [4])[0].table.min() < 0
 
 
 def test_policy_files_carry_formats_and_old_files_mean_integers(tmp_path):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq_rl.quantization import formats
-from mpq_rl.quantization.quant import QuantParams, activation_quantizers
+from mpq_rl.quantization.quant import ActivationSample, QuantParams, activation_quantizers
 from mpq_rl.quantization.simulator import QuantSimulator, _InferenceFakeQuant
 from mpq_rl.search.metrics import Scorer
 
@@ -100,7 +100,9 @@ def test_simulated_model_gives_the_same_outputs_with_and_without_autograd():
 
 def test_activation_quantizers_from_calibration_round_trip_through_the_fast_path():
     sample = torch.randn(5000).relu()
-    for quantizer in activation_quantizers(sample, float(sample.min()), float(sample.max()), [2, 4, 8], "mse", 99.99):
+    for quantizer in activation_quantizers(
+        ActivationSample(sample, float(sample.min()), float(sample.max())), [2, 4, 8], "mse", 99.99
+    ):
         with torch.no_grad():
             assert torch.equal(_InferenceFakeQuant()(quantizer, sample), quantizer(sample))
 

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from mpq_rl.runs.assembly import load_workload
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -25,7 +26,7 @@ from mpq_rl.quantization.qat import LsqAttachment, LsqQuantizer, calibrated_scal
 from mpq_rl.quantization.quant import QuantParams
 from mpq_rl.search.evaluator import calibrated_simulator
 from mpq_rl.workloads.model_io import model_outputs
-from mpq_rl.workloads.workload import Workload, load_workload
+from mpq_rl.workloads.workload import Workload
 
 EDGE_LAYERS = ("stem", "classifier")
 """Kept at W8A8 by :func:`aggressive_policy`, which puts every other layer at W2A4 (digits top-1 drops 7-25 points)."""

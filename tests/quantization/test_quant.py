@@ -5,6 +5,7 @@ import torch
 
 from mpq_rl.quantization.formats import FORMATS
 from mpq_rl.quantization.quant import (
+    ActivationSample,
     QuantParams,
     activation_quantizers,
     quantization_error,
@@ -21,7 +22,7 @@ def quantize_weight(weight: torch.Tensor, bits: int, method: str = "mse") -> tor
 
 
 def activation_quantizer(x: torch.Tensor, lo: float, hi: float, bits: int, method: str = "mse", **kwargs):
-    return INT.activation_quantizers(x, lo, hi, [bits], method, **kwargs)[0]
+    return INT.activation_quantizers(ActivationSample(x, lo, hi), [bits], method, **kwargs)[0]
 
 
 @pytest.fixture
@@ -165,5 +166,5 @@ def test_every_bit_width_searched_at_once_equals_one_at_a_time_bit_for_bit():
         assert torch.equal(row, _reference_weight_scale(weight, b)), b
     for sample in (torch.randn(3000, generator=generator).relu(), torch.randn(3000, generator=generator) - 0.3):
         lo, hi = float(sample.min()), float(sample.max())
-        found = activation_quantizers(sample, lo, hi, bits)
+        found = activation_quantizers(ActivationSample(sample, lo, hi), bits)
         assert [(q.scale, q.zero_point) for q in found] == [_reference_activation(sample, lo, hi, b) for b in bits]

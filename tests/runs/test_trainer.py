@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+from mpq_rl.runs.assembly import load_workload
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mpq_rl.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
@@ -16,7 +17,6 @@ from mpq_rl.runs.recorder import Recorder
 from mpq_rl.runs.run_folder import run_config
 from mpq_rl.runs.trainer import SearchInterrupted, run_search
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
-from mpq_rl.workloads.workload import load_workload
 
 EPISODES = 12
 INTERRUPT_AT = 5

@@ -5,12 +5,12 @@ import multiprocessing
 import pickle
 
 import pytest
+from mpq_rl.runs.assembly import load_workload, problem_settings
 
 from mpq_rl.config import load_config
 from mpq_rl.errors import UserError
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator, evaluate_on_test, policy_key
 from mpq_rl.search.problem import ProblemSpec
-from mpq_rl.workloads.workload import load_workload
 
 
 def test_repeated_policies_are_cache_hits_and_results_do_not_depend_on_history(digits_workload, digits_evaluator):
@@ -50,7 +50,7 @@ def _evaluate_in_child(spec, policy):
 
 
 def test_an_evaluator_built_in_another_process_agrees(digits_workload, digits_evaluator, model_cache):
-    spec = ProblemSpec(load_config().model_dump(mode="json"))
+    spec = ProblemSpec(problem_settings(load_config()))
     policy = digits_workload.uniform(4, 3)
     assert len(pickle.dumps((spec, policy))) < 4096  # a small spec, not a model
     context = multiprocessing.get_context("spawn")

@@ -34,7 +34,7 @@ def test_metrics_match_torch_definitions(logits):
 
 def test_embeddings_get_cosine_only_and_scorer_is_reusable(logits):
     reference, noisy = logits
-    embeddings = Scorer(reference.reshape(50, 2, 5), None)
-    assert set(embeddings(noisy.reshape(50, 2, 5))) == {"cosine"}
+    embeddings = Scorer(reference.reshape(50, 2, 5, 1), None)  # 3-D outputs are a language model's token logits
+    assert set(embeddings(noisy.reshape(50, 2, 5, 1))) == {"cosine"}
     scorer = Scorer(reference, None)
     assert scorer(noisy) == scorer(noisy) == score(noisy, reference, None)

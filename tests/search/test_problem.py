@@ -2,10 +2,10 @@
 and the budget enforcement a score applies."""
 
 import pytest
+from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.config import parse_config
 from mpq_rl.search.enforcement import PENALTY_PER_EXCESS
-from mpq_rl.search.problem import build_problem
 
 CONFIG = {
     "hardware": {"preset": "bops", "metric": "bops"},

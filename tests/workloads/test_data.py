@@ -207,7 +207,7 @@ def test_no_data():
 
 
 def test_builtin_names():
-    assert set(DATASETS) == {"digits", "minilm_sentences", "imagenet", "cifar10"}
+    assert set(DATASETS) == {"digits", "minilm_sentences", "imagenet", "cifar10", "text"}
     with pytest.raises(UserError, match=r"unknown data.name 'mnist': use one of \['cifar10', 'digits', 'imagenet'"):
         load_data(DataConfig(name="mnist"))
 
@@ -223,8 +223,9 @@ def test_factory_seed_comes_from_its_kwargs_never_from_the_run(factories):
 
 
 def test_test_split_is_the_same_for_every_run_seed(factories):
+    from mpq_rl.runs.assembly import load_workload
+
     from mpq_rl.config import parse_config
-    from mpq_rl.workloads.workload import load_workload
 
     def test_inputs(seed: int) -> torch.Tensor:
         config = parse_config(

@@ -44,7 +44,7 @@ def test_a_config_asking_for_cuda_fails_before_loading_anything(tmp_path, capsys
 
 
 def test_explicit_cpu_runs_on_the_cpu(digits_model, one_thread, capsys):
-    from mpq_rl.workloads.workload import load_workload
+    from mpq_rl.runs.assembly import load_workload
 
     workload = load_workload(parse_config({"device": "cpu", "data": {"calibration_samples": 64}}))
     assert workload.device == torch.device("cpu")

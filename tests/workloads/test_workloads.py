@@ -217,7 +217,7 @@ def test_build_digits_cnn_by_name_uses_the_cache(digits_model, monkeypatch):
 
 def test_model_registry_names():
     assert {"digits_cnn", "minilm", "mobilenet_v2", "resnet18", "resnet50"} <= set(MODELS)
-    with pytest.raises(UserError, match=r"unknown model.name 'vgg': use one of \['digits_cnn', "):
+    with pytest.raises(UserError, match=r"unknown model.name 'vgg': use one of \['causal_lm', 'digits_cnn', "):
         build_model(ModelConfig(name="vgg"))
 
 
