@@ -74,14 +74,13 @@ def _watch(ceiling: int, seconds: float, scored: list[int], began: float) -> Non
 def worker(depth: int, evaluations: int, ceiling: int, seconds: float, grid: str) -> dict[str, Any]:
     """hawq on a ``depth``-layer model for ``evaluations`` evaluations, in this process (run it in a fresh one)."""
     import torch
-    from mpq_rl.runs.assembly import build_problem
     from torch.utils.data import TensorDataset
 
     from benchmarks.many_layers import blocks
     from mpq_rl.agents import build_searcher
     from mpq_rl.config import parse_config
+    from mpq_rl.runs.assembly import assemble_workload, build_problem
     from mpq_rl.search.searcher import SearchContext
-    from mpq_rl.workloads.workload import assemble_workload
 
     torch.set_num_threads(1)
     began = time.perf_counter()

@@ -28,9 +28,10 @@ from mpq_rl.deployment.kernels import (  # noqa: E402
     why_not_faster,
 )
 from mpq_rl.quantization.qat import LsqAttachment, calibrated_scales  # noqa: E402
+from mpq_rl.runs.assembly import assemble_workload  # noqa: E402
 from mpq_rl.search.evaluator import calibrated_simulator  # noqa: E402
 from mpq_rl.workloads.model_io import model_outputs  # noqa: E402
-from mpq_rl.workloads.workload import Workload, assemble_workload  # noqa: E402
+from mpq_rl.workloads.workload import Workload  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
