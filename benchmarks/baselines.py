@@ -31,11 +31,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import build_problem, load_workload
-
 from benchmarks.harness import machine
 from mpq_rl.agents import build_searcher
 from mpq_rl.config import load_config
+from mpq_rl.runs.assembly import build_problem, load_workload
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.evaluator import EvaluationCache, evaluate_on_test
 from mpq_rl.search.problem import SearchProblem

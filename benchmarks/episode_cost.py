@@ -50,8 +50,6 @@ from torch import nn
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import build_problem, load_workload
-
 from benchmarks.harness import (
     Writer,
     interleaved,
@@ -69,6 +67,7 @@ from mpq_rl.envs import BitWidthEnv
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import Policy
 from mpq_rl.quantization.simulator import QuantSimulator
+from mpq_rl.runs.assembly import build_problem, load_workload
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.search.metrics import score
 from mpq_rl.workloads.model_io import model_outputs

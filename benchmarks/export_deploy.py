@@ -29,14 +29,13 @@ from torch.utils.data import TensorDataset
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import assemble_workload, load_workload
-
 from benchmarks.harness import Writer, machine, machine_lines, publish, table, write_section
 from mpq_rl.config import RunConfig, load_config
 from mpq_rl.deployment.export import export_policy
 from mpq_rl.deployment.export_check import ExportCheck
 from mpq_rl.deployment.kernels import kernel_summary
 from mpq_rl.quantization.policy import Policy
+from mpq_rl.runs.assembly import assemble_workload, load_workload
 from mpq_rl.workloads.imagenet_models import resnet18
 from mpq_rl.workloads.workload import Workload
 

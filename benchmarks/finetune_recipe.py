@@ -22,11 +22,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import load_workload
-
 from benchmarks.harness import machine, machine_lines, table
 from mpq_rl.config import load_config
 from mpq_rl.deployment.finetune import finetune
+from mpq_rl.runs.assembly import load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {

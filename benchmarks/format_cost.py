@@ -23,8 +23,6 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import load_workload
-
 from benchmarks.harness import (
     Writer,
     interleaved,
@@ -38,6 +36,7 @@ from benchmarks.harness import (
 )
 from mpq_rl.config import load_config
 from mpq_rl.quantization import formats
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.search.evaluator import Evaluator
 
 NAME = "format_cost"

@@ -24,14 +24,13 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import load_workload
-
 from benchmarks.harness import Writer, machine, machine_lines, publish, table, write_section
 from mpq_rl.agents.fixed_mix import steps
 from mpq_rl.config import load_config
 from mpq_rl.deployment.gguf_check import PPL_TOLERANCE, export_policy_gguf
 from mpq_rl.quantization import groupwise
 from mpq_rl.quantization.policy import Policy
+from mpq_rl.runs.assembly import load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {name: ROOT / "experiments" / "configs" / f"{name}.yaml" for name in ("tinylm", "smollm2")}

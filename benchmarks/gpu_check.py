@@ -26,10 +26,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import build_problem
-
 from benchmarks.harness import Writer, machine, machine_lines, publish, table, write_section
 from mpq_rl.config import parse_config
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.evaluator import evaluate_on_test
 from mpq_rl.search.problem import SearchProblem
 

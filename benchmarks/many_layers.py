@@ -35,8 +35,6 @@ from torch.utils.data import TensorDataset
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import assemble_workload, build_problem
-
 from benchmarks.episode_cost import play, random_actions
 from benchmarks.harness import (
     Writer,
@@ -52,6 +50,7 @@ from benchmarks.harness import (
 )
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
+from mpq_rl.runs.assembly import assemble_workload, build_problem
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator
 from mpq_rl.workloads.model_io import model_outputs
 

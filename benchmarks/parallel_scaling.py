@@ -74,10 +74,9 @@ def _backends(spec: Any, workers: int) -> dict[str, Any]:
 
 
 def run(workload: str = "digits", policies: int = 24, repeats: int = 5) -> dict[str, Any]:
-    from mpq_rl.runs.assembly import build_problem
-
     from mpq_rl.agents.random_search import sample_policy
     from mpq_rl.config import load_config
+    from mpq_rl.runs.assembly import build_problem
     from mpq_rl.search.ray_cluster import connect, disconnect
 
     torch.set_num_threads(1)  # one thread in every process: 2 workers on 2 cores use both, and no more

@@ -33,12 +33,11 @@ from torch.utils.data import TensorDataset
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpq_rl.runs.assembly import assemble_workload, build_problem
-
 from benchmarks.harness import Writer, machine, machine_lines, publish, table, verdict, write_section
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.hardware import build_cost_table
+from mpq_rl.runs.assembly import assemble_workload, build_problem
 from mpq_rl.search.evaluator import Evaluator
 
 NAME = "step_overhead"

@@ -13,10 +13,10 @@ import argparse
 import math
 
 import torch
-from mpq_rl.runs.assembly import load_workload
 
 from mpq_rl.config import load_config
 from mpq_rl.quantization import formats
+from mpq_rl.runs.assembly import load_workload
 
 BITS = range(2, 9)
 

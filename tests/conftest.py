@@ -66,9 +66,8 @@ def minilm_splits() -> Splits:
 @pytest.fixture(scope="session")
 def digits_workload(digits_model: nn.Module):
     """The default run's workload (digits CNN, digits data), built from the default config."""
-    from mpq_rl.runs.assembly import load_workload
-
     from mpq_rl.config import load_config
+    from mpq_rl.runs.assembly import load_workload
 
     return load_workload(load_config())
 

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mpq_rl.runs.assembly import load_workload
 
 from mpq_rl.cli import main
 from mpq_rl.config import load_config
 from mpq_rl.errors import UserError
 from mpq_rl.hardware import build_cost_table
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.workloads.vision_data import load_cifar10, load_imagenet
 
 ROOT = Path(__file__).resolve().parents[1]

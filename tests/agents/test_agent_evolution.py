@@ -4,12 +4,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.evolution import Evolution, filled, mutate
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.subsets import SubsetScorer, select_samples, split_samples
 

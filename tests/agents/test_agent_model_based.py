@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.model_based import SurrogateReward
@@ -17,6 +16,7 @@ from mpq_rl.envs import BitWidthEnv, LearnedRewardEnv
 from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
 from mpq_rl.quantization.formats import FORMATS
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.runs.recorder import Recorder
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.sensitivity import Sensitivity, measure_sensitivity

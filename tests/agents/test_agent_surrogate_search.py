@@ -6,12 +6,12 @@ import itertools
 
 import numpy as np
 import pytest
-from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.agents.surrogate_search import SurrogateSearch, probes, solver_optima
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.searcher import SearchContext
 
 SEARCHED = ("block.conv2", "dw", "pw", "fc")

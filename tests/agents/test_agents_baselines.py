@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mpq_rl.runs.assembly import build_problem
 from torch import nn
 from torch.nn import functional as F
 
@@ -18,6 +17,7 @@ from mpq_rl.agents.hessian import calibration_loss, hessian_traces
 from mpq_rl.agents.knapsack import ranked_policies
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.workloads.data import Batches
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from mpq_rl.runs.assembly import build_problem
 from scipy.stats import truncnorm
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.logger import Logger
@@ -15,6 +14,7 @@ from mpq_rl.agents.rl import RLSearcher, TruncatedNormalNoise
 from mpq_rl.config import parse_config
 from mpq_rl.envs import BitWidthEnv
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.searcher import SearchContext
 
 SMALL_OFF_POLICY = {"warmup_episodes": 2, "buffer_size": 200, "batch_size": 16}

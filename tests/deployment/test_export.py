@@ -13,7 +13,6 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from mpq_rl.runs.assembly import load_workload  # noqa: E402
 from onnx import TensorProto, numpy_helper  # noqa: E402
 
 from mpq_rl.cli import main  # noqa: E402
@@ -24,6 +23,7 @@ from mpq_rl.deployment.finetuned_weights import load_finetuned  # noqa: E402
 from mpq_rl.deployment.kernels import FLOAT_WEIGHTS  # noqa: E402
 from mpq_rl.quantization.policy import save_policy  # noqa: E402
 from mpq_rl.quantization.qat import LsqAttachment  # noqa: E402
+from mpq_rl.runs.assembly import load_workload  # noqa: E402
 from mpq_rl.search.evaluator import calibrated_simulator  # noqa: E402
 from mpq_rl.workloads.model_io import model_outputs  # noqa: E402
 from mpq_rl.workloads.workload import Workload  # noqa: E402

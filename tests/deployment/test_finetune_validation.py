@@ -4,11 +4,11 @@ the best epoch by it, the calibrated start included."""
 from __future__ import annotations
 
 import torch
-from mpq_rl.runs.assembly import load_workload
 
 from mpq_rl.config import load_config
 from mpq_rl.deployment.finetune import finetune
 from mpq_rl.deployment.validation import split_train
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.workloads.workload import Workload
 
 POLICY = (3, 3)

@@ -7,7 +7,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from mpq_rl.runs.assembly import build_problem
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import mpq_rl.envs  # noqa: F401  (registers mpq_rl/BitWidth-v1)
@@ -15,6 +14,7 @@ from mpq_rl.config import parse_config
 from mpq_rl.envs import ENV_ID, BitWidthEnv
 from mpq_rl.envs.observation import OBSERVATION_FEATURES
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.rewards import Outcome, haq
 
 

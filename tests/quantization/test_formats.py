@@ -7,7 +7,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from mpq_rl.runs.assembly import build_problem, load_workload
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.cli import main
@@ -19,6 +18,7 @@ from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization import formats
 from mpq_rl.quantization.policy import load_policy, save_policy
 from mpq_rl.quantization.quant import ActivationSample
+from mpq_rl.runs.assembly import build_problem, load_workload
 from mpq_rl.search.evaluator import calibrated_simulator
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.workloads.model_io import model_outputs

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from mpq_rl.runs.assembly import load_workload
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -24,6 +23,7 @@ from mpq_rl.quantization import formats
 from mpq_rl.quantization.policy import save_policy
 from mpq_rl.quantization.qat import LsqAttachment, LsqQuantizer, calibrated_scales, load_scales
 from mpq_rl.quantization.quant import QuantParams
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.search.evaluator import calibrated_simulator
 from mpq_rl.workloads.model_io import model_outputs
 from mpq_rl.workloads.workload import Workload

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from mpq_rl.runs.assembly import load_workload
 
 from mpq_rl.cli import main
 from mpq_rl.config import load_config
 from mpq_rl.hardware import build_cost_table
+from mpq_rl.runs.assembly import load_workload
 
 
 @pytest.mark.parametrize("deployed", [32, 16, 8])

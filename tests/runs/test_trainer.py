@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-from mpq_rl.runs.assembly import load_workload
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mpq_rl.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
@@ -13,6 +12,7 @@ from mpq_rl.config import load_config, parse_config
 from mpq_rl.hardware import build_cost_table
 from mpq_rl.quantization.policy import load_policy
 from mpq_rl.runs import logger as tb_logger
+from mpq_rl.runs.assembly import load_workload
 from mpq_rl.runs.recorder import Recorder
 from mpq_rl.runs.run_folder import run_config
 from mpq_rl.runs.trainer import SearchInterrupted, run_search

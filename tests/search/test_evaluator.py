@@ -5,10 +5,10 @@ import multiprocessing
 import pickle
 
 import pytest
-from mpq_rl.runs.assembly import load_workload, problem_settings
 
 from mpq_rl.config import load_config
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import load_workload, problem_settings
 from mpq_rl.search.evaluator import EvaluationCache, Evaluator, evaluate_on_test, policy_key
 from mpq_rl.search.problem import ProblemSpec
 

@@ -7,11 +7,11 @@ import os
 import sys
 
 import pytest
-from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.cli import main
 from mpq_rl.config import ParallelConfig, parse_config
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.evaluator import EvaluationCache
 from mpq_rl.search.pool import EvaluationPool, local_processes, resolve_parallel
 from mpq_rl.search.threads import THREADS_ENV, threads_per_process, usable_cores

@@ -2,9 +2,9 @@
 and the budget enforcement a score applies."""
 
 import pytest
-from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.config import parse_config
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.enforcement import PENALTY_PER_EXCESS
 
 CONFIG = {

@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 import pytest
-from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.agents.random_search import sample_policy
 from mpq_rl.config import ParallelConfig
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.runs.compare import COMPARE_JSON, compare
 from mpq_rl.search.evaluator import EvaluationCache
 from mpq_rl.search.pool import EvaluationPool

@@ -3,11 +3,11 @@
 import dataclasses
 
 import pytest
-from mpq_rl.runs.assembly import build_problem
 
 from mpq_rl.agents import build_searcher
 from mpq_rl.config import parse_config
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import build_problem
 from mpq_rl.search.episode import Episode
 from mpq_rl.search.searcher import SearchContext
 from mpq_rl.search.selection import held_aside, pick, top_candidates

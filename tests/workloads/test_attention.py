@@ -9,13 +9,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-from mpq_rl.runs.assembly import assemble_workload, build_problem
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from mpq_rl.config import RunConfig
 from mpq_rl.deployment.finetune import finetune
 from mpq_rl.errors import UserError
+from mpq_rl.runs.assembly import assemble_workload, build_problem
 from mpq_rl.search.evaluator import calibrated_simulator
 from mpq_rl.workloads.attention import route
 from mpq_rl.workloads.layers import discover_layers

@@ -223,9 +223,8 @@ def test_factory_seed_comes_from_its_kwargs_never_from_the_run(factories):
 
 
 def test_test_split_is_the_same_for_every_run_seed(factories):
-    from mpq_rl.runs.assembly import load_workload
-
     from mpq_rl.config import parse_config
+    from mpq_rl.runs.assembly import load_workload
 
     def test_inputs(seed: int) -> torch.Tensor:
         config = parse_config(

